@@ -1,0 +1,13 @@
+// Entry points of the CUDA kernels: plain structs in, a cudaError_t out. Declared here, torch-free,
+// so that csrc/cuda/*.cu compile with nvcc alone and csrc/cuda/*_bind.cpp call them from torch.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "cifarops/shake_drop.h"
+
+namespace cifarops {
+
+cudaError_t launch_shake_drop(const ShakeDropParams& params, cudaStream_t stream);
+
+}  // namespace cifarops

@@ -1,0 +1,17 @@
+// Every cifarops op schema, declared once. Kernels register per dispatch key in csrc/cpu and csrc/cuda;
+// fake (meta) and autograd formulas are registered from python/cifarops/ops.
+//
+// Noise is always an input: gate/alpha/beta tensors, or a Philox `seed` tensor (int64, one element, on
+// the input's device) when a coefficient is None. The kernels themselves draw nothing.
+#include <torch/library.h>
+
+TORCH_LIBRARY(cifarops, m) {
+  // y = shortcut + (gate + alpha - gate * alpha) * h. gate: (N,); alpha, beta: (N, C), h's shape, or None
+  // for per-element Philox noise in alpha_range / beta_range. beta is only saved for the backward pass.
+  // A shortcut may have fewer channels than h: the missing channels count as zeros (PyramidNet).
+  m.def(
+      "shake_drop(Tensor h, Tensor? shortcut, Tensor gate, Tensor? alpha, Tensor? beta, Tensor? seed, "
+      "float[] alpha_range, float[] beta_range) -> Tensor");
+  // grad_h = (gate + beta - gate * beta) * grad_y.
+  m.def("_shake_drop_backward(Tensor grad_y, Tensor gate, Tensor? beta, Tensor? seed, float[] beta_range) -> Tensor");
+}

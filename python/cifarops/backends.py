@@ -1,0 +1,98 @@
+"""Which implementation runs an op: `reference`, `cpu`, `cuda` or `triton`.
+
+- `reference`: pure PyTorch (python/cifarops/reference.py); always available, the test oracle.
+- `cpu`: the C++ kernels of cifarops._C, for CPU tensors.
+- `cuda`: the CUDA kernels of cifarops._C, for CUDA tensors (when built with CUDA).
+- `triton`: the Triton kernels, for CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1.
+
+By default the fastest available backend for the tensor's device is used. Override with the
+`use_backend(name)` context manager or the CIFAROPS_BACKEND environment variable (read at import).
+The override is process-wide, not per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from typing import Iterator
+
+import torch
+
+from cifarops import _extension
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+_override: str | None = None
+_ENV_OVERRIDE = os.environ.get("CIFAROPS_BACKEND") or None
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"cifarops: unknown backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+if _ENV_OVERRIDE is not None:
+    _check_name(_ENV_OVERRIDE)
+
+
+# Read once at import (as Triton itself does), so that code traced by torch.compile only reads constants.
+TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton kernels run on CPU tensors
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that can run ops on tensors of `device` (the reference always can)."""
+    device = torch.device(device)
+    found = ["reference"]
+    info = _extension.BUILD_INFO
+    if device.type == "cpu" and info["loaded"]:
+        found.append("cpu")
+    if device.type == "cuda" and info["cuda"]:
+        found.append("cuda")
+    if TRITON_IMPORTABLE and (device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRETED)):
+        found.append("triton")
+    return found
+
+
+def default_backend(device: torch.device | str) -> str:
+    """The automatic choice: compiled kernels, then Triton (on a GPU), then the reference."""
+    found = available_backends(device)
+    for name in ("cuda", "cpu"):
+        if name in found:
+            return name
+    if "triton" in found and torch.device(device).type == "cuda":
+        return "triton"
+    return "reference"
+
+
+def current_override() -> str | None:
+    return _override if _override is not None else _ENV_OVERRIDE
+
+
+def select_backend(device: torch.device | str) -> str:
+    """The backend to use for tensors on `device`: the override if one is set, else the default."""
+    name = current_override()
+    if name is None:
+        return default_backend(device)
+    if name not in available_backends(device):
+        raise RuntimeError(
+            f"cifarops: backend {name!r} was requested but is not available for {torch.device(device)} tensors; "
+            f"available: {available_backends(device)}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None) -> Iterator[None]:
+    """Run cifarops ops inside the block on backend `name` (None restores the automatic choice)."""
+    global _override
+    if name is not None:
+        _check_name(name)
+    previous = _override
+    _override = name
+    try:
+        yield
+    finally:
+        _override = previous

@@ -1,0 +1,1 @@
+"""The benchmark report (python -m cifarops.bench)."""

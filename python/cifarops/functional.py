@@ -1,0 +1,132 @@
+"""The functional API: checks the user's arguments, draws the noise from torch's generators, picks the
+backend and calls the op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from cifarops import backends, reference
+from cifarops.ops import shake_drop as _shake_drop_ops
+from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range, check_same_device, opmath_dtype
+
+GATE_LEVELS = ("batch", "sample")
+LEVELS = ("batch", "sample", "channel", "pixel")
+
+
+def _op(name: str, device: torch.device):
+    backend = backends.select_backend(device)
+    if backend == "reference":
+        return getattr(reference, name)
+    namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    return getattr(namespace, name)
+
+
+def check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level) -> tuple:
+    """Validates ShakeDrop's hyper-parameters; returns the ranges as float pairs."""
+    op = "cifarops.shake_drop"
+    if isinstance(p_drop, bool) or not isinstance(p_drop, (int, float)) or not 0.0 <= p_drop <= 1.0:
+        raise ValueError(f"{op}: p_drop must be a number in [0, 1], got {p_drop!r}")
+    alpha_range = check_range(alpha_range, "alpha_range", op)
+    beta_range = check_range(beta_range, "beta_range", op)
+    check_choice(gate_level, "gate_level", GATE_LEVELS, op)
+    check_choice(level, "level", LEVELS, op)
+    return alpha_range, beta_range
+
+
+def _explicit_gate(gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    op = "cifarops.shake_drop"
+    check_floating(gate, "gate", op)
+    check_same_device(gate, h, "gate", op)
+    n = h.shape[0]
+    if tuple(gate.shape) not in ((1,), (n,)):
+        raise ValueError(f"{op}: gate must have shape (1,) or (N,) = ({n},), got {tuple(gate.shape)}")
+    return gate.to(opmath_dtype(h.dtype)).expand(n)
+
+
+def _explicit_coefficient(coef: torch.Tensor, name: str, h: torch.Tensor) -> torch.Tensor:
+    """(1,), (N,), (N, C) or h-shaped coefficients, as the op's (N, C) view or h-shaped tensor."""
+    op = "cifarops.shake_drop"
+    check_floating(coef, name, op)
+    check_same_device(coef, h, name, op)
+    n, c = h.shape[0], h.shape[1]
+    coef = coef.to(opmath_dtype(h.dtype))
+    if tuple(coef.shape) in ((1,), (n,)):
+        return coef.reshape(-1, 1).expand(n, c)
+    if tuple(coef.shape) in ((n, c), tuple(h.shape)):
+        return coef
+    raise ValueError(
+        f"{op}: {name} must have shape (1,), (N,) = ({n},), (N, C) = ({n}, {c}) or h's shape {tuple(h.shape)}, "
+        f"got {tuple(coef.shape)}"
+    )
+
+
+def _draw_coefficient(level: str, coef_range: tuple[float, float], h: torch.Tensor) -> Optional[torch.Tensor]:
+    """U[coef_range] at `level`, as the op's (N, C) view; None for pixel level (Philox in the kernel)."""
+    n, c = h.shape[0], h.shape[1]
+    if level == "pixel":
+        return None
+    shape = {"batch": (1, 1), "sample": (n, 1), "channel": (n, c)}[level]
+    return torch.empty(shape, dtype=opmath_dtype(h.dtype), device=h.device).uniform_(*coef_range).expand(n, c)
+
+
+def shake_drop(
+    h: torch.Tensor,
+    shortcut: Optional[torch.Tensor] = None,
+    *,
+    p_drop: float = 0.5,
+    alpha_range: Sequence[float] = (-1.0, 1.0),
+    beta_range: Sequence[float] = (0.0, 1.0),
+    gate_level: str = "batch",
+    level: str = "sample",
+    training: bool = True,
+    gate: Optional[torch.Tensor] = None,
+    alpha: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """ShakeDrop (Yamada et al., arXiv 1802.02375), fused with the residual addition.
+
+    Training: ``y = shortcut + (b + alpha - b*alpha) * h``, and the gradient to ``h`` is scaled by
+    ``b + beta - b*beta`` instead; b ~ Bernoulli(1 - p_drop) per batch or sample (``gate_level``), alpha ~
+    U[alpha_range] and beta ~ U[beta_range] per batch, sample, channel or pixel (``level``; pixel noise comes
+    from a Philox stream, regenerated in backward rather than stored). Evaluation: ``y = shortcut +
+    E[b + alpha - b*alpha] * h``. ``shortcut`` may have fewer channels than ``h``: it is added to the first
+    channels (PyramidNet's zero-padded shortcut, without materialising the padding); None returns the scaled
+    branch alone. ``gate`` ((1,) or (N,)), ``alpha`` and ``beta`` ((1,), (N,), (N, C) or h's shape) replace
+    the random draws. The output has h's dtype.
+    """
+    alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
+    check_nc_input(h, "h", "cifarops.shake_drop")
+    _shake_drop_ops.check_shortcut(h, shortcut)
+    op = _op("shake_drop", h.device)
+    n, c, acc = h.shape[0], h.shape[1], opmath_dtype(h.dtype)
+    if not training:
+        if gate is not None or alpha is not None or beta is not None:
+            raise ValueError("cifarops.shake_drop: gate, alpha and beta are training noise; pass training=True")
+        expected = (1.0 - p_drop) + p_drop * (alpha_range[0] + alpha_range[1]) / 2
+        # gate 0 makes the scale exactly the coefficient: y = x + E * h, and the gradient is E * dy.
+        # Two tensors, not one passed twice: torch.compile rejects duplicate autograd.Function inputs.
+        alpha, beta = (torch.full((1, 1), expected, dtype=acc, device=h.device).expand(n, c) for _ in range(2))
+        zero_gate = torch.zeros((1,), dtype=acc, device=h.device).expand(n)
+        return op(h, shortcut, zero_gate, alpha, beta, None, alpha_range, beta_range)
+
+    if gate is None:
+        gate = torch.empty((1 if gate_level == "batch" else n,), dtype=acc, device=h.device).bernoulli_(1.0 - p_drop)
+    gate = _explicit_gate(gate, h)
+    alpha = _explicit_coefficient(alpha, "alpha", h) if alpha is not None else _draw_coefficient(level, alpha_range, h)
+    beta = _explicit_coefficient(beta, "beta", h) if beta is not None else _draw_coefficient(level, beta_range, h)
+    seed = None
+    if alpha is None or beta is None:
+        seed = torch.empty((1,), dtype=torch.int64, device=h.device).random_()
+    return op(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
+
+
+def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float]:
+    """The linear-decay rule of the ShakeDrop paper: block l of L (1-based) gets p_drop = l / L * p_drop_last."""
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+        raise ValueError(f"cifarops.shake_drop_schedule: num_blocks must be a non-negative int, got {num_blocks!r}")
+    if not 0.0 <= p_drop_last <= 1.0:
+        raise ValueError(f"cifarops.shake_drop_schedule: p_drop_last must be in [0, 1], got {p_drop_last!r}")
+    return [layer / num_blocks * p_drop_last for layer in range(1, num_blocks + 1)]

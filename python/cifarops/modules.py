@@ -1,0 +1,53 @@
+"""nn.Module wrappers of the functional API: drop-in layers for existing models."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from cifarops import functional as F
+
+
+class ShakeDrop(nn.Module):
+    """ShakeDrop regularisation (Yamada et al., arXiv 1802.02375), optionally fused with the shortcut add.
+
+    ``ShakeDrop(p_drop)(h)`` scales a residual branch; ``ShakeDrop(p_drop)(h, shortcut)`` returns the whole
+    block output ``shortcut + scale * h`` in one pass, also when the shortcut has fewer channels (PyramidNet).
+    See :func:`cifarops.functional.shake_drop` for the levels and the evaluation rule, and
+    :func:`cifarops.shake_drop_schedule` for the paper's depth schedule of ``p_drop``.
+    """
+
+    def __init__(
+        self,
+        p_drop: float = 0.5,
+        alpha_range: Sequence[float] = (-1.0, 1.0),
+        beta_range: Sequence[float] = (0.0, 1.0),
+        *,
+        gate_level: str = "batch",
+        level: str = "sample",
+    ) -> None:
+        super().__init__()
+        self.alpha_range, self.beta_range = F.check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
+        self.p_drop = float(p_drop)
+        self.gate_level = gate_level
+        self.level = level
+
+    def forward(self, h: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.shake_drop(
+            h,
+            shortcut,
+            p_drop=self.p_drop,
+            alpha_range=self.alpha_range,
+            beta_range=self.beta_range,
+            gate_level=self.gate_level,
+            level=self.level,
+            training=self.training,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"p_drop={self.p_drop}, alpha_range={self.alpha_range}, beta_range={self.beta_range}, "
+            f"gate_level={self.gate_level!r}, level={self.level!r}"
+        )

@@ -1,0 +1,6 @@
+"""torch.library registrations (fake kernels, autograd formulas, Triton ops), one module per op.
+
+Importing this package registers everything; `cifarops` imports it.
+"""
+
+from cifarops.ops import shake_drop  # noqa: F401

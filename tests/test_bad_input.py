@@ -1,0 +1,106 @@
+"""Bad input gets a clear error naming the argument, on every backend, before anything is computed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cifarops
+import cifarops.functional as F
+
+H = (4, 6, 3, 3)
+
+
+def h(**kw):
+    return torch.randn(*H, **kw)
+
+
+# (description, call, exception type, message fragment)
+CASES = [
+    ("p_drop above 1", lambda: F.shake_drop(h(), p_drop=1.5), ValueError, "p_drop must be a number in [0, 1]"),
+    ("p_drop below 0", lambda: F.shake_drop(h(), p_drop=-0.1), ValueError, "p_drop must be a number in [0, 1]"),
+    ("p_drop not a number", lambda: F.shake_drop(h(), p_drop="half"), ValueError, "p_drop"),
+    ("reversed alpha_range", lambda: F.shake_drop(h(), alpha_range=(1.0, -1.0)), ValueError, "alpha_range must satisfy low <= high"),
+    ("reversed beta_range", lambda: F.shake_drop(h(), beta_range=(1.0, 0.0)), ValueError, "beta_range must satisfy low <= high"),
+    ("alpha_range of three", lambda: F.shake_drop(h(), alpha_range=(0, 1, 2)), ValueError, "alpha_range must be a pair"),
+    ("unknown level", lambda: F.shake_drop(h(), level="image"), ValueError, "level must be one of"),
+    ("unknown gate_level", lambda: F.shake_drop(h(), gate_level="channel"), ValueError, "gate_level must be one of"),
+    ("integer h", lambda: F.shake_drop(torch.ones(*H, dtype=torch.int64)), TypeError, "h must be float32, float64, float16 or bfloat16"),
+    ("h not a tensor", lambda: F.shake_drop([1.0, 2.0]), TypeError, "h must be a torch.Tensor"),
+    ("1-D h", lambda: F.shake_drop(torch.ones(5)), ValueError, "h must have at least 2 dimensions"),
+    ("integer shortcut", lambda: F.shake_drop(h(), torch.ones(*H, dtype=torch.int32)), TypeError, "shortcut must be float32"),
+    ("shortcut dtype", lambda: F.shake_drop(h(), h(dtype=torch.float64)), TypeError, "shortcut must have h's dtype"),
+    ("shortcut batch", lambda: F.shake_drop(h(), torch.randn(3, 6, 3, 3)), ValueError, "shortcut must match h in batch and spatial sizes"),
+    ("shortcut spatial", lambda: F.shake_drop(h(), torch.randn(4, 6, 3, 2)), ValueError, "shortcut must match h in batch and spatial sizes"),
+    ("shortcut wider", lambda: F.shake_drop(h(), torch.randn(4, 7, 3, 3)), ValueError, "shortcut has 7 channels, more than h's 6"),
+    ("shortcut on meta", lambda: F.shake_drop(h(), torch.randn(*H, device="meta")), ValueError, "shortcut is on meta"),
+    ("gate shape", lambda: F.shake_drop(h(), gate=torch.ones(3)), ValueError, "gate must have shape (1,) or (N,)"),
+    ("integer gate", lambda: F.shake_drop(h(), gate=torch.ones(4, dtype=torch.int64)), TypeError, "gate must be a floating-point tensor"),
+    ("alpha shape", lambda: F.shake_drop(h(), alpha=torch.ones(4, 5)), ValueError, "alpha must have shape (1,), (N,)"),
+    ("beta shape", lambda: F.shake_drop(h(), beta=torch.ones(4, 6, 3)), ValueError, "beta must have shape (1,), (N,)"),
+    ("alpha on meta", lambda: F.shake_drop(h(), alpha=torch.ones(4, device="meta")), ValueError, "alpha is on meta"),
+    ("noise in evaluation", lambda: F.shake_drop(h(), training=False, gate=torch.ones(1)), ValueError, "training noise"),
+    ("module p_drop", lambda: cifarops.ShakeDrop(2.0), ValueError, "p_drop must be a number in [0, 1]"),
+    ("module level", lambda: cifarops.ShakeDrop(level="pixels"), ValueError, "level must be one of"),
+    ("module range", lambda: cifarops.ShakeDrop(0.5, (1, 0)), ValueError, "alpha_range must satisfy"),
+    ("schedule", lambda: cifarops.shake_drop_schedule(-1), ValueError, "num_blocks must be a non-negative int"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(backend, case):
+    _, call, error, fragment = case
+    with cifarops.use_backend(backend):
+        with pytest.raises(error) as raised:
+            call()
+    assert fragment in str(raised.value)
+
+
+# The compiled ops check their own arguments too (csrc/args/), for callers of torch.ops.cifarops directly.
+def op_call(**changes):
+    args = dict(
+        h=torch.randn(*H), shortcut=None, gate=torch.ones(4), alpha=torch.rand(4, 6), beta=torch.rand(4, 6),
+        seed=None, alpha_range=[-1.0, 1.0], beta_range=[0.0, 1.0],
+    )
+    args.update(changes)
+    return lambda ns: ns.shake_drop(*args.values())
+
+
+OP_CASES = [
+    ("integer h", op_call(h=torch.ones(*H, dtype=torch.int32)), "h must be float32"),
+    ("gate dtype", op_call(gate=torch.ones(4, dtype=torch.float64)), "gate must be"),
+    ("gate shape", op_call(gate=torch.ones(3)), "gate must have shape (N,)"),
+    ("alpha shape", op_call(alpha=torch.ones(4, 5)), "alpha must have shape (N, C)"),
+    ("beta dtype", op_call(beta=torch.ones(4, 6, dtype=torch.float16)), "beta must be"),
+    ("no seed", op_call(alpha=None), "alpha is None, so seed is required"),
+    ("seed dtype", op_call(alpha=None, seed=torch.ones(1)), "seed must be an int64 tensor of one element"),
+    ("range size", op_call(alpha_range=[1.0]), "alpha_range must have two values"),
+    ("shortcut wider", op_call(shortcut=torch.randn(4, 8, 3, 3)), "shortcut has 8 channels"),
+    ("shortcut spatial", op_call(shortcut=torch.randn(4, 6, 2, 3)), "shortcut must match h"),
+]
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_compiled_op_checks(case):
+    _, call, fragment = case
+    with pytest.raises(RuntimeError, match=None) as raised:
+        call(torch.ops.cifarops)
+    assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_triton_op_checks_before_launching(case):
+    """The Triton op checks in Python, before importing or launching anything (no GPU needed)."""
+    _, call, fragment = case
+    with pytest.raises((TypeError, ValueError)) as raised:
+        call(torch.ops.cifarops_triton)
+    assert fragment in str(raised.value)
+
+
+def test_errors_leave_module_state_alone():
+    layer = cifarops.ShakeDrop(0.3)
+    before = dict(vars(layer))
+    with pytest.raises(ValueError):
+        layer(h(), torch.randn(3, 6, 3, 3))
+    assert vars(layer) == before

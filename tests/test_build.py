@@ -1,0 +1,105 @@
+"""The build and the op registry: what was compiled, schemas declared once, Triton kernels that compile."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import cifarops
+from cifarops import _extension
+
+OPS = ["shake_drop", "_shake_drop_backward"]
+
+
+def test_compiled_extension_loaded():
+    # CI builds the extension; a silent fallback to the reference would hide a broken build.
+    info = cifarops.build_info()
+    assert info["loaded"], info
+    assert info["version"] == cifarops.__version__
+    assert "cpu" in cifarops.available_backends("cpu")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_has_a_cpu_kernel(name):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"cifarops::{name}", "CPU")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_triton_op_schema_equals_the_compiled_schema(name):
+    """Schemas are declared once, in csrc/ops.cpp; the Triton ops must not drift from them."""
+    compiled = str(getattr(torch.ops.cifarops, name).default._schema).split("::", 1)[1]
+    triton = str(getattr(torch.ops.cifarops_triton, name).default._schema).split("::", 1)[1]
+    assert compiled == triton
+
+
+def test_backend_selection():
+    assert cifarops.default_backend("cpu") == "cpu"
+    with cifarops.use_backend("reference"):
+        assert cifarops.select_backend("cpu") == "reference"
+        with cifarops.use_backend(None):
+            assert cifarops.select_backend("cpu") == "cpu"
+    assert cifarops.select_backend("cpu") == "cpu"
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        with cifarops.use_backend("gpu"):
+            pass
+    with cifarops.use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="backend 'cuda' was requested but is not available for cpu"):
+            cifarops.functional.shake_drop(torch.ones(2, 2))
+
+
+def test_missing_extension_falls_back_with_one_warning(tmp_path):
+    """Without _C, import works, warns once, and runs the reference on the CPU."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, warnings, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'cifarops._C': raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import cifarops, torch\n"
+        "    y = cifarops.ShakeDrop()(torch.ones(2, 3), torch.ones(2, 3))\n"
+        "ours = [w for w in caught if 'cifarops._C' in str(w.message)]\n"
+        "assert len(ours) == 1, [str(w.message) for w in caught]\n"
+        "assert cifarops.select_backend('cpu') == 'reference'\n"
+        "print('ok', tuple(y.shape))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CIFAROPS_BACKEND"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok (2, 3)" in result.stdout
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernels_compile_for_gpus(arch):
+    """Compile the Triton kernels to cubin for the GPUs we ship for, without a GPU (the interpreter skips
+    Triton's real compiler, so this catches what TRITON_INTERPRET=1 tests cannot)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.fail("run this test without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
+
+    # Every element type with the heaviest coefficient source (Philox), and every source in float32.
+    variants = [(e, 2, cl) for e in ("fp32", "fp64", "fp16", "bf16") for cl in (False, True)]
+    variants += [("fp32", source, cl) for source in (0, 1) for cl in (False, True)]
+    for element, source, channels_last in variants:
+        acc = "fp64" if element == "fp64" else "fp32"
+        signature = {
+            "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
+            "gate_ptr": f"*{acc}", "gate_stride": "i64", "coef_ptr": f"*{acc}", "coef_stride_n": "i64",
+            "coef_stride_c": "i64", "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
+            "numel": "i64", "channels": "i64", "spatial": "i64", "shortcut_channels": "i64",
+            "HAS_SHORTCUT": "constexpr", "CHANNELS_LAST": "constexpr", "COEF_SOURCE": "constexpr",
+            "BLOCK": "constexpr",
+        }
+        constexprs = {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
+        source_code = triton.compiler.ASTSource(fn=_shake_drop_kernel, signature=signature, constexprs=constexprs)
+        kernel = triton.compile(source_code, target=GPUTarget("cuda", arch, 32))
+        assert kernel.asm["cubin"]

@@ -1,0 +1,346 @@
+"""ShakeDrop: hand-worked answers, every backend against the reference, gradients, layouts, dtypes,
+torch.library and torch.compile integration, seeding and the statistics of the noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cifarops
+import cifarops.functional as F
+from cifarops import reference
+from conftest import DTYPES, KERNEL_BACKENDS, assert_close, ids
+from layouts import LAYOUTS, in_layout
+
+LEVELS = ["batch", "sample", "channel", "pixel"]
+
+
+def run(h, shortcut=None, grad=None, **kwargs):
+    """Forward and backward; returns (y, dh, dshortcut)."""
+    h = h.detach().requires_grad_()
+    if shortcut is not None:
+        shortcut = shortcut.detach().requires_grad_()
+    y = F.shake_drop(h, shortcut, **kwargs)
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, h.grad, None if shortcut is None else shortcut.grad
+
+
+# ------------------------------------------------------------------------------------- hand-worked answers
+
+
+def test_known_answer_training(any_backend):
+    device, _ = any_backend
+    # Two samples, three channels, 1x2 planes; the shortcut has two channels (PyramidNet zero padding).
+    h = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]], [[5.0, 6.0]]], [[[-1.0, 2.0]], [[0.5, 8.0]], [[4.0, -2.0]]]], device=device)
+    x = torch.tensor([[[[10.0, 20.0]], [[30.0, 40.0]]], [[[1.0, 1.0]], [[2.0, 2.0]]]], device=device)
+    gate = torch.tensor([1.0, 0.0], device=device)
+    alpha = torch.tensor([0.5, -0.25], device=device)
+    beta = torch.tensor([0.2, 0.75], device=device)
+    grad = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]], [[5.0, 6.0]]], [[[4.0, 8.0]], [[-4.0, 2.0]], [[1.0, 0.0]]]], device=device)
+    y, dh, dx = run(h, x, grad, gate=gate, alpha=alpha, beta=beta)
+    # Sample 0: gate 1, scale 1 -> y = h + x. Sample 1: gate 0, scale alpha = -0.25 -> y = -h/4 + x.
+    expected_y = torch.tensor(
+        [[[[11.0, 22.0]], [[33.0, 44.0]], [[5.0, 6.0]]], [[[1.25, 0.5]], [[1.875, 0.0]], [[-1.0, 0.5]]]], device=device
+    )
+    # dh: sample 0 gate 1 -> grad; sample 1 gate 0 -> beta * grad = 0.75 * grad. dx: grad's first 2 channels.
+    expected_dh = torch.tensor(
+        [[[[1.0, 2.0]], [[3.0, 4.0]], [[5.0, 6.0]]], [[[3.0, 6.0]], [[-3.0, 1.5]], [[0.75, 0.0]]]], device=device
+    )
+    torch.testing.assert_close(y, expected_y, rtol=0, atol=0)
+    torch.testing.assert_close(dh, expected_dh, rtol=0, atol=0)
+    torch.testing.assert_close(dx, grad[:, :2], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("alpha_range, expected", [((-1.0, 1.0), 0.5), ((0.0, 1.0), 0.75), ((0.5, 0.5), 0.75)])
+def test_known_answer_evaluation(any_backend, alpha_range, expected):
+    # E[b + a - b a] = (1 - p) + p E[a] with p = 0.5.
+    device, _ = any_backend
+    h = torch.tensor([[[[2.0]], [[4.0]]]], device=device)
+    x = torch.tensor([[[[1.0]], [[-1.0]]]], device=device)
+    y, dh, dx = run(h, x, p_drop=0.5, alpha_range=alpha_range, training=False)
+    torch.testing.assert_close(y, x + expected * h, rtol=0, atol=0)
+    torch.testing.assert_close(dh, torch.full_like(h, expected), rtol=0, atol=0)
+    torch.testing.assert_close(dx, torch.ones_like(x), rtol=0, atol=0)
+
+
+def test_known_answer_pixel_level_uses_philox(any_backend):
+    """Pixel-level alpha is lo + (hi - lo) * u with u from Philox; with the gate closed y = alpha * h."""
+    device, _ = any_backend
+    h = torch.ones(2, 3, 4, 5, device=device)
+    seed = torch.tensor([0x0123456789ABCDEF], device=device)
+    gate = torch.zeros(2, device=device)
+    y = cifarops.functional._op("shake_drop", torch.device(device))(h, None, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
+    index = torch.arange(h.numel(), device=device).reshape(h.shape)
+    u = cifarops.philox.philox_uniform(seed, index, stream=0)
+    torch.testing.assert_close(y, -1.0 + 2.0 * u, rtol=0, atol=1e-7)
+
+
+def test_fp16_output_dtype_for_every_gate(any_backend):
+    device, _ = any_backend
+    h = torch.randn(4, 3, 2, 2, device=device, dtype=torch.float16)
+    for gate in (torch.zeros(1, device=device), torch.ones(1, device=device)):
+        assert F.shake_drop(h, gate=gate).dtype == torch.float16
+        assert F.shake_drop(h, h, gate=gate).dtype == torch.float16
+    assert F.shake_drop(h, training=False).dtype == torch.float16
+
+
+# ----------------------------------------------------------------------------- every backend vs reference
+
+
+def compare_with_reference(device, backend, h, shortcut, **kwargs):
+    torch.manual_seed(1234)
+    got = run(h, shortcut, **kwargs)
+    torch.manual_seed(1234)
+    with cifarops.use_backend("reference"):
+        want = run(h, shortcut, **kwargs)
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert_close(a, b)
+    return got
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("gate_level", ["batch", "sample"])
+@pytest.mark.parametrize("shortcut_channels", [None, 6, 4])
+def test_matches_reference_levels(kernel_backend, level, gate_level, shortcut_channels):
+    device, backend = kernel_backend
+    h = torch.randn(5, 6, 7, 3, device=device)
+    x = None if shortcut_channels is None else torch.randn(5, shortcut_channels, 7, 3, device=device)
+    compare_with_reference(device, backend, h, x, p_drop=0.5, gate_level=gate_level, level=level)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("level", ["sample", "pixel"])
+def test_matches_reference_dtypes_layouts(kernel_backend, dtype, layout, level):
+    device, backend = kernel_backend
+    h = in_layout(torch.randn(4, 8, 5, 6, device=device).to(dtype), layout)
+    x = in_layout(torch.randn(4, 5, 5, 6, device=device).to(dtype), layout)
+    y, dh, dx = compare_with_reference(device, backend, h, x, p_drop=0.3, level=level, gate_level="sample")
+    if layout == "channels_last":  # the layout is kept, not silently converted
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 7), (2, 3, 2, 2, 2), (1, 1, 1, 1), (3, 17, 1, 13)])
+def test_matches_reference_other_shapes(kernel_backend, shape):
+    device, backend = kernel_backend
+    h = torch.randn(*shape, device=device)
+    for level in LEVELS:
+        compare_with_reference(device, backend, h, h[:, :1].clone(), level=level, gate_level="sample")
+
+
+def test_explicit_pixel_coefficients(kernel_backend):
+    device, backend = kernel_backend
+    h = torch.randn(3, 4, 5, 5, device=device)
+    alpha, beta = torch.rand(3, 4, 5, 5, device=device) * 2 - 1, torch.rand(3, 4, 5, 5, device=device)
+    compare_with_reference(device, backend, in_layout(h, "channels_last"), h, gate=torch.zeros(3, device=device), alpha=alpha, beta=beta)
+
+
+def test_evaluation_matches_reference(kernel_backend):
+    device, backend = kernel_backend
+    h, x = torch.randn(4, 6, 3, 3, device=device), torch.randn(4, 2, 3, 3, device=device)
+    compare_with_reference(device, backend, h, x, p_drop=0.2, alpha_range=(-0.5, 1.0), training=False)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_empty_batch(any_backend, level):
+    device, _ = any_backend
+    h, x = torch.randn(0, 6, 4, 4, device=device), torch.randn(0, 3, 4, 4, device=device)
+    y, dh, dx = run(h, x, level=level, gate_level="sample")
+    assert y.shape == h.shape and dh.shape == h.shape and dx.shape == x.shape
+
+
+def test_zero_sized_planes(any_backend):
+    device, _ = any_backend
+    y, dh, _ = run(torch.randn(2, 3, 0, 4, device=device), level="pixel")
+    assert y.shape == (2, 3, 0, 4) and dh.shape == (2, 3, 0, 4)
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("coef_shape", ["sample", "channel", "pixel"])
+def test_gradcheck(kernel_backend, coef_shape):
+    """With beta = alpha, ShakeDrop's backward is the true gradient, so gradcheck applies."""
+    device, _ = kernel_backend
+    h = torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(3, 2, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
+    shape = {"sample": (3,), "channel": (3, 4), "pixel": (3, 4, 3, 2)}[coef_shape]
+    coef = torch.rand(shape, dtype=torch.float64, device=device) * 2 - 1
+    gate = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=device)
+
+    def fn(h, x):
+        return F.shake_drop(h, x, gate=gate, alpha=coef, beta=coef)
+
+    assert torch.autograd.gradcheck(fn, (h, x))
+    assert torch.autograd.gradgradcheck(fn, (h, x))
+
+
+def test_gradcheck_evaluation(kernel_backend):
+    device, _ = kernel_backend
+    h = torch.randn(2, 3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, x: F.shake_drop(h, x, p_drop=0.3, training=False), (h, x))
+
+
+def test_shortcut_gradient_is_the_incoming_gradient(kernel_backend):
+    device, _ = kernel_backend
+    h = torch.randn(2, 4, 3, 3, device=device, requires_grad=True)
+    x = torch.randn(2, 4, 3, 3, device=device, requires_grad=True)
+    y = F.shake_drop(h, x)
+    grad = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, [x], grad)
+    assert dx.data_ptr() == grad.data_ptr()  # no copy
+
+
+def test_only_noise_is_saved_for_backward(kernel_backend):
+    device, _ = kernel_backend
+    h = torch.randn(8, 16, 8, 8, device=device, requires_grad=True)
+    x = torch.randn(8, 16, 8, 8, device=device, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        F.shake_drop(h, x, level="channel")
+    assert sum(saved) <= 3 * 8 * 16  # gate, beta (an expanded (N, C) view at most), seed; never h, x or y
+
+
+# ------------------------------------------------------------------------------- library and compiler
+
+
+def op_samples(device):
+    h = torch.randn(3, 4, 5, 5, device=device, requires_grad=True)
+    x = torch.randn(3, 2, 5, 5, device=device, requires_grad=True)
+    gate = torch.tensor([1.0, 0.0, 1.0], device=device)
+    coef = torch.rand(3, 4, device=device)
+    seed = torch.tensor([42], device=device)
+    yield (h, x, gate, coef, coef * 0.5, None, [-1.0, 1.0], [0.0, 1.0])
+    yield (h, None, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
+    yield (in_layout(h.detach(), "channels_last").requires_grad_(), x, gate, None, coef, seed, [-1.0, 1.0], [0.0, 1.0])
+    yield (h.detach()[:0].requires_grad_(), None, gate[:0], coef[:0], coef[:0], None, [-1.0, 1.0], [0.0, 1.0])
+
+
+def namespace_for(backend):
+    return torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    for args in op_samples(device):
+        torch.library.opcheck(ns.shake_drop, args)
+        torch.library.opcheck(ns._shake_drop_backward, (args[0].detach(), args[2], args[4], args[5], args[7]))
+
+
+# Inductor cannot compile Triton kernels for CPU tensors (the interpreter is eager-only), so the Triton
+# backend is compiled only where it runs on a GPU.
+COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_torch_compile_fullgraph(device, backend):
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+            self.shake_drop = cifarops.ShakeDrop(0.5, level="channel")
+
+        def forward(self, x):
+            return self.shake_drop(self.conv(x), x)
+
+    torch._dynamo.reset()
+    block = Block().to(device)
+    compiled = torch.compile(block, fullgraph=True)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    with cifarops.use_backend(backend):
+        compiled(x).sum().backward()  # training: traced without graph breaks, gradients flow
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        block.eval()
+        assert_close(compiled(x), block(x))
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_same_seed_same_result(kernel_backend, level):
+    device, _ = kernel_backend
+    h, x = torch.randn(6, 5, 4, 4, device=device), torch.randn(6, 5, 4, 4, device=device)
+    torch.manual_seed(7)
+    first = run(h, x, level=level, gate_level="sample")
+    torch.manual_seed(7)
+    second = run(h, x, level=level, gate_level="sample")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    torch.manual_seed(8)
+    third = run(h, x, level=level, gate_level="sample", p_drop=0.0)
+    assert not torch.equal(first[1], third[1])
+
+
+def standard_error_ok(samples: torch.Tensor, mean: float, var: float, sigmas: float = 5.0) -> None:
+    samples = samples.double().flatten()
+    n = samples.numel()
+    assert abs(samples.mean().item() - mean) < sigmas * (var / n) ** 0.5, (samples.mean().item(), mean)
+    # The variance of a sample variance of a uniform is below 2 var^2 / n (its kurtosis is under 3).
+    assert abs(samples.var().item() - var) < sigmas * (2 * var**2 / n) ** 0.5, (samples.var().item(), var)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_noise_statistics(kernel_backend, level):
+    """With the gate closed (p_drop = 1), y = alpha * h and dh = beta * dy: read alpha and beta off ones."""
+    device, _ = kernel_backend
+    torch.manual_seed(0)
+    shape = {"batch": (1, 1), "sample": (20000, 1), "channel": (200, 100), "pixel": (4, 5, 50, 20)}
+    h = torch.ones(*shape[level], device=device)
+    samples = []
+    for _ in range(20000 if level == "batch" else 1):
+        if level == "batch" and len(samples) >= 2000:
+            break
+        y, dh, _ = run(h, p_drop=1.0, level=level, alpha_range=(-1.0, 1.0), beta_range=(0.0, 1.0))
+        samples.append((y.flatten()[:1] if level == "batch" else y, dh.flatten()[:1] if level == "batch" else dh))
+    alpha = torch.cat([a.flatten() for a, _ in samples])
+    beta = torch.cat([b.flatten() for _, b in samples])
+    standard_error_ok(alpha, 0.0, 1 / 3)
+    standard_error_ok(beta, 0.5, 1 / 12)
+    if level != "batch":
+        correlation = torch.corrcoef(torch.stack([alpha.double(), beta.double()]))[0, 1].item()
+        assert abs(correlation) < 5 / alpha.numel() ** 0.5  # alpha and beta are independent draws
+
+
+@pytest.mark.parametrize("gate_level", ["batch", "sample"])
+def test_gate_rate(kernel_backend, gate_level):
+    """alpha = beta = 0 leaves y = b * h: the gate opens with probability 1 - p_drop."""
+    device, _ = kernel_backend
+    torch.manual_seed(0)
+    p_drop, n = 0.3, 20000
+    if gate_level == "sample":
+        y, _, _ = run(torch.ones(n, 1, device=device), p_drop=p_drop, alpha_range=(0, 0), beta_range=(0, 0), gate_level="sample")
+        gates = y.flatten()
+    else:
+        h = torch.ones(4, 3, device=device)
+        gates = torch.stack([run(h, p_drop=p_drop, alpha_range=(0, 0), beta_range=(0, 0))[0] for _ in range(2000)])
+        assert (gates == gates[:, :1, :1]).all()  # one draw for the whole batch
+        gates = gates[:, 0, 0]
+    assert set(gates.unique().tolist()) <= {0.0, 1.0}
+    p = 1 - p_drop
+    assert abs(gates.double().mean().item() - p) < 5 * (p * (1 - p) / gates.numel()) ** 0.5
+
+
+def test_depth_schedule():
+    assert cifarops.shake_drop_schedule(4) == [0.125, 0.25, 0.375, 0.5]
+    assert cifarops.shake_drop_schedule(2, 0.2) == [0.1, 0.2]
+    assert cifarops.shake_drop_schedule(0) == []
+
+
+def test_module(any_backend):
+    device, _ = any_backend
+    layer = cifarops.ShakeDrop(0.25, (-1, 1), (0, 1), gate_level="sample", level="channel")
+    assert "p_drop=0.25" in repr(layer) and "level='channel'" in repr(layer)
+    h, x = torch.randn(2, 3, 2, 2, device=device), torch.randn(2, 3, 2, 2, device=device)
+    layer.eval()
+    torch.testing.assert_close(layer(h, x), x + (0.75 + 0.25 * 0.0) * h)
+    assert layer(h).shape == h.shape
+    layer.train()
+    assert layer(h, x).shape == h.shape

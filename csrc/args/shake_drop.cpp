@@ -59,7 +59,7 @@ ShakeDropCall start_call(const at::Tensor& h, at::MemoryFormat format) {
   ShakeDropCall call;
   at::Tensor dense = h.contiguous(format);
   call.keep_alive.push_back(dense);
-  call.out = at::empty_like(dense, format);
+  call.out = empty_output_like(dense, format);
   ShakeDropParams& p = call.params;
   p.h = dense.data_ptr();
   p.out = call.out.data_ptr();

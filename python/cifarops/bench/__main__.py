@@ -1,0 +1,138 @@
+"""The benchmark report, the project's main job: `python -m cifarops.bench` (or `cifarops-bench`).
+
+First every available backend is checked against the reference (a wrong backend is reported as FAIL and
+never timed); then each case is timed in forward, backward and both, side by side with the eager reference,
+the popular implementation's style and torch.compile of the reference, in one run. Writes a CSV and a
+Markdown summary next to the terminal table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+import cifarops
+from cifarops.bench import report, shake_drop
+from cifarops.bench.common import MODES, timed
+from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
+
+OPS = {"shake_drop": shake_drop}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+NOTES = """
+vs reference / vs compile: how many times faster than the eager reference / torch.compile of it.
+GB/s counts the fewest bytes the op must move; 'of copy' divides it by a copy of the same size measured in
+this run. owruby-style 'backward' reuses one forward pass, so it shows whichever gate that pass drew (an open
+gate makes its backward free); 'full' redraws every call and is the fair comparison."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m cifarops.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, from {list(OPS)}")
+    parser.add_argument("--backends", default=None, help="comma-separated cifarops backends to time (default: all available)")
+    parser.add_argument("--dtypes", default=None, help="comma-separated (default: float32 on CPU, float32,bfloat16,float16 on GPU)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--shape", action="append", default=None, help="N,C,H,W (repeatable) instead of the default shapes")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (its compile time is long on CPU)")
+    parser.add_argument("--out", default="bench/out", help="directory for benchmark.csv and benchmark.md")
+    return parser.parse_args(argv)
+
+
+def choose(value, allowed, what):
+    chosen = [v for v in value.split(",") if v]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {unknown}; choose from {list(allowed)}")
+    return chosen
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device)
+    default_dtypes = "float32" if device.type == "cpu" else "float32,bfloat16,float16"
+    dtypes = [DTYPES[d] for d in choose(args.dtypes or default_dtypes, DTYPES, "dtypes")]
+    modes = choose(args.modes, MODES, "modes")
+    ops = choose(args.ops, OPS, "ops")
+    available = [b for b in cifarops.available_backends(device) if b != "reference"]
+    backends = choose(args.backends, available, "backends") if args.backends else available
+    shapes = [tuple(int(s) for s in shape.split(",")) for shape in args.shape] if args.shape else None
+    min_run_time = 0.2 if args.quick else 0.5
+
+    env = report.environment(device)
+    print("cifarops benchmark")
+    for key, value in env.items():
+        print(f"  {key:10} {value}")
+
+    print("\nCorrectness, each backend against the reference:")
+    checks, failed = [], set()
+    for op in ops:
+        for backend in backends:
+            for dtype in dtypes:
+                problem = OPS[op].check_backend(backend, device, dtype)
+                result = "ok" if problem is None else f"FAIL: {problem}"
+                if problem:
+                    failed.add((op, backend, dtype))
+                name = str(dtype).replace("torch.", "")
+                checks.append((op, backend, name, result))
+                print(f"  {op:12} {backend:10} {name:9} {result}", flush=True)
+
+    rows, copy_gbs = [], {}
+    print()
+    report.print_header()
+    for op in ops:
+        module = OPS[op]
+        providers = module.providers(device)
+        for case in module.cases(dtypes, quick=args.quick, shapes=shapes):
+            numel = 1
+            for size in case.shape:
+                numel *= size
+            copy_key = (numel, case.dtype)  # the same size as the case: in or out of cache alike
+            if copy_key not in copy_gbs:
+                copy_gbs[copy_key] = copy_bandwidth_gbs(numel, case.dtype, device)
+            for mode in modes:
+                results = {}
+                for name, provider in providers.items():
+                    backend = name[len("cifarops[") : -1] if name.startswith("cifarops[") else None
+                    if backend is not None and (backend not in backends or (op, backend, case.dtype) in failed):
+                        continue
+                    if name == "compile(reference)" and args.no_compile:
+                        continue
+                    fn = timed(module.make(case, device, provider), mode)
+                    results[name] = median_ms(fn, device, min_run_time)
+                for name, (ms, iqr) in results.items():
+                    gbs = module.moved_bytes(case, mode) / (ms * 1e-3) / 1e9
+                    row = {
+                        "case": case.label,
+                        "mode": mode,
+                        "provider": name,
+                        "median_ms": ms,
+                        "iqr_ms": iqr,
+                        "vs_reference": results["reference"][0] / ms,
+                        "vs_compile": results["compile(reference)"][0] / ms if "compile(reference)" in results else None,
+                        "gb_per_s": gbs,
+                        "of_copy": gbs / copy_gbs[copy_key],
+                    }
+                    rows.append(row)
+                    report.print_row(row)
+    print(NOTES)
+    for (numel, dtype), gbs in copy_gbs.items():
+        print(f"  copy of {numel} {str(dtype)[6:]} elements: {gbs:.1f} GB/s")
+
+    os.makedirs(args.out, exist_ok=True)
+    report.write_csv(os.path.join(args.out, "benchmark.csv"), rows, env)
+    report.write_markdown(os.path.join(args.out, "benchmark.md"), rows, env, checks, NOTES)
+    print(f"\nWrote {args.out}/benchmark.csv and {args.out}/benchmark.md")
+    if failed:
+        print(f"FAILED correctness checks: {sorted((o, b, str(d)) for o, b, d in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""What users run today, reproduced for side-by-side timing.
+
+`owruby_shake_drop` follows owruby/shake-drop_pytorch (copied into fast-autoaugment): a batch-level gate read
+back to the host with `.item()` in forward and again in backward, three eager kernels, and the shortcut added
+by the caller (zero-padded with torch.cat when it is narrower). Made device-agnostic so it runs on the CPU;
+otherwise unchanged, including its float32 coefficients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _OwrubyShakeDrop(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, training=True, p_drop=0.5, alpha_range=(-1.0, 1.0)):
+        if training:
+            gate = torch.empty(1, device=x.device).bernoulli_(1 - p_drop)
+            ctx.save_for_backward(gate)
+            if gate.item() == 0:  # host sync
+                alpha = torch.empty(x.size(0), device=x.device).uniform_(*alpha_range)
+                alpha = alpha.view(alpha.size(0), 1, 1, 1).expand_as(x)
+                return alpha * x
+            return x
+        return (1 - p_drop) * x
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (gate,) = ctx.saved_tensors
+        if gate.item() == 0:  # host sync
+            beta = torch.empty(grad_output.size(0), device=grad_output.device).uniform_(0, 1)
+            beta = beta.view(beta.size(0), 1, 1, 1).expand_as(grad_output)
+            return beta * grad_output, None, None, None
+        return grad_output, None, None, None
+
+
+def owruby_shake_drop(h: torch.Tensor, shortcut: torch.Tensor | None, p_drop: float = 0.5) -> torch.Tensor:
+    out = _OwrubyShakeDrop.apply(h, True, p_drop, (-1.0, 1.0))
+    if shortcut is None:
+        return out
+    if shortcut.shape[1] != h.shape[1]:  # PyramidNet's zero-padded shortcut, materialised
+        pad = torch.zeros(h.shape[0], h.shape[1] - shortcut.shape[1], *h.shape[2:], dtype=h.dtype, device=h.device)
+        shortcut = torch.cat([shortcut, pad], dim=1)
+    return out + shortcut

@@ -1,0 +1,82 @@
+"""ShakeDrop benchmark cases and the implementations they compare, shared by `python -m cifarops.bench`
+and the pytest-benchmark suite in bench/."""
+
+from __future__ import annotations
+
+import torch
+
+import cifarops
+import cifarops.functional as F
+from cifarops.bench.baselines import owruby_shake_drop
+from cifarops.bench.common import Benchmark, Case, compare
+
+OP = "shake_drop"
+# CIFAR shapes: PyramidNet widths 16 to 256 at the 32x32 and 8x8 stages; the shortcut is as wide as h.
+SHAPES = [(128, c, s, s) for c in (16, 64, 256) for s in (32, 8)]
+QUICK_SHAPES = [(128, 64, 32, 32), (128, 256, 8, 8)]
+
+
+def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
+    shapes = shapes or (QUICK_SHAPES if quick else SHAPES)
+    return [Case(OP, tuple(shape), dtype) for dtype in dtypes for shape in shapes]
+
+
+def moved_bytes(case: Case, mode: str) -> int:
+    """The fewest bytes the op must move: forward reads h and the shortcut and writes y; backward reads dy and
+    writes dh (the shortcut's gradient is dy itself)."""
+    n = 1
+    for size in case.shape:
+        n *= size
+    element = torch.empty((), dtype=case.dtype).element_size()
+    return {"forward": 3 * n, "backward": 2 * n, "full": 5 * n}[mode] * element
+
+
+def _inputs(case: Case, device):
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    h = torch.randn(case.shape, generator=generator).to(device=device, dtype=case.dtype).requires_grad_()
+    x = torch.randn(case.shape, generator=generator).to(device=device, dtype=case.dtype).requires_grad_()
+    return h, x
+
+
+def _with_backend(backend):
+    def forward(h, x):
+        with cifarops.use_backend(backend):
+            return F.shake_drop(h, x)
+
+    return forward
+
+
+def providers(device: torch.device) -> dict:
+    """name -> function(h, x) returning the block output, for every implementation compared."""
+    found = {f"cifarops[{b}]": _with_backend(b) for b in cifarops.available_backends(device) if b != "reference"}
+    found["reference"] = _with_backend("reference")
+    found["owruby-style"] = owruby_shake_drop
+    found["compile(reference)"] = torch.compile(_with_backend("reference"), dynamic=False)
+    return found
+
+
+def make(case: Case, device, provider) -> Benchmark:
+    h, x = _inputs(case, device)
+    return Benchmark(forward=lambda: provider(h, x), inputs=(h, x))
+
+
+def check_backend(backend: str, device, dtype) -> str | None:
+    """Each level, gate level and shortcut width against the reference, on a small odd shape."""
+    for level in F.LEVELS:
+        for gate_level in F.GATE_LEVELS:
+            for shortcut_channels in (None, 5, 8):
+                h = torch.randn(6, 8, 5, 7, device=device).to(dtype)
+                x = None if shortcut_channels is None else torch.randn(6, shortcut_channels, 5, 7, device=device).to(dtype)
+                results = []
+                for name in (backend, "reference"):
+                    torch.manual_seed(0)
+                    hh = h.clone().requires_grad_()
+                    xx = None if x is None else x.clone().requires_grad_()
+                    with cifarops.use_backend(name):
+                        y = F.shake_drop(hh, xx, level=level, gate_level=gate_level)
+                    grads = torch.autograd.grad(y, [hh] + ([xx] if xx is not None else []), torch.ones_like(y))
+                    results.append([y, *grads])
+                problem = compare(*results)
+                if problem:
+                    return f"level={level} gate_level={gate_level} shortcut={shortcut_channels}: {problem}"
+    return None

@@ -14,4 +14,10 @@ TORCH_LIBRARY(cifarops, m) {
       "float[] alpha_range, float[] beta_range) -> Tensor");
   // grad_h = (gate + beta - gate * beta) * grad_y.
   m.def("_shake_drop_backward(Tensor grad_y, Tensor gate, Tensor? beta, Tensor? seed, float[] beta_range) -> Tensor");
+
+  // y = shortcut + alpha * h1 + (1 - alpha) * h2. alpha, beta: (N,), one per sample (expanded for batch level);
+  // beta is only saved for the backward pass. h2 and the shortcut have h1's shape.
+  m.def("shake_shake(Tensor h1, Tensor h2, Tensor? shortcut, Tensor alpha, Tensor beta) -> Tensor");
+  // (grad_h1, grad_h2) = (beta * grad_y, (1 - beta) * grad_y).
+  m.def("_shake_shake_backward(Tensor grad_y, Tensor beta) -> (Tensor, Tensor)");
 }

@@ -44,6 +44,22 @@ CASES = [
     ("module level", lambda: cifarops.ShakeDrop(level="pixels"), ValueError, "level must be one of"),
     ("module range", lambda: cifarops.ShakeDrop(0.5, (1, 0)), ValueError, "alpha_range must satisfy"),
     ("schedule", lambda: cifarops.shake_drop_schedule(-1), ValueError, "num_blocks must be a non-negative int"),
+    # Shake-Shake
+    ("h2 shape", lambda: F.shake_shake(h(), torch.randn(4, 6, 3, 2)), ValueError, "h2 must have h1's shape"),
+    ("h2 dtype", lambda: F.shake_shake(h(), h(dtype=torch.float64)), TypeError, "h2 must have h1's dtype"),
+    ("h2 device", lambda: F.shake_shake(h(), h(device="meta")), ValueError, "h2 is on meta but h1 is on cpu"),
+    ("h2 integer", lambda: F.shake_shake(h(), torch.ones(*H, dtype=torch.int64)), TypeError, "h2 must be float32"),
+    ("h1 integer", lambda: F.shake_shake(torch.ones(*H, dtype=torch.int64), h()), TypeError, "h1 must be float32"),
+    ("shake shortcut shape", lambda: F.shake_shake(h(), h(), torch.randn(4, 5, 3, 3)), ValueError, "shortcut must have h1's shape"),
+    ("shake shortcut dtype", lambda: F.shake_shake(h(), h(), h(dtype=torch.float16)), TypeError, "shortcut must have h1's dtype"),
+    ("forward_mode", lambda: F.shake_shake(h(), h(), forward_mode="keep"), ValueError, "forward_mode must be one of"),
+    ("backward_mode", lambda: F.shake_shake(h(), h(), backward_mode="random"), ValueError, "backward_mode must be one of"),
+    ("shake level", lambda: F.shake_shake(h(), h(), level="pixel"), ValueError, "level must be one of ('batch', 'sample')"),
+    ("shake alpha shape", lambda: F.shake_shake(h(), h(), alpha=torch.rand(4, 6)), ValueError, "alpha must have shape (1,) or (N,)"),
+    ("shake beta shape", lambda: F.shake_shake(h(), h(), beta=torch.rand(3)), ValueError, "beta must have shape (1,) or (N,)"),
+    ("shake alpha integer", lambda: F.shake_shake(h(), h(), alpha=torch.ones(4, dtype=torch.int32)), TypeError, "alpha must be a floating-point tensor"),
+    ("shake noise in evaluation", lambda: F.shake_shake(h(), h(), training=False, alpha=torch.ones(1)), ValueError, "training noise"),
+    ("shake module mode", lambda: cifarops.ShakeShake(backward_mode="flip"), ValueError, "backward_mode must be one of"),
 ]
 
 
@@ -78,6 +94,21 @@ OP_CASES = [
     ("range size", op_call(alpha_range=[1.0]), "alpha_range must have two values"),
     ("shortcut wider", op_call(shortcut=torch.randn(4, 8, 3, 3)), "shortcut has 8 channels"),
     ("shortcut spatial", op_call(shortcut=torch.randn(4, 6, 2, 3)), "shortcut must match h"),
+]
+
+
+def shake_shake_call(**changes):
+    args = dict(h1=torch.randn(*H), h2=torch.randn(*H), shortcut=None, alpha=torch.rand(4), beta=torch.rand(4))
+    args.update(changes)
+    return lambda ns: ns.shake_shake(*args.values())
+
+
+OP_CASES += [
+    ("shake h2 shape", shake_shake_call(h2=torch.randn(4, 6, 3, 2)), "h2 must have h1's shape"),
+    ("shake shortcut dtype", shake_shake_call(shortcut=torch.randn(*H, dtype=torch.float64)), "shortcut must have h1's dtype"),
+    ("shake alpha shape", shake_shake_call(alpha=torch.rand(4, 1)), "alpha must have shape (N,)"),
+    ("shake beta dtype", shake_shake_call(beta=torch.rand(4, dtype=torch.float64)), "beta must be"),
+    ("shake 1-D h1", shake_shake_call(h1=torch.randn(4), h2=torch.randn(4)), "h1 must have at least 2 dimensions"),
 ]
 
 

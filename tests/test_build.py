@@ -10,7 +10,7 @@ import torch
 import cifarops
 from cifarops import _extension
 
-OPS = ["shake_drop", "_shake_drop_backward"]
+OPS = ["shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward"]
 
 
 def test_compiled_extension_loaded():
@@ -75,6 +75,33 @@ def test_missing_extension_falls_back_with_one_warning(tmp_path):
     assert "ok (2, 3)" in result.stdout
 
 
+def _triton_variants():
+    """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
+    and each option in float32."""
+    from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
+    from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
+
+    for element in ("fp32", "fp64", "fp16", "bf16"):
+        acc = "fp64" if element == "fp64" else "fp32"
+        sources = (0, 1, 2) if element == "fp32" else (2,)
+        for source in sources:
+            for channels_last in (False, True):
+                yield _shake_drop_kernel, {
+                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
+                    "gate_ptr": f"*{acc}", "gate_stride": "i64", "coef_ptr": f"*{acc}", "coef_stride_n": "i64",
+                    "coef_stride_c": "i64", "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
+                    "numel": "i64", "channels": "i64", "spatial": "i64", "shortcut_channels": "i64",
+                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
+        yield _shake_shake_fwd_kernel, {
+            "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
+            "alpha_ptr": f"*{acc}", "alpha_stride": "i64", "numel": "i64", "sample_size": "i64",
+        }, {"HAS_SHORTCUT": True, "BLOCK": 1024}
+        yield _shake_shake_bwd_kernel, {
+            "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", "beta_ptr": f"*{acc}",
+            "beta_stride": "i64", "numel": "i64", "sample_size": "i64",
+        }, {"BLOCK": 1024}
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_triton_kernels_compile_for_gpus(arch):
     """Compile the Triton kernels to cubin for the GPUs we ship for, without a GPU (the interpreter skips
@@ -84,22 +111,8 @@ def test_triton_kernels_compile_for_gpus(arch):
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
-
-    # Every element type with the heaviest coefficient source (Philox), and every source in float32.
-    variants = [(e, 2, cl) for e in ("fp32", "fp64", "fp16", "bf16") for cl in (False, True)]
-    variants += [("fp32", source, cl) for source in (0, 1) for cl in (False, True)]
-    for element, source, channels_last in variants:
-        acc = "fp64" if element == "fp64" else "fp32"
-        signature = {
-            "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
-            "gate_ptr": f"*{acc}", "gate_stride": "i64", "coef_ptr": f"*{acc}", "coef_stride_n": "i64",
-            "coef_stride_c": "i64", "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
-            "numel": "i64", "channels": "i64", "spatial": "i64", "shortcut_channels": "i64",
-            "HAS_SHORTCUT": "constexpr", "CHANNELS_LAST": "constexpr", "COEF_SOURCE": "constexpr",
-            "BLOCK": "constexpr",
-        }
-        constexprs = {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
-        source_code = triton.compiler.ASTSource(fn=_shake_drop_kernel, signature=signature, constexprs=constexprs)
-        kernel = triton.compile(source_code, target=GPUTarget("cuda", arch, 32))
-        assert kernel.asm["cubin"]
+    for kernel, signature, constexprs in _triton_variants():
+        signature = {**signature, **{name: "constexpr" for name in constexprs}}
+        source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+        assert compiled.asm["cubin"], kernel.__name__

@@ -344,3 +344,23 @@ def test_module(any_backend):
     assert layer(h).shape == h.shape
     layer.train()
     assert layer(h, x).shape == h.shape
+
+
+def test_torch_export_keeps_one_node():
+    """An exported model keeps the compiled op as one node and runs from the exported program."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shake_drop = cifarops.ShakeDrop(0.5)
+
+        def forward(self, h, x):
+            return self.shake_drop(h, x)
+
+    block = Block().eval()
+    h, x = torch.randn(2, 4, 3, 3), torch.randn(2, 2, 3, 3)
+    with cifarops.use_backend("cpu"):
+        exported = torch.export.export(block, (h, x))
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert targets.count(torch.ops.cifarops.shake_drop.default) == 1
+    torch.testing.assert_close(exported.module()(h, x), F.shake_drop(h, x, training=False))

@@ -1,33 +1,24 @@
 // ShakeDrop on CUDA: one memory-bound pass, out = shortcut + scale * h (math in shake_drop.h).
 // No torch headers: compiled by plain nvcc in CI, launched from shake_drop_bind.cpp.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "cifarops/cuda_convert.cuh"
+#include "cifarops/cuda_elementwise.cuh"
 #include "cifarops/cuda_launchers.h"
 #include "cifarops/shake_drop.h"
 
 namespace cifarops {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <typename scalar_t, int kVec>
-struct alignas(sizeof(scalar_t) * kVec) Packet {
-  scalar_t v[kVec];
-};
-
 // Each thread handles kVec consecutive elements of one row (row = the HW plane in NCHW, the C vector in
 // channels_last), loaded and stored as one 16-byte packet. All kVec share n, and the row's coordinates
 // advance by one along s (NCHW) or c (channels_last), so the divisions of locate() happen once per packet.
 template <typename scalar_t, int kVec>
-__global__ void __launch_bounds__(kThreads) shake_drop_kernel(const ShakeDropParams p) {
+__global__ void __launch_bounds__(kElementwiseThreads) shake_drop_kernel(const ShakeDropParams p) {
   using acc_t = typename OpMath<scalar_t>::type;
   const int64_t packets = p.numel() / kVec;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * kElementwiseThreads;
   const auto* h = static_cast<const Packet<scalar_t, kVec>*>(p.h);
   auto* out = static_cast<Packet<scalar_t, kVec>*>(p.out);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < packets; i += step) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x; i < packets; i += step) {
     const int64_t m0 = i * kVec;
     const Position q0 = locate(p, m0);
     const acc_t gate = static_cast<const acc_t*>(p.gate)[q0.n * p.gate_stride];
@@ -52,24 +43,19 @@ __global__ void __launch_bounds__(kThreads) shake_drop_kernel(const ShakeDropPar
   }
 }
 
-bool aligned(const void* ptr, int bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
-
 template <typename scalar_t>
 cudaError_t launch_typed(const ShakeDropParams& p, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(scalar_t);  // one 16-byte load per packet
+  constexpr int kVec = packet_size<scalar_t>();
   const int64_t row = p.channels_last ? p.channels : p.spatial;
   const int64_t shortcut_row = p.channels_last ? p.shortcut_channels : p.spatial;
-  const bool vectorize = row % kVec == 0 && shortcut_row % kVec == 0 && aligned(p.h, 16) &&
-                         aligned(p.out, 16) && (p.shortcut == nullptr || aligned(p.shortcut, 16));
-  const int vec = vectorize ? kVec : 1;
-  const int64_t packets = p.numel() / vec;
-  const int64_t blocks = (packets + kThreads - 1) / kThreads;
-  const unsigned grid = static_cast<unsigned>(blocks < 65536 ? blocks : 65536);  // grid-stride beyond
+  const bool vectorize = row % kVec == 0 && shortcut_row % kVec == 0 && aligned16(p.h) &&
+                         aligned16(p.out) && (p.shortcut == nullptr || aligned16(p.shortcut));
+  const unsigned grid = elementwise_blocks(p.numel() / (vectorize ? kVec : 1));
   // Indices are 64-bit throughout: correct past 2^31 elements; the divisions happen once per packet.
   if (vectorize) {
-    shake_drop_kernel<scalar_t, kVec><<<grid, kThreads, 0, stream>>>(p);
+    shake_drop_kernel<scalar_t, kVec><<<grid, kElementwiseThreads, 0, stream>>>(p);
   } else {
-    shake_drop_kernel<scalar_t, 1><<<grid, kThreads, 0, stream>>>(p);
+    shake_drop_kernel<scalar_t, 1><<<grid, kElementwiseThreads, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
@@ -78,13 +64,7 @@ cudaError_t launch_typed(const ShakeDropParams& p, cudaStream_t stream) {
 
 cudaError_t launch_shake_drop(const ShakeDropParams& p, cudaStream_t stream) {
   if (p.numel() == 0) return cudaSuccess;
-  switch (p.dtype) {
-    case DType::Float32: return launch_typed<float>(p, stream);
-    case DType::Float64: return launch_typed<double>(p, stream);
-    case DType::Float16: return launch_typed<__half>(p, stream);
-    case DType::BFloat16: return launch_typed<__nv_bfloat16>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_floating(p.dtype, [&](auto tag) { return launch_typed<typename decltype(tag)::type>(p, stream); });
 }
 
 }  // namespace cifarops

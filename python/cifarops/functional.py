@@ -10,10 +10,14 @@ import torch
 
 from cifarops import backends, reference
 from cifarops.ops import shake_drop as _shake_drop_ops
+from cifarops.ops import shake_shake as _shake_shake_ops
 from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range, check_same_device, opmath_dtype
 
 GATE_LEVELS = ("batch", "sample")
 LEVELS = ("batch", "sample", "channel", "pixel")
+SHAKE_FORWARD_MODES = ("shake", "even")
+SHAKE_BACKWARD_MODES = ("shake", "even", "keep")
+SHAKE_LEVELS = ("batch", "sample")
 
 
 def _op(name: str, device: torch.device):
@@ -130,3 +134,74 @@ def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float
     if not 0.0 <= p_drop_last <= 1.0:
         raise ValueError(f"cifarops.shake_drop_schedule: p_drop_last must be in [0, 1], got {p_drop_last!r}")
     return [layer / num_blocks * p_drop_last for layer in range(1, num_blocks + 1)]
+
+
+def check_shake_shake_params(forward_mode, backward_mode, level) -> None:
+    op = "cifarops.shake_shake"
+    check_choice(forward_mode, "forward_mode", SHAKE_FORWARD_MODES, op)
+    check_choice(backward_mode, "backward_mode", SHAKE_BACKWARD_MODES, op)
+    check_choice(level, "level", SHAKE_LEVELS, op)
+
+
+def _per_sample_coefficient(coef: torch.Tensor, name: str, h1: torch.Tensor) -> torch.Tensor:
+    """An explicit (1,) or (N,) coefficient as the op's (N,) tensor in the compute type."""
+    op = "cifarops.shake_shake"
+    check_floating(coef, name, op)
+    check_same_device(coef, h1, name, op, ref_name="h1")
+    n = h1.shape[0]
+    if tuple(coef.shape) not in ((1,), (n,)):
+        raise ValueError(f"{op}: {name} must have shape (1,) or (N,) = ({n},), got {tuple(coef.shape)}")
+    return coef.to(opmath_dtype(h1.dtype)).expand(n)
+
+
+def shake_shake(
+    h1: torch.Tensor,
+    h2: torch.Tensor,
+    shortcut: Optional[torch.Tensor] = None,
+    *,
+    forward_mode: str = "shake",
+    backward_mode: str = "shake",
+    level: str = "sample",
+    training: bool = True,
+    alpha: Optional[torch.Tensor] = None,
+    beta: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Shake-Shake (Gastaldi, arXiv 1705.07485), fused with the residual addition.
+
+    Training: ``y = shortcut + alpha * h1 + (1 - alpha) * h2``, and the gradients to the branches are
+    ``beta * dy`` and ``(1 - beta) * dy``. ``forward_mode``: ``"shake"`` (alpha ~ U[0, 1]) or ``"even"``
+    (alpha = 0.5); ``backward_mode``: ``"shake"`` (beta ~ U[0, 1], drawn independently), ``"even"`` (0.5) or
+    ``"keep"`` (beta = alpha); ``level``: ``"batch"`` (one draw per mini-batch) or ``"sample"`` (one per image:
+    the paper's best CIFAR-10 result, Shake-Shake-Image). Evaluation mixes with 0.5. ``shortcut=None``
+    returns the mix alone. Explicit ``alpha`` / ``beta`` of shape (1,) or (N,) replace the draws.
+    """
+    check_shake_shake_params(forward_mode, backward_mode, level)
+    check_nc_input(h1, "h1", "cifarops.shake_shake")
+    _shake_shake_ops.check_like_h1(h2, h1, "h2")
+    if shortcut is not None:
+        _shake_shake_ops.check_like_h1(shortcut, h1, "shortcut")
+    op = _op("shake_shake", h1.device)
+    n, acc = h1.shape[0], opmath_dtype(h1.dtype)
+
+    def constant(value):
+        return torch.full((1,), value, dtype=acc, device=h1.device).expand(n)
+
+    if not training:
+        if alpha is not None or beta is not None:
+            raise ValueError("cifarops.shake_shake: alpha and beta are training noise; pass training=True")
+        return op(h1, h2, shortcut, constant(0.5), constant(0.5))
+
+    def draw():
+        return torch.rand((1 if level == "batch" else n,), dtype=acc, device=h1.device).expand(n)
+
+    if alpha is not None:
+        alpha = _per_sample_coefficient(alpha, "alpha", h1)
+    else:
+        alpha = draw() if forward_mode == "shake" else constant(0.5)
+    if beta is not None:
+        beta = _per_sample_coefficient(beta, "beta", h1)
+    elif backward_mode == "keep":
+        beta = alpha.clone()  # a separate tensor: torch.compile rejects one passed twice to autograd.Function
+    else:
+        beta = draw() if backward_mode == "shake" else constant(0.5)
+    return op(h1, h2, shortcut, alpha, beta)

@@ -51,3 +51,34 @@ class ShakeDrop(nn.Module):
             f"p_drop={self.p_drop}, alpha_range={self.alpha_range}, beta_range={self.beta_range}, "
             f"gate_level={self.gate_level!r}, level={self.level!r}"
         )
+
+
+class ShakeShake(nn.Module):
+    """Shake-Shake regularisation (Gastaldi, arXiv 1705.07485) of a two-branch residual block.
+
+    ``ShakeShake()(h1, h2, shortcut)`` returns ``shortcut + alpha * h1 + (1 - alpha) * h2`` in one pass, with
+    the gradients ``beta * dy`` and ``(1 - beta) * dy`` to the branches; without ``shortcut`` it returns the
+    mix. Defaults are the paper's best CIFAR-10 setting, Shake-Shake-Image: forward and backward "shake" with
+    one draw per sample. See :func:`cifarops.functional.shake_shake`.
+    """
+
+    def __init__(self, *, forward_mode: str = "shake", backward_mode: str = "shake", level: str = "sample") -> None:
+        super().__init__()
+        F.check_shake_shake_params(forward_mode, backward_mode, level)
+        self.forward_mode = forward_mode
+        self.backward_mode = backward_mode
+        self.level = level
+
+    def forward(self, h1: torch.Tensor, h2: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return F.shake_shake(
+            h1,
+            h2,
+            shortcut,
+            forward_mode=self.forward_mode,
+            backward_mode=self.backward_mode,
+            level=self.level,
+            training=self.training,
+        )
+
+    def extra_repr(self) -> str:
+        return f"forward_mode={self.forward_mode!r}, backward_mode={self.backward_mode!r}, level={self.level!r}"

@@ -90,3 +90,44 @@ def shake_drop(
     A shortcut with fewer channels than h is added to h's first channels (PyramidNet's zero padding).
     """
     return _ShakeDrop.apply(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
+
+
+# --------------------------------------------------------------------------------------------- Shake-Shake
+
+
+def shake_shake_mix(alpha: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
+    """alpha h1 + (1 - alpha) h2, in the kernels' order of operations."""
+    return alpha * h1 + (1 - alpha) * h2
+
+
+def shake_shake_backward(grad_y: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta * grad_y, (1 - beta) * grad_y) (the `_shake_shake_backward` op)."""
+    b = _per_sample(beta, grad_y)
+    g = grad_y.to(b.dtype)
+    return (b * g).to(grad_y.dtype), ((1 - b) * g).to(grad_y.dtype)
+
+
+class _ShakeShake(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h1, h2, shortcut, alpha, beta):
+        a = _per_sample(alpha, h1)
+        y = shake_shake_mix(a, h1.to(a.dtype), h2.to(a.dtype))
+        if shortcut is not None:
+            y = y + shortcut.to(a.dtype)
+        ctx.save_for_backward(beta)
+        ctx.has_shortcut = shortcut is not None
+        return y.to(h1.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (beta,) = ctx.saved_tensors
+        grad_h1, grad_h2 = shake_shake_backward(grad_y, beta)
+        return grad_h1, grad_h2, grad_y if ctx.has_shortcut else None, None, None
+
+
+def shake_shake(
+    h1: torch.Tensor, h2: torch.Tensor, shortcut: Optional[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor
+) -> torch.Tensor:
+    """y = shortcut + alpha * h1 + (1 - alpha) * h2; backward scales the gradient by beta and 1 - beta (the
+    `shake_shake` op). alpha, beta: (N,) in the compute type."""
+    return _ShakeShake.apply(h1, h2, shortcut, alpha, beta)

@@ -1,10 +1,13 @@
-// Conversions between storage types and the arithmetic type in CUDA kernels. torch builds extensions with
+// Storage types of CUDA kernels: conversions to and from the arithmetic type, and the dtype switch. torch builds extensions with
 // __CUDA_NO_HALF_CONVERSIONS__ and __CUDA_NO_BFLOAT16_CONVERSIONS__, so __half and __nv_bfloat16 need the
 // explicit intrinsics; float and double convert as usual.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "cifarops/tensor_types.h"
 
 namespace cifarops {
 
@@ -32,6 +35,23 @@ __device__ __forceinline__ __half from_acc<__half, float>(float v) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
   return __float2bfloat16_rn(v);
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}) with the CUDA storage type T of `dtype`: one switch for every launcher.
+template <typename F>
+cudaError_t dispatch_floating(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float32: return f(TypeTag<float>{});
+    case DType::Float64: return f(TypeTag<double>{});
+    case DType::Float16: return f(TypeTag<__half>{});
+    case DType::BFloat16: return f(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cifarops

@@ -15,19 +15,19 @@ import sys
 import torch
 
 import cifarops
-from cifarops.bench import report, shake_drop
+from cifarops.bench import report, shake_drop, shake_shake
 from cifarops.bench.common import MODES, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
 
-OPS = {"shake_drop": shake_drop}
+OPS = {"shake_drop": shake_drop, "shake_shake": shake_shake}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 NOTES = """
 vs reference / vs compile: how many times faster than the eager reference / torch.compile of it.
 GB/s counts the fewest bytes the op must move; 'of copy' divides it by a copy of the same size measured in
-this run. owruby-style 'backward' reuses one forward pass, so it shows whichever gate that pass drew (an open
-gate makes its backward free); 'full' redraws every call and is the fair comparison."""
+this run. owruby-style ShakeDrop 'backward' reuses one forward pass, so it shows whichever gate that pass drew
+(an open gate makes its backward free); 'full' redraws every call and is the fair comparison."""
 
 
 def parse_args(argv):

@@ -1,5 +1,7 @@
 """What users run today, reproduced for side-by-side timing.
 
+`hysts_shake_shake` follows hysts/pytorch_shake_shake (also the shape of pytorchcv's): see its docstring.
+
 `owruby_shake_drop` follows owruby/shake-drop_pytorch (copied into fast-autoaugment): a batch-level gate read
 back to the host with `.item()` in forward and again in backward, three eager kernels, and the shortcut added
 by the caller (zero-padded with torch.cat when it is narrower). Made device-agnostic so it runs on the CPU;
@@ -42,3 +44,27 @@ def owruby_shake_drop(h: torch.Tensor, shortcut: torch.Tensor | None, p_drop: fl
         pad = torch.zeros(h.shape[0], h.shape[1] - shortcut.shape[1], *h.shape[2:], dtype=h.dtype, device=h.device)
         shortcut = torch.cat([shortcut, pad], dim=1)
     return out + shortcut
+
+
+class _HystsShakeFunction(torch.autograd.Function):
+    """hysts/pytorch_shake_shake's ShakeFunction: saves both branches although backward never reads them."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, alpha, beta):
+        ctx.save_for_backward(x1, x2, alpha, beta)
+        return x1 * alpha + x2 * (1 - alpha)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x1, x2, alpha, beta = ctx.saved_tensors
+        return grad_output * beta, grad_output * (1 - beta), None, None
+
+
+def hysts_shake_shake(h1: torch.Tensor, h2: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+    """hysts/pytorch_shake_shake's block tail: alpha and beta drawn on the CPU and copied to the device every
+    call (Shake-Shake-Image: one per sample), the mix, then the shortcut added as a separate kernel."""
+    n = h1.size(0)
+    alpha = torch.rand(n).view(n, 1, 1, 1).to(h1.device)
+    beta = torch.rand(n).view(n, 1, 1, 1).to(h1.device)
+    y = _HystsShakeFunction.apply(h1, h2, alpha, beta)
+    return y if shortcut is None else shortcut + y

@@ -1,0 +1,249 @@
+"""Shake-Shake: hand-worked answers, every backend against the reference, gradients, layouts, dtypes,
+torch.library and torch.compile integration, seeding and the statistics of alpha and beta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cifarops
+import cifarops.functional as F
+from conftest import DTYPES, KERNEL_BACKENDS, assert_close, ids
+from layouts import LAYOUTS, in_layout
+
+MODES = [(f, b) for f in ("shake", "even") for b in ("shake", "even", "keep")]
+
+
+def run(h1, h2, shortcut=None, grad=None, **kwargs):
+    """Forward and backward; returns (y, dh1, dh2, dshortcut)."""
+    h1, h2 = h1.detach().requires_grad_(), h2.detach().requires_grad_()
+    if shortcut is not None:
+        shortcut = shortcut.detach().requires_grad_()
+    y = F.shake_shake(h1, h2, shortcut, **kwargs)
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, h1.grad, h2.grad, None if shortcut is None else shortcut.grad
+
+
+def test_known_answer_training(any_backend):
+    device, _ = any_backend
+    h1 = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]], [[[8.0, 0.0]], [[-4.0, 4.0]]]], device=device)
+    h2 = torch.tensor([[[[5.0, 6.0]], [[7.0, 8.0]]], [[[0.0, 8.0]], [[4.0, -4.0]]]], device=device)
+    x = torch.tensor([[[[1.0, 1.0]], [[1.0, 1.0]]], [[[0.5, 0.5]], [[0.5, 0.5]]]], device=device)
+    grad = torch.tensor([[[[1.0, 2.0]], [[3.0, 4.0]]], [[[4.0, 8.0]], [[-4.0, 2.0]]]], device=device)
+    alpha = torch.tensor([0.25, 1.0], device=device)
+    beta = torch.tensor([0.5, 0.75], device=device)
+    y, dh1, dh2, dx = run(h1, h2, x, grad, alpha=alpha, beta=beta)
+    # Sample 0: 0.25 h1 + 0.75 h2 + 1; sample 1: h1 + 0.5.
+    expected = torch.tensor([[[[5.0, 6.0]], [[7.0, 8.0]]], [[[8.5, 0.5]], [[-3.5, 4.5]]]], device=device)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    # dh1 = beta * grad, dh2 = (1 - beta) * grad: beta 0.5 for sample 0, 0.75 for sample 1.
+    torch.testing.assert_close(dh1, torch.tensor([[[[0.5, 1.0]], [[1.5, 2.0]]], [[[3.0, 6.0]], [[-3.0, 1.5]]]], device=device), rtol=0, atol=0)
+    torch.testing.assert_close(dh2, torch.tensor([[[[0.5, 1.0]], [[1.5, 2.0]]], [[[1.0, 2.0]], [[-1.0, 0.5]]]], device=device), rtol=0, atol=0)
+    torch.testing.assert_close(dx, grad, rtol=0, atol=0)
+
+
+def test_known_answer_evaluation_and_even(any_backend):
+    device, _ = any_backend
+    h1, h2 = torch.tensor([[2.0, 4.0]], device=device), torch.tensor([[6.0, -4.0]], device=device)
+    for kwargs in ({"training": False}, {"forward_mode": "even", "backward_mode": "even"}):
+        y, dh1, dh2, _ = run(h1, h2, **kwargs)
+        torch.testing.assert_close(y, torch.tensor([[4.0, 0.0]], device=device), rtol=0, atol=0)
+        torch.testing.assert_close(dh1, torch.full_like(h1, 0.5), rtol=0, atol=0)
+        torch.testing.assert_close(dh2, torch.full_like(h1, 0.5), rtol=0, atol=0)
+
+
+def test_keep_uses_alpha_in_backward(any_backend):
+    """backward_mode="keep": beta = alpha, so the gradient is the true gradient of the forward mix."""
+    device, _ = any_backend
+    torch.manual_seed(3)
+    h1, h2 = torch.ones(64, 3, device=device), torch.zeros(64, 3, device=device)
+    y, dh1, dh2, _ = run(h1, h2, backward_mode="keep")
+    torch.testing.assert_close(dh1, y)  # y = alpha when h1 = 1, h2 = 0
+    torch.testing.assert_close(dh2, 1 - y)
+
+
+def test_output_dtype(any_backend):
+    device, _ = any_backend
+    for dtype in DTYPES:
+        h = torch.randn(3, 2, 2, 2, device=device).to(dtype)
+        assert F.shake_shake(h, h, h).dtype == dtype
+
+
+def compare_with_reference(h1, h2, shortcut, **kwargs):
+    torch.manual_seed(99)
+    got = run(h1, h2, shortcut, **kwargs)
+    torch.manual_seed(99)
+    with cifarops.use_backend("reference"):
+        want = run(h1, h2, shortcut, **kwargs)
+    for a, b in zip(got, want):
+        if b is None:
+            assert a is None
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert_close(a, b)
+    return got
+
+
+@pytest.mark.parametrize("forward_mode, backward_mode", MODES)
+@pytest.mark.parametrize("level", ["batch", "sample"])
+@pytest.mark.parametrize("with_shortcut", [False, True])
+def test_matches_reference_modes(kernel_backend, forward_mode, backward_mode, level, with_shortcut):
+    device, _ = kernel_backend
+    h1, h2, x = (torch.randn(5, 6, 7, 3, device=device) for _ in range(3))
+    compare_with_reference(h1, h2, x if with_shortcut else None, forward_mode=forward_mode, backward_mode=backward_mode, level=level)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference_dtypes_layouts(kernel_backend, dtype, layout):
+    device, _ = kernel_backend
+    h1, h2, x = (in_layout(torch.randn(4, 8, 5, 6, device=device).to(dtype), layout) for _ in range(3))
+    y, *_ = compare_with_reference(h1, h2, x)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_mixed_layouts(kernel_backend):
+    device, _ = kernel_backend
+    h1 = in_layout(torch.randn(3, 4, 5, 6, device=device), "channels_last")
+    h2 = torch.randn(3, 4, 5, 6, device=device)
+    x = in_layout(torch.randn(3, 4, 5, 6, device=device), "sliced")
+    compare_with_reference(h1, h2, x)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 7), (1, 1, 1, 1), (3, 17, 1, 13), (2, 3, 2, 2, 2)])
+def test_matches_reference_other_shapes(kernel_backend, shape):
+    device, _ = kernel_backend
+    h1, h2 = torch.randn(*shape, device=device), torch.randn(*shape, device=device)
+    compare_with_reference(h1, h2, h1.clone())
+
+
+def test_empty_batch(any_backend):
+    device, _ = any_backend
+    h = torch.randn(0, 6, 4, 4, device=device)
+    y, dh1, dh2, dx = run(h, h, h)
+    assert y.shape == dh1.shape == dh2.shape == dx.shape == h.shape
+
+
+def test_gradcheck(kernel_backend):
+    """With beta = alpha (keep), the backward is the true gradient."""
+    device, _ = kernel_backend
+    h1, h2, x = (torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+    alpha = torch.rand(3, dtype=torch.float64, device=device)
+
+    def fn(h1, h2, x):
+        return F.shake_shake(h1, h2, x, alpha=alpha, beta=alpha)
+
+    assert torch.autograd.gradcheck(fn, (h1, h2, x))
+    assert torch.autograd.gradgradcheck(fn, (h1, h2, x))
+    assert torch.autograd.gradcheck(lambda a, b: F.shake_shake(a, b, training=False), (h1, h2))
+
+
+def test_shortcut_gradient_is_the_incoming_gradient(kernel_backend):
+    device, _ = kernel_backend
+    h1, h2, x = (torch.randn(2, 4, 3, 3, device=device, requires_grad=True) for _ in range(3))
+    y = F.shake_shake(h1, h2, x)
+    grad = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, [x], grad)
+    assert dx.data_ptr() == grad.data_ptr()
+
+
+def test_only_coefficients_are_saved_for_backward(kernel_backend):
+    device, _ = kernel_backend
+    h1, h2, x = (torch.randn(8, 16, 8, 8, device=device, requires_grad=True) for _ in range(3))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        F.shake_shake(h1, h2, x)
+    assert sum(saved) <= 8  # beta, one per sample: never h1, h2, the shortcut or y
+
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    h1, h2, x = (torch.randn(3, 4, 5, 5, device=device, requires_grad=True) for _ in range(3))
+    alpha, beta = torch.rand(3, device=device), torch.rand(3, device=device)
+    samples = [
+        (h1, h2, x, alpha, beta),
+        (h1, h2, None, alpha, beta),
+        (in_layout(h1.detach(), "channels_last").requires_grad_(), h2, x, torch.rand(1, device=device).expand(3), beta),
+        (h1.detach()[:0].requires_grad_(), h2.detach()[:0], None, alpha[:0], beta[:0]),
+    ]
+    for args in samples:
+        torch.library.opcheck(ns.shake_shake, args)
+        torch.library.opcheck(ns._shake_shake_backward, (args[0].detach(), args[4]))
+
+
+COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_torch_compile_fullgraph(device, backend):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.branch2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.shake = cifarops.ShakeShake(backward_mode="keep")
+
+        def forward(self, x):
+            return self.shake(self.branch1(x), self.branch2(x), x)
+
+    torch._dynamo.reset()
+    block = Block().to(device)
+    compiled = torch.compile(block, fullgraph=True)
+    x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
+    with cifarops.use_backend(backend):
+        compiled(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        block.eval()
+        assert_close(compiled(x), block(x))
+
+
+@pytest.mark.parametrize("forward_mode, backward_mode", MODES)
+def test_same_seed_same_result(kernel_backend, forward_mode, backward_mode):
+    device, _ = kernel_backend
+    h1, h2 = torch.randn(6, 5, 4, 4, device=device), torch.randn(6, 5, 4, 4, device=device)
+    torch.manual_seed(7)
+    first = run(h1, h2, h1, forward_mode=forward_mode, backward_mode=backward_mode)
+    torch.manual_seed(7)
+    second = run(h1, h2, h1, forward_mode=forward_mode, backward_mode=backward_mode)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def uniform_ok(samples: torch.Tensor, sigmas: float = 5.0) -> None:
+    """Mean 1/2 and variance 1/12 of U[0, 1] within a few standard errors."""
+    samples = samples.double().flatten()
+    n = samples.numel()
+    assert abs(samples.mean().item() - 0.5) < sigmas * (1 / 12 / n) ** 0.5
+    assert abs(samples.var().item() - 1 / 12) < sigmas * (2 / 144 / n) ** 0.5
+
+
+@pytest.mark.parametrize("level", ["batch", "sample"])
+def test_coefficient_statistics(kernel_backend, level):
+    """h1 = 1, h2 = 0 leaves y = alpha and dh1 = beta per sample: read them off."""
+    device, _ = kernel_backend
+    torch.manual_seed(0)
+    if level == "sample":
+        h1, h2 = torch.ones(20000, 1, device=device), torch.zeros(20000, 1, device=device)
+        y, dh1, _, _ = run(h1, h2)
+        alpha, beta = y.flatten(), dh1.flatten()
+    else:
+        h1, h2 = torch.ones(4, 2, device=device), torch.zeros(4, 2, device=device)
+        draws = [run(h1, h2, level="batch") for _ in range(2000)]
+        assert all((y == y[0, 0]).all() for y, *_ in draws)  # one alpha for the whole batch
+        alpha = torch.stack([y[0, 0] for y, *_ in draws])
+        beta = torch.stack([dh1[0, 0] for _, dh1, _, _ in draws])
+    uniform_ok(alpha)
+    uniform_ok(beta)
+    correlation = torch.corrcoef(torch.stack([alpha.double(), beta.double()]))[0, 1].item()
+    assert abs(correlation) < 5 / alpha.numel() ** 0.5  # beta is drawn independently of alpha
+
+
+def test_module(any_backend):
+    device, _ = any_backend
+    layer = cifarops.ShakeShake(forward_mode="even", backward_mode="keep", level="batch")
+    assert "backward_mode='keep'" in repr(layer)
+    h1, h2 = torch.randn(2, 3, 2, 2, device=device), torch.randn(2, 3, 2, 2, device=device)
+    torch.testing.assert_close(layer(h1, h2), 0.5 * h1 + 0.5 * h2)
+    layer.eval()
+    torch.testing.assert_close(layer(h1, h2, h1), h1 + 0.5 * h1 + 0.5 * h2)

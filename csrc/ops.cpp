@@ -20,4 +20,20 @@ TORCH_LIBRARY(cifarops, m) {
   m.def("shake_shake(Tensor h1, Tensor h2, Tensor? shortcut, Tensor alpha, Tensor beta) -> Tensor");
   // (grad_h1, grad_h2) = (beta * grad_y, (1 - beta) * grad_y).
   m.def("_shake_shake_backward(Tensor grad_y, Tensor beta) -> (Tensor, Tensor)");
+
+  // Maxout over `dim` with `pieces` pieces per group; grouping "contiguous" (pylearn2) or "strided" (Lua).
+  // Returns y and the winning piece of each output as uint8 (first maximum; NaN propagates).
+  m.def("maxout(Tensor x, int pieces, int dim, str grouping) -> (Tensor, Tensor)");
+  // grad_x: each input gets grad_y of its group if it is the group's chosen piece, else 0.
+  m.def("_maxout_backward(Tensor grad_y, Tensor index, int pieces, int dim, str grouping) -> Tensor");
+  // Probabilistic maxout in training: y = z_i with i ~ softmax(z / temperature) per output element, drawn
+  // from Philox(seed); returns y and i (uint8). Its backward is _maxout_backward.
+  m.def(
+      "probabilistic_maxout(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor seed) "
+      "-> (Tensor, Tensor)");
+  // Probabilistic maxout at test time: y = sum_i softmax(z / temperature)_i z_i.
+  m.def("probabilistic_maxout_expectation(Tensor x, int pieces, int dim, str grouping, float temperature) -> Tensor");
+  m.def(
+      "_probabilistic_maxout_expectation_backward(Tensor grad_y, Tensor x, int pieces, int dim, str grouping, "
+      "float temperature) -> Tensor");
 }

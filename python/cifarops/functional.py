@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops import backends, reference
+from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
 from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range, check_same_device, opmath_dtype
@@ -205,3 +206,38 @@ def shake_shake(
     else:
         beta = draw() if backward_mode == "shake" else constant(0.5)
     return op(h1, h2, shortcut, alpha, beta)
+
+
+def maxout(x: torch.Tensor, pieces: int, dim: int = 1, grouping: str = "contiguous") -> torch.Tensor:
+    """Maxout (Goodfellow et al., arXiv 1302.4389): the maximum over groups of ``pieces`` channels along
+    ``dim``, turning C channels into C / pieces. ``grouping="contiguous"`` (pylearn2, Goodfellow's code)
+    takes channels ``j*k .. j*k + k-1`` for output j; ``"strided"`` (Lua nn.Maxout) takes ``j, j + C/k, ...``.
+    The gradient goes to the first maximum; NaN propagates. Saved for backward: one byte per output.
+    """
+    _maxout_ops.check_args(x, pieces, dim, grouping, "cifarops.maxout")
+    return _op("maxout", x.device)(x, pieces, dim, grouping)[0]
+
+
+def probabilistic_maxout(
+    x: torch.Tensor,
+    pieces: int,
+    dim: int = 1,
+    grouping: str = "contiguous",
+    *,
+    temperature: float = 1.0,
+    training: bool = True,
+) -> torch.Tensor:
+    """Probabilistic maxout (Springenberg & Riedmiller, arXiv 1312.6116, section 3).
+
+    Each group's pieces z get probabilities p = softmax(lambda * z) with lambda = 1 / ``temperature`` (the
+    paper's inverse temperature; temperature -> 0 gives maxout). Training: the output is z_i for one piece i
+    drawn from p per output element (Philox noise seeded from torch's generator; the gradient flows to the
+    drawn piece). Evaluation: the expectation sum_i p_i z_i, whose gradient includes the softmax's own
+    derivative. Grouping and ``dim`` as in :func:`maxout`.
+    """
+    op_name = "cifarops.probabilistic_maxout"
+    _maxout_ops.check_args(x, pieces, dim, grouping, op_name, temperature)
+    if not training:
+        return _op("probabilistic_maxout_expectation", x.device)(x, pieces, dim, grouping, float(temperature))
+    seed = torch.empty((1,), dtype=torch.int64, device=x.device).random_()
+    return _op("probabilistic_maxout", x.device)(x, pieces, dim, grouping, float(temperature), seed)[0]

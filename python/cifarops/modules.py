@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cifarops import functional as F
+from cifarops.ops import maxout as _maxout_ops
 
 
 class ShakeDrop(nn.Module):
@@ -82,3 +83,50 @@ class ShakeShake(nn.Module):
 
     def extra_repr(self) -> str:
         return f"forward_mode={self.forward_mode!r}, backward_mode={self.backward_mode!r}, level={self.level!r}"
+
+
+class Maxout(nn.Module):
+    """Maxout over groups of ``pieces`` channels along ``dim`` (Goodfellow et al., arXiv 1302.4389).
+
+    ``grouping="contiguous"`` follows pylearn2 (Goodfellow's code), ``"strided"`` follows Lua's nn.Maxout.
+    See :func:`cifarops.functional.maxout`.
+    """
+
+    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous") -> None:
+        super().__init__()
+        _check_maxout_settings(pieces, dim, grouping)
+        self.pieces, self.dim, self.grouping = pieces, dim, grouping
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.maxout(x, self.pieces, self.dim, self.grouping)
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}, dim={self.dim}, grouping={self.grouping!r}"
+
+
+class ProbabilisticMaxout(nn.Module):
+    """Probabilistic maxout (Springenberg & Riedmiller, arXiv 1312.6116, section 3): in training, each output
+    is a piece drawn from softmax(z / temperature); in evaluation, the expectation. ``temperature`` is the
+    inverse of the paper's lambda. See :func:`cifarops.functional.probabilistic_maxout`.
+    """
+
+    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous", temperature: float = 1.0) -> None:
+        super().__init__()
+        _check_maxout_settings(pieces, dim, grouping, temperature)
+        self.pieces, self.dim, self.grouping, self.temperature = pieces, dim, grouping, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.probabilistic_maxout(
+            x, self.pieces, self.dim, self.grouping, temperature=self.temperature, training=self.training
+        )
+
+    def extra_repr(self) -> str:
+        return f"pieces={self.pieces}, dim={self.dim}, grouping={self.grouping!r}, temperature={self.temperature}"
+
+
+def _check_maxout_settings(pieces, dim, grouping, temperature=None) -> None:
+    """The settings a module can check before it sees a tensor (a one-element probe with enough dims)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"cifarops.Maxout: dim must be an int, got {type(dim).__name__}")
+    probe = torch.empty((1,) * (abs(dim) + 1))
+    _maxout_ops.check_args(probe, pieces, dim, grouping, "cifarops.Maxout", temperature, grouped_input=False)

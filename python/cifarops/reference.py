@@ -131,3 +131,95 @@ def shake_shake(
     """y = shortcut + alpha * h1 + (1 - alpha) * h2; backward scales the gradient by beta and 1 - beta (the
     `shake_shake` op). alpha, beta: (N,) in the compute type."""
     return _ShakeShake.apply(h1, h2, shortcut, alpha, beta)
+
+
+# ------------------------------------------------------------------------------------------------- Maxout
+
+
+def maxout_pieces(x: torch.Tensor, pieces: int, dim: int, grouping: str) -> list[torch.Tensor]:
+    """The k pieces of every group, each shaped like the output: contiguous grouping takes channels
+    j*k + piece, strided grouping takes piece*(C/k) + j."""
+    dim = dim % x.dim()
+    groups = x.shape[dim] // pieces
+    if grouping == "contiguous":
+        grouped = x.unflatten(dim, (groups, pieces))
+        return [grouped.select(dim + 1, p) for p in range(pieces)]
+    grouped = x.unflatten(dim, (pieces, groups))
+    return [grouped.select(dim, p) for p in range(pieces)]
+
+
+def _first_max(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise maximum over a list and the index of the first maximum; NaN wins (and propagates)."""
+    best = values[0]
+    arg = torch.zeros(best.shape, dtype=torch.uint8, device=best.device)
+    for p, v in enumerate(values[1:], start=1):
+        take = ~torch.isnan(best) & ((v > best) | torch.isnan(v))
+        best = torch.where(take, v, best)
+        arg = torch.where(take, torch.full_like(arg, p), arg)
+    return best, arg
+
+
+def _output_index(shape, dim: int, device) -> torch.Tensor:
+    """Logical (outer, group, inner) index of every output element: the Philox counter of its draw."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.arange(n, dtype=torch.int64, device=device).reshape(shape)
+
+
+def maxout_backward(grad_y: torch.Tensor, index: torch.Tensor, pieces: int, dim: int, grouping: str) -> torch.Tensor:
+    """grad_x: each input gets its group's gradient if it is the chosen piece, else 0 (`_maxout_backward`)."""
+    dim = dim % grad_y.dim()
+    parts = [torch.where(index == p, grad_y, torch.zeros_like(grad_y)) for p in range(pieces)]
+    if grouping == "contiguous":
+        return torch.stack(parts, dim + 1).flatten(dim, dim + 1)
+    return torch.stack(parts, dim).flatten(dim, dim + 1)
+
+
+class _Maxout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, pieces, dim, grouping, temperature=None, seed=None):
+        values = [v.to(opmath_dtype(x.dtype)) for v in maxout_pieces(x, pieces, dim, grouping)]
+        best, arg = _first_max(values)
+        if temperature is not None:  # probabilistic maxout: a categorical draw per output element
+            lam = torch.tensor(1.0 / temperature, dtype=torch.float32).item()  # float32, as the kernels hold it
+            weights = [torch.exp((v - best) * lam) for v in values]
+            cumulative = [weights[0]]
+            for w in weights[1:]:
+                cumulative.append(cumulative[-1] + w)
+            u = philox_uniform(seed, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
+            target = u * cumulative[-1]
+            drawn = torch.full_like(arg, pieces - 1)
+            for p in reversed(range(pieces)):
+                drawn = torch.where(target < cumulative[p], torch.full_like(drawn, p), drawn)
+            arg = torch.where(torch.isnan(best), arg, drawn)
+            best = torch.gather(torch.stack(values), 0, arg.long().unsqueeze(0)).squeeze(0)
+        ctx.save_for_backward(arg)
+        ctx.args = (pieces, dim, grouping)
+        ctx.mark_non_differentiable(arg)
+        return best.to(x.dtype), arg
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_index):
+        (arg,) = ctx.saved_tensors
+        return maxout_backward(grad_y, arg, *ctx.args), None, None, None, None, None
+
+
+def maxout(x: torch.Tensor, pieces: int, dim: int, grouping: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, index): the maximum of each group of `pieces` along `dim` and the first winning piece as uint8."""
+    return _Maxout.apply(x, pieces, dim, grouping)
+
+
+def probabilistic_maxout(
+    x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, seed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, index): piece i ~ softmax(z / temperature) per output element, drawn by inverse CDF with one Philox
+    uniform each (`probabilistic_maxout`); the gradient flows to the drawn piece."""
+    return _Maxout.apply(x, pieces, dim, grouping, temperature, seed)
+
+
+def probabilistic_maxout_expectation(x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float) -> torch.Tensor:
+    """sum_i softmax(z / temperature)_i z_i, differentiated by PyTorch's autograd (an independent oracle of
+    the kernels' hand-derived backward)."""
+    z = torch.stack([v.to(opmath_dtype(x.dtype)) for v in maxout_pieces(x, pieces, dim, grouping)])
+    return (torch.softmax(z / temperature, dim=0) * z).sum(0).to(x.dtype)

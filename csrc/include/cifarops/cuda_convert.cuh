@@ -11,29 +11,21 @@
 
 namespace cifarops {
 
-template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t to_acc(scalar_t v) {
-  return static_cast<acc_t>(v);
-}
+// Specialisations of to_acc / from_acc (tensor_types.h) for CUDA's half types.
 template <>
-__device__ __forceinline__ float to_acc<float, __half>(__half v) {
+CIFAROPS_INLINE float to_acc<float, __half>(__half v) {
   return __half2float(v);
 }
 template <>
-__device__ __forceinline__ float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
+CIFAROPS_INLINE float to_acc<float, __nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat162float(v);
 }
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ scalar_t from_acc(acc_t v) {
-  return static_cast<scalar_t>(v);
-}
 template <>
-__device__ __forceinline__ __half from_acc<__half, float>(float v) {
+CIFAROPS_INLINE __half from_acc<__half, float>(float v) {
   return __float2half_rn(v);
 }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+CIFAROPS_INLINE __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
   return __float2bfloat16_rn(v);
 }
 

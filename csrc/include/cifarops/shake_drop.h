@@ -96,11 +96,11 @@ CIFAROPS_INLINE void shake_drop_element(const ShakeDropParams& p, Position q, in
   using acc_t = typename OpMath<scalar_t>::type;
   const acc_t gate = static_cast<const acc_t*>(p.gate)[q.n * p.gate_stride];
   const acc_t scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m));
-  acc_t y = scale * static_cast<acc_t>(static_cast<const scalar_t*>(p.h)[m]);
+  acc_t y = scale * to_acc<acc_t>(static_cast<const scalar_t*>(p.h)[m]);
   if (p.shortcut != nullptr && q.c < p.shortcut_channels) {
-    y += static_cast<acc_t>(static_cast<const scalar_t*>(p.shortcut)[shortcut_offset(p, q)]);
+    y += to_acc<acc_t>(static_cast<const scalar_t*>(p.shortcut)[shortcut_offset(p, q)]);
   }
-  static_cast<scalar_t*>(p.out)[m] = static_cast<scalar_t>(y);
+  static_cast<scalar_t*>(p.out)[m] = from_acc<scalar_t>(y);
 }
 
 }  // namespace cifarops

@@ -1,0 +1,176 @@
+"""Maxout and probabilistic maxout in Triton (math of csrc/include/cifarops/maxout.h): forward over output
+elements, backward over input elements, on the (outer, C, inner) view of the tensor. CHANNEL_FASTEST orders
+the elements so that neighbouring lanes touch neighbouring addresses in channels_last."""
+
+import torch
+import triton
+import triton.language as tl
+
+from cifarops.triton_kernels.philox import philox_uniform
+
+BLOCK = 512
+MODE_MAX, MODE_SAMPLE, MODE_EXPECTATION = 0, 1, 2
+
+
+@triton.jit
+def _split(t, channels, inner, CHANNEL_FASTEST: tl.constexpr):
+    if CHANNEL_FASTEST:
+        c = t % channels
+        i = (t // channels) % inner
+        o = t // channels // inner
+    else:
+        i = t % inner
+        c = (t // inner) % channels
+        o = t // inner // channels
+    return o, c, i
+
+
+@triton.jit
+def _channel_of(j, piece, groups, pieces, STRIDED: tl.constexpr):
+    if STRIDED:
+        return piece * groups + j
+    return j * pieces + piece
+
+
+@triton.jit
+def _maxout_fwd_kernel(
+    x_ptr, y_ptr, index_ptr, seed_ptr, inverse_temperature, outer, groups, inner, pieces,
+    xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
+    MODE: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < outer * groups * inner
+    o, j, i = _split(t, groups, inner, CHANNEL_FASTEST)
+    base = o * xs_o + i * xs_i
+    best = tl.load(x_ptr + base + _channel_of(j, 0, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+    best = best.to(tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
+    arg = tl.zeros([BLOCK], tl.int32)
+    for piece in range(1, pieces):  # first maximum; a NaN wins and stays
+        v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+        v = v.to(best.dtype)
+        take = (best == best) & ((v > best) | (v != v))
+        best = tl.where(take, v, best)
+        arg = tl.where(take, piece, arg)
+    y = best
+    if MODE != 0:
+        lam = inverse_temperature  # fp32; promoted to float64 with float64 operands, as in maxout.h
+        total = tl.zeros([BLOCK], best.dtype)
+        weighted = tl.zeros([BLOCK], best.dtype)
+        for piece in range(0, pieces):
+            v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            v = v.to(best.dtype)
+            w = tl.exp(lam * (v - best))
+            total += w
+            weighted += w * v
+        if MODE == 2:
+            y = tl.where(best == best, weighted / total, best)
+        else:
+            target = philox_uniform(tl.load(seed_ptr), (o * groups + j) * inner + i, 0).to(best.dtype) * total
+            cumulative = tl.zeros([BLOCK], best.dtype)
+            drawn = tl.zeros([BLOCK], tl.int32) + (pieces - 1)
+            found = tl.zeros([BLOCK], tl.int32)
+            for piece in range(0, pieces):
+                v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+                cumulative += tl.exp(lam * (v.to(best.dtype) - best))
+                hit = (target < cumulative) & (found == 0)
+                drawn = tl.where(hit, piece, drawn)
+                found = found | hit.to(tl.int32)
+            arg = tl.where(best == best, drawn, arg)
+            y = tl.load(x_ptr + base + _channel_of(j, arg, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            y = y.to(best.dtype)
+    out = o * ys_o + j * ys_c + i * ys_i
+    tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if MODE != 2:
+        tl.store(index_ptr + out, arg.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _maxout_bwd_kernel(
+    grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, inverse_temperature, outer, channels, inner, pieces,
+    xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
+    EXPECTATION: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < outer * channels * inner
+    o, c, i = _split(t, channels, inner, CHANNEL_FASTEST)
+    groups = channels // pieces
+    if STRIDED:
+        j = c % groups
+        own = c // groups
+    else:
+        j = c // pieces
+        own = c % pieces
+    out = o * ys_o + j * ys_c + i * ys_i
+    dy = tl.load(grad_y_ptr + out, mask=mask, other=0)
+    if EXPECTATION:
+        # dy * p_c * (1 + lambda (z_c - y)): the softmax-weighted gradient with the softmax's own derivative.
+        base = o * xs_o + i * xs_i
+        acc_dtype = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
+        best = tl.load(x_ptr + base + _channel_of(j, 0, groups, pieces, STRIDED) * xs_c, mask=mask, other=0).to(acc_dtype)
+        for piece in range(1, pieces):
+            v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            v = v.to(acc_dtype)
+            best = tl.where((v > best) | (v != v), v, best)
+        lam = inverse_temperature
+        total = tl.zeros([BLOCK], acc_dtype)
+        weighted = tl.zeros([BLOCK], acc_dtype)
+        for piece in range(0, pieces):
+            v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            v = v.to(acc_dtype)
+            w = tl.exp(lam * (v - best))
+            total += w
+            weighted += w * v
+        z = tl.load(x_ptr + base + c * xs_c, mask=mask, other=0).to(acc_dtype)
+        prob = tl.exp(lam * (z - best)) / total
+        grad = dy.to(acc_dtype) * prob * (1 + lam * (z - weighted / total))
+    else:
+        chosen = tl.load(index_ptr + out, mask=mask, other=0).to(tl.int64) == own
+        grad = tl.where(chosen, dy, 0)
+    tl.store(grad_x_ptr + o * xs_o + c * xs_c + i * xs_i, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+def _view3(t: torch.Tensor, dim: int):
+    """(outer, channels, inner) sizes and strides of a tensor whose dims before and after `dim` collapse
+    (guaranteed by the caller's layout choice)."""
+    def collapse(dims):
+        size, stride = 1, 1
+        for d in reversed(dims):
+            if t.shape[d] == 1:
+                continue
+            if size == 1:
+                stride = t.stride(d)
+            size *= t.shape[d]
+        return size, stride
+
+    (outer, so), (inner, si) = collapse(range(dim)), collapse(range(dim + 1, t.dim()))
+    return (outer, t.shape[dim], inner), (so, t.stride(dim), si)
+
+
+def maxout_fwd(x, y, index, seed, pieces, dim, strided, mode, temperature):
+    """Launches the forward kernel into y (and index); tensors are laid out by cifarops.ops.maxout."""
+    if y.numel() == 0:
+        return
+    (outer, _, inner), x_strides = _view3(x, dim)
+    _, y_strides = _view3(y, dim)
+    groups = y.shape[dim]
+    grid = (triton.cdiv(outer * groups * inner, BLOCK),)
+    _maxout_fwd_kernel[grid](
+        x, y, index if index is not None else y, seed if seed is not None else y,
+        1.0 / temperature if temperature else 1.0, outer, groups, inner, pieces, *x_strides, *y_strides,
+        MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+    )
+
+
+def maxout_bwd(grad_y, index, x, grad_x, pieces, dim, strided, temperature):
+    """Launches the backward kernel into grad_x: from the chosen pieces (index), or for the expectation
+    (x and temperature)."""
+    if grad_x.numel() == 0:
+        return
+    (outer, channels, inner), x_strides = _view3(grad_x, dim)
+    _, y_strides = _view3(grad_y, dim)
+    grid = (triton.cdiv(outer * channels * inner, BLOCK),)
+    _maxout_bwd_kernel[grid](
+        grad_y, index if index is not None else grad_y, x if x is not None else grad_y, grad_x,
+        1.0 / temperature if temperature else 1.0, outer, channels, inner, pieces, *x_strides, *y_strides,
+        EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+    )

@@ -70,6 +70,15 @@ int main() {
              at::equal(g2, torch::tensor({0.5f, 0.25f}).reshape({2, 1})),
          "shake_shake backward");
 
+  // Maxout, contiguous grouping of 2: (1, 5), (3, 2) -> (5, 3) with pieces (1, 0).
+  auto maxout = c10::Dispatcher::singleton()
+                    .findSchemaOrThrow("cifarops::maxout", "")
+                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, c10::string_view)>();
+  const auto [m, index] = maxout.call(torch::tensor({1.0f, 5.0f, 3.0f, 2.0f}).reshape({1, 4}), 2, 1, "contiguous");
+  expect(at::equal(m, torch::tensor({5.0f, 3.0f}).reshape({1, 2})) &&
+             at::equal(index, torch::tensor({1, 0}, torch::kUInt8).reshape({1, 2})),
+         "maxout forward");
+
   std::cout << (failures == 0 ? "all passed" : "FAILED") << "\n";
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

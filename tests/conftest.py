@@ -7,6 +7,8 @@ a GPU machine adds `cuda` and `triton` on CUDA tensors.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -29,6 +31,17 @@ TOLERANCES = {
     torch.float16: (1e-3, 1e-3),
     torch.bfloat16: (8e-3, 8e-3),
 }
+
+
+@contextlib.contextmanager
+def deterministic():
+    """torch.use_deterministic_algorithms(True) inside the block."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def ids(pairs):

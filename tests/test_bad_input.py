@@ -60,6 +60,22 @@ CASES = [
     ("shake alpha integer", lambda: F.shake_shake(h(), h(), alpha=torch.ones(4, dtype=torch.int32)), TypeError, "alpha must be a floating-point tensor"),
     ("shake noise in evaluation", lambda: F.shake_shake(h(), h(), training=False, alpha=torch.ones(1)), ValueError, "training noise"),
     ("shake module mode", lambda: cifarops.ShakeShake(backward_mode="flip"), ValueError, "backward_mode must be one of"),
+    # Maxout and probabilistic maxout
+    ("maxout indivisible", lambda: F.maxout(h(), 4), ValueError, "x.shape[1] = 6 channels are not divisible by pieces = 4"),
+    ("maxout pieces 0", lambda: F.maxout(h(), 0), ValueError, "pieces must be in [1, 255]"),
+    ("maxout pieces 256", lambda: F.maxout(torch.randn(2, 256), 256), ValueError, "pieces must be in [1, 255]"),
+    ("maxout pieces float", lambda: F.maxout(h(), 2.0), TypeError, "pieces must be an int"),
+    ("maxout dim", lambda: F.maxout(h(), 2, dim=4), IndexError, "dim 4 is out of range for a 4-dimensional x"),
+    ("maxout negative dim", lambda: F.maxout(h(), 2, dim=-5), IndexError, "dim -5 is out of range"),
+    ("maxout integer", lambda: F.maxout(torch.ones(*H, dtype=torch.int32), 2), TypeError, "x must be float32"),
+    ("maxout 0-d", lambda: F.maxout(torch.tensor(1.0), 1, dim=0), ValueError, "x must have at least one dimension"),
+    ("maxout grouping", lambda: F.maxout(h(), 2, grouping="interleaved"), ValueError, "grouping must be one of"),
+    ("prob temperature 0", lambda: F.probabilistic_maxout(h(), 2, temperature=0.0), ValueError, "temperature must be a positive number"),
+    ("prob temperature str", lambda: F.probabilistic_maxout(h(), 2, temperature="hot"), ValueError, "temperature must be a positive number"),
+    ("prob indivisible", lambda: F.probabilistic_maxout(h(), 4, training=False), ValueError, "not divisible by pieces = 4"),
+    ("Maxout module pieces", lambda: cifarops.Maxout(0), ValueError, "pieces must be in [1, 255]"),
+    ("Maxout module grouping", lambda: cifarops.Maxout(2, grouping="x"), ValueError, "grouping must be one of"),
+    ("ProbabilisticMaxout temperature", lambda: cifarops.ProbabilisticMaxout(2, temperature=-1), ValueError, "temperature must be a positive"),
 ]
 
 
@@ -112,6 +128,18 @@ OP_CASES += [
 ]
 
 
+OP_CASES += [
+    ("maxout indivisible", lambda ns: ns.maxout(torch.randn(*H), 4, 1, "contiguous"), "not divisible by pieces = 4"),
+    ("maxout pieces", lambda ns: ns.maxout(torch.randn(*H), 300, 1, "contiguous"), "pieces must be in [1, 255]"),
+    ("maxout dim", lambda ns: ns.maxout(torch.randn(*H), 2, 7, "contiguous"), "out of range"),
+    ("maxout grouping", lambda ns: ns.maxout(torch.randn(*H), 2, 1, "other"), "grouping must be"),
+    ("maxout index dtype", lambda ns: ns._maxout_backward(torch.randn(4, 3), torch.zeros(4, 3), 2, 1, "contiguous"), "index must be uint8"),
+    ("maxout index shape", lambda ns: ns._maxout_backward(torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.uint8), 2, 1, "contiguous"), "index must have grad_y's shape"),
+    ("prob seed", lambda ns: ns.probabilistic_maxout(torch.randn(*H), 2, 1, "contiguous", 1.0, torch.ones(2, dtype=torch.int64)), "seed must be an int64 tensor of one element"),
+    ("prob temperature", lambda ns: ns.probabilistic_maxout_expectation(torch.randn(*H), 2, 1, "contiguous", -1.0), "temperature must be a positive number"),
+]
+
+
 @pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
 def test_compiled_op_checks(case):
     _, call, fragment = case
@@ -124,7 +152,7 @@ def test_compiled_op_checks(case):
 def test_triton_op_checks_before_launching(case):
     """The Triton op checks in Python, before importing or launching anything (no GPU needed)."""
     _, call, fragment = case
-    with pytest.raises((TypeError, ValueError)) as raised:
+    with pytest.raises((TypeError, ValueError, IndexError)) as raised:
         call(torch.ops.cifarops_triton)
     assert fragment in str(raised.value)
 

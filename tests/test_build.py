@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -10,7 +11,10 @@ import torch
 import cifarops
 from cifarops import _extension
 
-OPS = ["shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward"]
+OPS = [
+    "shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
+    "probabilistic_maxout", "probabilistic_maxout_expectation", "_probabilistic_maxout_expectation_backward",
+]
 
 
 def test_compiled_extension_loaded():
@@ -78,28 +82,42 @@ def test_missing_extension_falls_back_with_one_warning(tmp_path):
 def _triton_variants():
     """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
     and each option in float32."""
+    from cifarops.triton_kernels.maxout import _maxout_bwd_kernel, _maxout_fwd_kernel
     from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
     from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
 
     for element in ("fp32", "fp64", "fp16", "bf16"):
         acc = "fp64" if element == "fp64" else "fp32"
         sources = (0, 1, 2) if element == "fp32" else (2,)
-        for source in sources:
-            for channels_last in (False, True):
-                yield _shake_drop_kernel, {
-                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
-                    "gate_ptr": f"*{acc}", "gate_stride": "i64", "coef_ptr": f"*{acc}", "coef_stride_n": "i64",
-                    "coef_stride_c": "i64", "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
-                    "numel": "i64", "channels": "i64", "spatial": "i64", "shortcut_channels": "i64",
-                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
-        yield _shake_shake_fwd_kernel, {
-            "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
-            "alpha_ptr": f"*{acc}", "alpha_stride": "i64", "numel": "i64", "sample_size": "i64",
-        }, {"HAS_SHORTCUT": True, "BLOCK": 1024}
-        yield _shake_shake_bwd_kernel, {
-            "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", "beta_ptr": f"*{acc}",
-            "beta_stride": "i64", "numel": "i64", "sample_size": "i64",
-        }, {"BLOCK": 1024}
+        widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
+        for source, channels_last, width in itertools.product(sources, (False, True), widths):
+            yield _shake_drop_kernel, {
+                "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
+                "gate_ptr": f"*{acc}", "gate_stride": width, "coef_ptr": f"*{acc}", "coef_stride_n": width,
+                "coef_stride_c": width, "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
+                "numel": width, "channels": width, "spatial": width, "shortcut_channels": width,
+            }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
+        for width in widths:
+            yield _shake_shake_fwd_kernel, {
+                "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
+                "alpha_ptr": f"*{acc}", "alpha_stride": width, "numel": width, "sample_size": width,
+            }, {"HAS_SHORTCUT": True, "BLOCK": 1024}
+            yield _shake_shake_bwd_kernel, {
+                "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", "beta_ptr": f"*{acc}",
+                "beta_stride": width, "numel": width, "sample_size": width,
+            }, {"BLOCK": 1024}
+        for width in widths:
+            sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
+            for mode in (0, 1, 2) if element == "fp32" else (1,):
+                yield _maxout_fwd_kernel, {
+                    "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "seed_ptr": "*i64",
+                    "lambda_ptr": f"*{acc}", "groups": width, **sizes,
+                }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512}
+            for expectation in (False, True):
+                yield _maxout_bwd_kernel, {
+                    "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
+                    "grad_x_ptr": f"*{element}", "lambda_ptr": f"*{acc}", "channels": width, **sizes,
+                }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
 
 
 @pytest.mark.parametrize("arch", [80, 90])

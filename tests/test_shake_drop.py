@@ -246,9 +246,10 @@ def test_torch_compile_fullgraph(device, backend):
             super().__init__()
             self.conv = torch.nn.Conv2d(4, 6, 3, padding=1)
             self.shake_drop = cifarops.ShakeDrop(0.5, level="channel")
+            self.pixel = cifarops.ShakeDrop(0.5, level="pixel")
 
         def forward(self, x):
-            return self.shake_drop(self.conv(x), x)
+            return self.pixel(self.shake_drop(self.conv(x), x))
 
     torch._dynamo.reset()
     block = Block().to(device)

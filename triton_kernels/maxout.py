@@ -34,7 +34,7 @@ def _channel_of(j, piece, groups, pieces, STRIDED: tl.constexpr):
 
 @triton.jit
 def _maxout_fwd_kernel(
-    x_ptr, y_ptr, index_ptr, seed_ptr, inverse_temperature, outer, groups, inner, pieces,
+    x_ptr, y_ptr, index_ptr, seed_ptr, lambda_ptr, outer, groups, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     MODE: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -50,10 +50,10 @@ def _maxout_fwd_kernel(
         v = v.to(best.dtype)
         take = (best == best) & ((v > best) | (v != v))
         best = tl.where(take, v, best)
-        arg = tl.where(take, piece, arg)
+        arg = tl.where(take, piece, arg).to(tl.int32)  # piece is i32 or i64, as Triton specialises pieces
     y = best
     if MODE != 0:
-        lam = inverse_temperature  # fp32; promoted to float64 with float64 operands, as in maxout.h
+        lam = tl.load(lambda_ptr).to(best.dtype)
         total = tl.zeros([BLOCK], best.dtype)
         weighted = tl.zeros([BLOCK], best.dtype)
         for piece in range(0, pieces):
@@ -67,13 +67,13 @@ def _maxout_fwd_kernel(
         else:
             target = philox_uniform(tl.load(seed_ptr), (o * groups + j) * inner + i, 0).to(best.dtype) * total
             cumulative = tl.zeros([BLOCK], best.dtype)
-            drawn = tl.zeros([BLOCK], tl.int32) + (pieces - 1)
+            drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
             found = tl.zeros([BLOCK], tl.int32)
             for piece in range(0, pieces):
                 v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
                 cumulative += tl.exp(lam * (v.to(best.dtype) - best))
                 hit = (target < cumulative) & (found == 0)
-                drawn = tl.where(hit, piece, drawn)
+                drawn = tl.where(hit, piece, drawn).to(tl.int32)
                 found = found | hit.to(tl.int32)
             arg = tl.where(best == best, drawn, arg)
             y = tl.load(x_ptr + base + _channel_of(j, arg, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
@@ -86,7 +86,7 @@ def _maxout_fwd_kernel(
 
 @triton.jit
 def _maxout_bwd_kernel(
-    grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, inverse_temperature, outer, channels, inner, pieces,
+    grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, lambda_ptr, outer, channels, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     EXPECTATION: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -111,7 +111,7 @@ def _maxout_bwd_kernel(
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(acc_dtype)
             best = tl.where((v > best) | (v != v), v, best)
-        lam = inverse_temperature
+        lam = tl.load(lambda_ptr).to(acc_dtype)
         total = tl.zeros([BLOCK], acc_dtype)
         weighted = tl.zeros([BLOCK], acc_dtype)
         for piece in range(0, pieces):
@@ -146,6 +146,12 @@ def _view3(t: torch.Tensor, dim: int):
     return (outer, t.shape[dim], inner), (so, t.stride(dim), si)
 
 
+def _inverse(temperature, like):
+    """lambda = 1 / temperature as a one-element tensor in the compute type (Triton's float scalars are fp32)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.full((1,), 1.0 / temperature if temperature else 1.0, dtype=dtype, device=like.device)
+
+
 def maxout_fwd(x, y, index, seed, pieces, dim, strided, mode, temperature):
     """Launches the forward kernel into y (and index); tensors are laid out by cifarops.ops.maxout."""
     if y.numel() == 0:
@@ -155,8 +161,7 @@ def maxout_fwd(x, y, index, seed, pieces, dim, strided, mode, temperature):
     groups = y.shape[dim]
     grid = (triton.cdiv(outer * groups * inner, BLOCK),)
     _maxout_fwd_kernel[grid](
-        x, y, index if index is not None else y, seed if seed is not None else y,
-        1.0 / temperature if temperature else 1.0, outer, groups, inner, pieces, *x_strides, *y_strides,
+        x, y, index if index is not None else y, seed if seed is not None else y, _inverse(temperature, x), outer, groups, inner, pieces, *x_strides, *y_strides,
         MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
     )
 
@@ -171,6 +176,6 @@ def maxout_bwd(grad_y, index, x, grad_x, pieces, dim, strided, temperature):
     grid = (triton.cdiv(outer * channels * inner, BLOCK),)
     _maxout_bwd_kernel[grid](
         grad_y, index if index is not None else grad_y, x if x is not None else grad_y, grad_x,
-        1.0 / temperature if temperature else 1.0, outer, channels, inner, pieces, *x_strides, *y_strides,
+        _inverse(temperature, grad_x), outer, channels, inner, pieces, *x_strides, *y_strides,
         EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
     )

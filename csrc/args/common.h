@@ -9,6 +9,8 @@
 #endif
 
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "cifarops/tensor_types.h"
 
@@ -63,24 +65,32 @@ inline at::MemoryFormat dense_format(const at::Tensor& t) {
   return at::MemoryFormat::Contiguous;
 }
 
-// An uninitialised output like `dense`, in `format`. On Linux CPU tensors of several megabytes, the
-// 2 MiB-aligned interior of the fresh buffer is advised to use transparent huge pages before the kernel first
-// touches it: a memory-bound CPU kernel otherwise spends most of its time in 4 KiB page faults (measured here:
-// 9.6 ms to first-touch 32 MiB, 2.5 ms with huge pages). The buffer stays owned by torch's allocator; this is
-// what torch itself does for every allocation under THP_MEM_ALLOC_ENABLE=1.
-inline at::Tensor empty_output_like(const at::Tensor& dense, at::MemoryFormat format) {
-  at::Tensor out = at::empty_like(dense, format);
+// An uninitialised output. On Linux CPU tensors of several megabytes, the 2 MiB-aligned interior of the
+// fresh buffer is advised to use transparent huge pages before the kernel first touches it: a memory-bound
+// CPU kernel otherwise spends most of its time in 4 KiB page faults (measured here: 9.6 ms to first-touch
+// 32 MiB, 2.5 ms with huge pages). The buffer stays owned by torch's allocator; this is what torch itself
+// does for every allocation under THP_MEM_ALLOC_ENABLE=1. CIFAROPS_HUGE_PAGES=0 turns it off.
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format) {
+  at::Tensor out = at::empty(sizes, options.memory_format(format));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
   const uintptr_t end = begin + static_cast<uintptr_t>(out.nbytes());
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t last = end & ~(kHugePage - 1);
-  if (out.is_cpu() && last >= first + 2 * kHugePage) {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("CIFAROPS_HUGE_PAGES");
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  if (enabled && out.is_cpu() && last >= first + 2 * kHugePage) {
     madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only: failure is harmless
   }
 #endif
   return out;
+}
+
+inline at::Tensor empty_output_like(const at::Tensor& dense, at::MemoryFormat format) {
+  return empty_output(dense.sizes(), dense.options(), format);
 }
 
 }  // namespace cifarops

@@ -88,7 +88,7 @@ MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim,
   TORCH_CHECK(x.size(dim) % pieces == 0, op, ": x.size(", dim, ") = ", x.size(dim),
               " channels are not divisible by pieces = ", pieces);
   if (mode != MaxoutMode::Max) {
-    TORCH_CHECK(temperature > 0, op, ": temperature must be positive, got ", temperature);
+    TORCH_CHECK(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
   }
   if (mode == MaxoutMode::Sample) {
     TORCH_CHECK(seed.has_value(), op, ": seed is required");
@@ -99,15 +99,15 @@ MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim,
   at::Tensor dense = x.contiguous(format);
   call.keep_alive.push_back(dense);
   const auto out_sizes = with_size(x.sizes(), dim, x.size(dim) / pieces);
-  call.output = at::empty(out_sizes, x.options().memory_format(format));
+  call.output = empty_output(out_sizes, x.options(), format);
   if (mode != MaxoutMode::Expectation) {
-    call.index = at::empty(out_sizes, x.options().dtype(at::kByte).memory_format(format));
+    call.index = empty_output(out_sizes, x.options().dtype(at::kByte), format);
   }
   MaxoutParams& p = call.params;
   p.pieces = pieces;
   p.strided_grouping = grouping == "strided";
   p.mode = mode;
-  p.inverse_temperature = mode == MaxoutMode::Max ? 1.f : static_cast<float>(1.0 / temperature);
+  p.inverse_temperature = mode == MaxoutMode::Max ? 1.0 : 1.0 / temperature;
   p.dtype = to_dtype(x.scalar_type());
   if (x.numel() == 0) return call;
   set_input_view(p, dense, dim);
@@ -133,8 +133,7 @@ MaxoutCall maxout_backward_call(const at::Tensor& grad_y, const at::Tensor& inde
   // grad_y and index are read at the same strides: bring both to one dense layout.
   at::Tensor dense_grad = grad_y.contiguous(format), dense_index = index.contiguous(format);
   call.keep_alive = {dense_grad, dense_index};
-  call.grad_input = at::empty(with_size(grad_y.sizes(), dim, grad_y.size(dim) * pieces),
-                              grad_y.options().memory_format(format));
+  call.grad_input = empty_output(with_size(grad_y.sizes(), dim, grad_y.size(dim) * pieces), grad_y.options(), format);
   MaxoutParams& p = call.params;
   p.pieces = pieces;
   p.strided_grouping = grouping == "strided";
@@ -155,7 +154,7 @@ MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::
   constexpr const char* op = "cifarops._probabilistic_maxout_expectation_backward";
   check_floating(grad_y, "grad_y", op);
   check_floating(x, "x", op);
-  TORCH_CHECK(temperature > 0, op, ": temperature must be positive, got ", temperature);
+  TORCH_CHECK(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
   dim = check_grouping(x, pieces, dim, grouping, op);
   TORCH_CHECK(grad_y.sizes() == with_size(x.sizes(), dim, x.size(dim) / pieces), op,
               ": grad_y has shape ", grad_y.sizes(), ", which is not the output shape of x ", x.sizes());
@@ -164,12 +163,12 @@ MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::
   MaxoutCall call;
   at::Tensor dense_x = x.contiguous(format), dense_grad = grad_y.contiguous(format);
   call.keep_alive = {dense_x, dense_grad};
-  call.grad_input = at::empty(x.sizes(), x.options().memory_format(format));
+  call.grad_input = empty_output(x.sizes(), x.options(), format);
   MaxoutParams& p = call.params;
   p.pieces = pieces;
   p.strided_grouping = grouping == "strided";
   p.mode = MaxoutMode::Expectation;
-  p.inverse_temperature = static_cast<float>(1.0 / temperature);
+  p.inverse_temperature = 1.0 / temperature;
   p.dtype = to_dtype(x.scalar_type());
   if (x.numel() == 0) return call;
   set_input_view(p, dense_x, dim);

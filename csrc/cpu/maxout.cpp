@@ -5,6 +5,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <type_traits>
+
 #include "args/maxout.h"
 #include "cifarops/maxout.h"
 
@@ -20,8 +23,168 @@ void for_each_row(const MaxoutParams& p, int64_t channels, Body body) {
   });
 }
 
+// Rows along a unit-stride inner dim (NCHW with dim = 1, and any dim of a contiguous tensor but the last).
+bool unit_inner(const MaxoutParams& p) { return p.inner > 1 && p.in_strides.inner == 1 && p.out_strides.inner == 1; }
+
+// One piece folded into a row's running maximum (in y, exact: a maximum is one of the inputs) and running
+// piece. Bitwise & and | rather than && and ||: without branches the compiler vectorises the loop.
+template <typename scalar_t>
+void fold_piece(const scalar_t* CIFAROPS_RESTRICT z, scalar_t* CIFAROPS_RESTRICT y, uint8_t* CIFAROPS_RESTRICT index,
+                int64_t n, uint8_t piece) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t best = static_cast<acc_t>(y[i]), v = static_cast<acc_t>(z[i]);
+    const bool take = (best == best) & ((v > best) | (v != v));  // first maximum; NaN wins and stays
+    y[i] = take ? z[i] : y[i];
+    index[i] = take ? piece : index[i];
+  }
+}
+
+// dx = index == piece ? dy : +0, as a bit mask over the values' bits: exact for every value (NaN and inf
+// included), and without a branch, so the compiler vectorises it (a ?: select of floats here it does not).
+template <typename scalar_t>
+using Bits = std::conditional_t<sizeof(scalar_t) == 2, uint16_t, std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+
+template <typename scalar_t>
+void select_row(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RESTRICT index,
+                scalar_t* CIFAROPS_RESTRICT dx, int64_t n, uint8_t piece) {
+  using bits_t = Bits<scalar_t>;
+  for (int64_t i = 0; i < n; ++i) {
+    const bits_t mask = static_cast<bits_t>(0) - static_cast<bits_t>(index[i] == piece);
+    bits_t value;
+    std::memcpy(&value, dy + i, sizeof(value));
+    value &= mask;
+    std::memcpy(dx + i, &value, sizeof(value));
+  }
+}
+
+// Groups of k adjacent pieces (contiguous grouping along unit-stride channels). Plain locals and restrict
+// pointers (byte stores to `index` could otherwise alias everything), and a branch-free k = 2 loop that the
+// compiler vectorises: with random data a branch per group mispredicts half the time.
+template <typename scalar_t>
+void max_adjacent(const scalar_t* CIFAROPS_RESTRICT x, scalar_t* CIFAROPS_RESTRICT y, uint8_t* CIFAROPS_RESTRICT index,
+                  int64_t groups, int64_t pieces) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  if (pieces == 2) {
+    for (int64_t j = 0; j < groups; ++j) {
+      const acc_t a = static_cast<acc_t>(x[2 * j]), b = static_cast<acc_t>(x[2 * j + 1]);
+      const bool take = (a == a) & ((b > a) | (b != b));
+      y[j] = static_cast<scalar_t>(take ? b : a);  // exact: the value came from scalar_t
+      index[j] = static_cast<uint8_t>(take);
+    }
+    return;
+  }
+  for (int64_t j = 0; j < groups; ++j) {
+    const scalar_t* CIFAROPS_RESTRICT z = x + j * pieces;
+    acc_t best = static_cast<acc_t>(z[0]);
+    uint8_t arg = 0;
+    for (int64_t piece = 1; piece < pieces; ++piece) {
+      const acc_t v = static_cast<acc_t>(z[piece]);
+      const bool take = (best == best) & ((v > best) | (v != v));
+      best = take ? v : best;
+      arg = take ? static_cast<uint8_t>(piece) : arg;
+    }
+    y[j] = static_cast<scalar_t>(best);
+    index[j] = arg;
+  }
+}
+
+// dx[j k + piece] = piece == index[j] ? dy[j] : +0, with the same bit mask as select_row.
+template <typename scalar_t>
+void select_adjacent(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RESTRICT index,
+                     scalar_t* CIFAROPS_RESTRICT dx, int64_t groups, int64_t pieces) {
+  using bits_t = Bits<scalar_t>;
+  for (int64_t j = 0; j < groups; ++j) {
+    bits_t value;
+    std::memcpy(&value, dy + j, sizeof(value));
+    for (int64_t piece = 0; piece < pieces; ++piece) {
+      const bits_t masked = value & (static_cast<bits_t>(0) - static_cast<bits_t>(index[j] == piece));
+      std::memcpy(dx + j * pieces + piece, &masked, sizeof(masked));
+    }
+  }
+}
+
+// Max mode along unit-stride rows, piece by piece over the whole row; the row stays in cache across the
+// k passes.
+template <typename scalar_t>
+void max_rows(const MaxoutParams& p) {
+  const scalar_t* x = static_cast<const scalar_t*>(p.input);
+  for_each_row(p, p.groups(), [&](int64_t o, int64_t j) {
+    scalar_t* y = static_cast<scalar_t*>(p.output) + p.out_strides.at(o, j, 0);
+    uint8_t* index = p.index + p.out_strides.at(o, j, 0);
+    std::memcpy(y, x + p.in_strides.at(o, p.channel_of(j, 0), 0), p.inner * sizeof(scalar_t));
+    std::memset(index, 0, p.inner);
+    for (int64_t piece = 1; piece < p.pieces; ++piece) {
+      fold_piece(x + p.in_strides.at(o, p.channel_of(j, piece), 0), y, index, p.inner, static_cast<uint8_t>(piece));
+    }
+  });
+}
+
+// Backward from the chosen pieces along unit-stride rows: each input row is its group's gradient row where
+// the piece matches, else 0.
+template <typename scalar_t>
+void chosen_backward_rows(const MaxoutParams& p) {
+  for_each_row(p, p.channels, [&](int64_t o, int64_t c) {
+    const int64_t out = p.out_strides.at(o, p.group_of(c), 0);
+    select_row(static_cast<const scalar_t*>(p.grad_output) + out, p.index + out,
+               static_cast<scalar_t*>(p.grad_input) + p.in_strides.at(o, c, 0), p.inner,
+               static_cast<uint8_t>(p.piece_of(c)));
+  });
+}
+
+// Channels at unit stride (channels_last with dim = 1, or dim = -1 of a contiguous tensor, e.g. a fully
+// connected layer): one row of C per (o, i). With strided grouping each piece is a contiguous run of C/k.
+bool unit_channels(const MaxoutParams& p) { return p.in_strides.channel == 1 && p.out_strides.channel == 1; }
+
+// Calls body(o, i) for every (outer, inner) pair, in parallel.
+template <typename Body>
+void for_each_channel_row(const MaxoutParams& p, Body body) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p.channels));
+  at::parallel_for(0, p.outer * p.inner, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) body(r / p.inner, r % p.inner);
+  });
+}
+
+template <typename scalar_t>
+void max_channel_rows(const MaxoutParams& p) {
+  const int64_t groups = p.groups();
+  for_each_channel_row(p, [&](int64_t o, int64_t i) {
+    const scalar_t* x = static_cast<const scalar_t*>(p.input) + p.in_strides.at(o, 0, i);
+    scalar_t* y = static_cast<scalar_t*>(p.output) + p.out_strides.at(o, 0, i);
+    uint8_t* index = p.index + p.out_strides.at(o, 0, i);
+    if (p.strided_grouping) {
+      std::memcpy(y, x, groups * sizeof(scalar_t));
+      std::memset(index, 0, groups);
+      for (int64_t piece = 1; piece < p.pieces; ++piece) {
+        fold_piece(x + piece * groups, y, index, groups, static_cast<uint8_t>(piece));
+      }
+      return;
+    }
+    max_adjacent(x, y, index, groups, p.pieces);  // contiguous grouping: a group's k pieces are adjacent
+  });
+}
+
+template <typename scalar_t>
+void chosen_backward_channel_rows(const MaxoutParams& p) {
+  const int64_t groups = p.groups();
+  for_each_channel_row(p, [&](int64_t o, int64_t i) {
+    const scalar_t* dy = static_cast<const scalar_t*>(p.grad_output) + p.out_strides.at(o, 0, i);
+    const uint8_t* index = p.index + p.out_strides.at(o, 0, i);
+    scalar_t* dx = static_cast<scalar_t*>(p.grad_input) + p.in_strides.at(o, 0, i);
+    if (p.strided_grouping) {
+      for (int64_t piece = 0; piece < p.pieces; ++piece) {
+        select_row(dy, index, dx + piece * groups, groups, static_cast<uint8_t>(piece));
+      }
+      return;
+    }
+    select_adjacent(dy, index, dx, groups, p.pieces);
+  });
+}
+
 template <typename scalar_t>
 void forward(const MaxoutParams& p) {
+  if (p.mode == MaxoutMode::Max && unit_inner(p)) return max_rows<scalar_t>(p);
+  if (p.mode == MaxoutMode::Max && unit_channels(p)) return max_channel_rows<scalar_t>(p);
   for_each_row(p, p.groups(), [&](int64_t o, int64_t j) {
     for (int64_t i = 0; i < p.inner; ++i) maxout_forward_element<scalar_t>(p, o, j, i);
   });
@@ -29,6 +192,8 @@ void forward(const MaxoutParams& p) {
 
 template <typename scalar_t>
 void backward(const MaxoutParams& p) {
+  if (p.mode != MaxoutMode::Expectation && unit_inner(p)) return chosen_backward_rows<scalar_t>(p);
+  if (p.mode != MaxoutMode::Expectation && unit_channels(p)) return chosen_backward_channel_rows<scalar_t>(p);
   for_each_row(p, p.channels, [&](int64_t o, int64_t c) {
     if (p.mode == MaxoutMode::Expectation) {
       for (int64_t i = 0; i < p.inner; ++i) maxout_expectation_backward_element<scalar_t>(p, o, c, i);

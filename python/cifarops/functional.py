@@ -29,6 +29,12 @@ def _op(name: str, device: torch.device):
     return getattr(namespace, name)
 
 
+def draw_seed(device: torch.device) -> torch.Tensor:
+    """A Philox key for per-element noise, from torch's generator of `device`: on the device, so no host
+    sync, and traceable by torch.compile."""
+    return torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+
+
 def check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level) -> tuple:
     """Validates ShakeDrop's hyper-parameters; returns the ranges as float pairs."""
     op = "cifarops.shake_drop"
@@ -124,7 +130,7 @@ def shake_drop(
     beta = _explicit_coefficient(beta, "beta", h) if beta is not None else _draw_coefficient(level, beta_range, h)
     seed = None
     if alpha is None or beta is None:
-        seed = torch.empty((1,), dtype=torch.int64, device=h.device).random_()
+        seed = draw_seed(h.device)
     return op(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
 
 
@@ -239,5 +245,5 @@ def probabilistic_maxout(
     _maxout_ops.check_args(x, pieces, dim, grouping, op_name, temperature)
     if not training:
         return _op("probabilistic_maxout_expectation", x.device)(x, pieces, dim, grouping, float(temperature))
-    seed = torch.empty((1,), dtype=torch.int64, device=x.device).random_()
+    seed = draw_seed(x.device)
     return _op("probabilistic_maxout", x.device)(x, pieces, dim, grouping, float(temperature), seed)[0]

@@ -182,7 +182,7 @@ class _Maxout(torch.autograd.Function):
         values = [v.to(opmath_dtype(x.dtype)) for v in maxout_pieces(x, pieces, dim, grouping)]
         best, arg = _first_max(values)
         if temperature is not None:  # probabilistic maxout: a categorical draw per output element
-            lam = torch.tensor(1.0 / temperature, dtype=torch.float32).item()  # float32, as the kernels hold it
+            lam = torch.tensor(1.0 / temperature, dtype=best.dtype).item()  # in the compute type, as the kernels
             weights = [torch.exp((v - best) * lam) for v in values]
             cumulative = [weights[0]]
             for w in weights[1:]:

@@ -47,7 +47,7 @@ struct MaxoutParams {
   Strides3 in_strides, out_strides;
   bool strided_grouping = false;
   MaxoutMode mode = MaxoutMode::Max;
-  float inverse_temperature = 1.f;  // lambda of arXiv 1312.6116
+  double inverse_temperature = 1.0;  // lambda of arXiv 1312.6116, used in the compute type
   const int64_t* seed = nullptr;    // Philox key for Sample, read where the kernel runs
   DType dtype = DType::Float32;
 

@@ -15,18 +15,18 @@ import sys
 import torch
 
 import cifarops
-from cifarops.bench import report, shake_drop, shake_shake
-from cifarops.bench.common import MODES, timed
+from cifarops.bench import maxout, report, shake_drop, shake_shake
+from cifarops.bench.common import MODES, saved_bytes, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
 
-OPS = {"shake_drop": shake_drop, "shake_shake": shake_shake}
+OPS = {"shake_drop": shake_drop, "shake_shake": shake_shake, "maxout": maxout}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 NOTES = """
 vs reference / vs compile: how many times faster than the eager reference / torch.compile of it.
 GB/s counts the fewest bytes the op must move; 'of copy' divides it by a copy of the same size measured in
-this run. owruby-style ShakeDrop 'backward' reuses one forward pass, so it shows whichever gate that pass drew
+this run. 'saved MB' is what autograd keeps for backward after one forward pass. owruby-style ShakeDrop 'backward' reuses one forward pass, so it shows whichever gate that pass drew
 (an open gate makes its backward free); 'full' redraws every call and is the fair comparison."""
 
 
@@ -95,6 +95,7 @@ def main(argv=None) -> int:
             copy_key = (numel, case.dtype)  # the same size as the case: in or out of cache alike
             if copy_key not in copy_gbs:
                 copy_gbs[copy_key] = copy_bandwidth_gbs(numel, case.dtype, device)
+            saved = {}
             for mode in modes:
                 results = {}
                 for name, provider in providers.items():
@@ -103,8 +104,10 @@ def main(argv=None) -> int:
                         continue
                     if name == "compile(reference)" and args.no_compile:
                         continue
-                    fn = timed(module.make(case, device, provider), mode)
-                    results[name] = median_ms(fn, device, min_run_time)
+                    bench = module.make(case, device, provider)
+                    if name not in saved:
+                        saved[name] = saved_bytes(bench)
+                    results[name] = median_ms(timed(bench, mode), device, min_run_time)
                 for name, (ms, iqr) in results.items():
                     gbs = module.moved_bytes(case, mode) / (ms * 1e-3) / 1e9
                     row = {
@@ -117,6 +120,7 @@ def main(argv=None) -> int:
                         "vs_compile": results["compile(reference)"][0] / ms if "compile(reference)" in results else None,
                         "gb_per_s": gbs,
                         "of_copy": gbs / copy_gbs[copy_key],
+                        "saved_mb": None if saved[name] is None else saved[name] / 2**20,
                     }
                     rows.append(row)
                     report.print_row(row)

@@ -56,3 +56,19 @@ def compare(got: Sequence[torch.Tensor], want: Sequence[torch.Tensor]) -> str | 
         except AssertionError as error:
             return f"output {i}: {str(error).splitlines()[0]}"
     return None
+
+
+def saved_bytes(bench: Benchmark) -> int | None:
+    """Bytes autograd saves for backward in one forward pass (None where they cannot be observed)."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            bench.forward()
+    except Exception:  # torch.compile'd code may refuse saved-tensor hooks
+        return None
+    return sum(sizes)

@@ -12,7 +12,9 @@ import torch
 
 import cifarops
 
-COLUMNS = ["case", "mode", "provider", "median_ms", "iqr_ms", "vs_reference", "vs_compile", "gb_per_s", "of_copy"]
+COLUMNS = [
+    "case", "mode", "provider", "median_ms", "iqr_ms", "vs_reference", "vs_compile", "gb_per_s", "of_copy", "saved_mb",
+]
 
 
 def device_name(device: torch.device) -> str:
@@ -70,11 +72,12 @@ def format_row(row: dict) -> list[str]:
         ratio(row["vs_compile"]),
         f"{row['gb_per_s']:.1f}",
         f"{100 * row['of_copy']:.0f}%",
+        "-" if row["saved_mb"] is None else f"{row['saved_mb']:.2f}",
     ]
 
 
-HEADERS = ["case", "mode", "provider", "median ms", "IQR ms", "vs reference", "vs compile", "GB/s", "of copy"]
-WIDTHS = [34, 8, 20, 10, 8, 12, 10, 7, 7]
+HEADERS = ["case", "mode", "provider", "median ms", "IQR ms", "vs reference", "vs compile", "GB/s", "of copy", "saved MB"]
+WIDTHS = [40, 8, 20, 10, 8, 12, 10, 7, 7, 8]
 
 
 def print_header() -> None:

@@ -63,6 +63,20 @@ def _grad_input(grad_y, like_index_or_x, pieces, dim):
 
 # ---------------------------------------------------------------------------------------------- Triton ops
 
+# Written out because inference from Python hints would make the ints SymInt; tests/test_build.py checks
+# that they equal csrc/ops.cpp's.
+_SCHEMAS = {
+    "maxout": "(Tensor x, int pieces, int dim, str grouping) -> (Tensor, Tensor)",
+    "_maxout_backward": "(Tensor grad_y, Tensor index, int pieces, int dim, str grouping) -> Tensor",
+    "probabilistic_maxout": (
+        "(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor seed) -> (Tensor, Tensor)"
+    ),
+    "probabilistic_maxout_expectation": "(Tensor x, int pieces, int dim, str grouping, float temperature) -> Tensor",
+    "_probabilistic_maxout_expectation_backward": (
+        "(Tensor grad_y, Tensor x, int pieces, int dim, str grouping, float temperature) -> Tensor"
+    ),
+}
+
 
 def _triton():
     from cifarops.triton_kernels import maxout as kernels  # imports triton only when used
@@ -70,7 +84,7 @@ def _triton():
     return kernels
 
 
-@torch.library.custom_op("cifarops_triton::maxout", mutates_args=())
+@torch.library.custom_op("cifarops_triton::maxout", mutates_args=(), schema=_SCHEMAS["maxout"])
 def triton_maxout(x: torch.Tensor, pieces: int, dim: int, grouping: str) -> tuple[torch.Tensor, torch.Tensor]:
     dim = check_args(x, pieces, dim, grouping, "cifarops.maxout")
     x, y, index = _outputs(x, pieces, dim, True)
@@ -79,7 +93,7 @@ def triton_maxout(x: torch.Tensor, pieces: int, dim: int, grouping: str) -> tupl
     return y, index
 
 
-@torch.library.custom_op("cifarops_triton::_maxout_backward", mutates_args=())
+@torch.library.custom_op("cifarops_triton::_maxout_backward", mutates_args=(), schema=_SCHEMAS["_maxout_backward"])
 def triton_maxout_backward(grad_y: torch.Tensor, index: torch.Tensor, pieces: int, dim: int, grouping: str) -> torch.Tensor:
     dim = check_args(grad_y, pieces, dim, grouping, "cifarops._maxout_backward", grouped_input=False)
     _check_index(grad_y, index)
@@ -89,7 +103,9 @@ def triton_maxout_backward(grad_y: torch.Tensor, index: torch.Tensor, pieces: in
     return grad_x
 
 
-@torch.library.custom_op("cifarops_triton::probabilistic_maxout", mutates_args=())
+@torch.library.custom_op(
+    "cifarops_triton::probabilistic_maxout", mutates_args=(), schema=_SCHEMAS["probabilistic_maxout"]
+)
 def triton_probabilistic_maxout(
     x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, seed: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +117,11 @@ def triton_probabilistic_maxout(
     return y, index
 
 
-@torch.library.custom_op("cifarops_triton::probabilistic_maxout_expectation", mutates_args=())
+@torch.library.custom_op(
+    "cifarops_triton::probabilistic_maxout_expectation",
+    mutates_args=(),
+    schema=_SCHEMAS["probabilistic_maxout_expectation"],
+)
 def triton_probabilistic_maxout_expectation(
     x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float
 ) -> torch.Tensor:
@@ -112,7 +132,11 @@ def triton_probabilistic_maxout_expectation(
     return y
 
 
-@torch.library.custom_op("cifarops_triton::_probabilistic_maxout_expectation_backward", mutates_args=())
+@torch.library.custom_op(
+    "cifarops_triton::_probabilistic_maxout_expectation_backward",
+    mutates_args=(),
+    schema=_SCHEMAS["_probabilistic_maxout_expectation_backward"],
+)
 def triton_probabilistic_maxout_expectation_backward(
     grad_y: torch.Tensor, x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float
 ) -> torch.Tensor:

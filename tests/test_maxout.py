@@ -1,0 +1,291 @@
+"""Maxout and probabilistic maxout: hand-worked answers, PyTorch's view+max as a second oracle, every
+backend against the reference, gradients, layouts, dtypes, library and compiler integration, the bytes
+saved for backward, and the statistics of the probabilistic draws."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cifarops
+import cifarops.functional as F
+from conftest import DTYPES, KERNEL_BACKENDS, assert_close, deterministic, ids
+from layouts import LAYOUTS, in_layout
+
+GROUPINGS = ["contiguous", "strided"]
+
+
+def run(fn, x, grad=None, **kwargs):
+    """Forward and backward of fn(x, ...); returns (y, dx)."""
+    x = x.detach().requires_grad_()
+    y = fn(x, **kwargs)
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, x.grad
+
+
+def distinct(*shape, device="cpu", dtype=torch.float32):
+    """Values without ties (a random permutation), so that every maximum is unique."""
+    n = math.prod(shape)
+    return (torch.randperm(n, device=device).to(torch.float64) / n - 0.5).reshape(shape).to(dtype)
+
+
+# ------------------------------------------------------------------------------------- hand-worked answers
+
+
+def test_known_answer_contiguous_and_strided(any_backend):
+    device, _ = any_backend
+    x = torch.tensor([[1.0, 5.0, 3.0, 2.0, 7.0, 7.0]], device=device)
+    grad = torch.tensor([[10.0, 20.0, 30.0]], device=device)
+    # Contiguous, k = 2: groups (1, 5), (3, 2), (7, 7) -> 5, 3, 7; the tie goes to the first piece.
+    y, dx = run(F.maxout, x, grad, pieces=2, grouping="contiguous")
+    torch.testing.assert_close(y, torch.tensor([[5.0, 3.0, 7.0]], device=device), rtol=0, atol=0)
+    torch.testing.assert_close(dx, torch.tensor([[0.0, 10.0, 20.0, 0.0, 30.0, 0.0]], device=device), rtol=0, atol=0)
+    # Strided, k = 2 (C/k = 3): groups (x0, x3), (x1, x4), (x2, x5) = (1, 2), (5, 7), (3, 7) -> 2, 7, 7.
+    y, dx = run(F.maxout, x, grad, pieces=2, grouping="strided")
+    torch.testing.assert_close(y, torch.tensor([[2.0, 7.0, 7.0]], device=device), rtol=0, atol=0)
+    torch.testing.assert_close(dx, torch.tensor([[0.0, 0.0, 0.0, 10.0, 20.0, 30.0]], device=device), rtol=0, atol=0)
+    # Strided, k = 3 (C/k = 2): groups (x0, x2, x4), (x1, x3, x5) = (1, 3, 7), (5, 2, 7) -> 7, 7.
+    y, dx = run(F.maxout, x, grad[:, :2], pieces=3, grouping="strided")
+    torch.testing.assert_close(y, torch.tensor([[7.0, 7.0]], device=device), rtol=0, atol=0)
+    torch.testing.assert_close(dx, torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0, 20.0]], device=device), rtol=0, atol=0)
+
+
+def test_known_answer_nan_propagates(any_backend):
+    device, _ = any_backend
+    nan = float("nan")
+    x = torch.tensor([[1.0, nan, 3.0, nan, nan, 2.0]], device=device)
+    y, dx = run(F.maxout, x, torch.tensor([[1.0, 2.0]], device=device), pieces=3)
+    assert torch.isnan(y).all()
+    # The first NaN of each group wins: pieces 1 and 0.
+    torch.testing.assert_close(dx, torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0, 0.0]], device=device), rtol=0, atol=0)
+
+
+def test_known_answer_other_dim(any_backend):
+    device, _ = any_backend
+    x = torch.tensor([[[1.0, 4.0], [2.0, 0.0]], [[-1.0, -3.0], [5.0, 6.0]]], device=device)  # (2, 2, 2)
+    y = F.maxout(x, 2, dim=-1)
+    torch.testing.assert_close(y, torch.tensor([[[4.0], [2.0]], [[-1.0], [6.0]]], device=device), rtol=0, atol=0)
+    y = F.maxout(x, 2, dim=0)
+    torch.testing.assert_close(y, torch.tensor([[[1.0, 4.0], [5.0, 6.0]]], device=device), rtol=0, atol=0)
+
+
+def test_known_answer_expectation(any_backend):
+    """z = (0, ln 3), lambda = 1: p = (1/4, 3/4), y = 3/4 ln 3, dy/dz_i = p_i (1 + z_i - y)."""
+    device, _ = any_backend
+    ln3 = math.log(3.0)
+    x = torch.tensor([[0.0, ln3]], dtype=torch.float64, device=device)
+    y, dx = run(F.probabilistic_maxout, x, pieces=2, temperature=1.0, training=False)
+    expected_y = 0.75 * ln3
+    torch.testing.assert_close(y, torch.tensor([[expected_y]], dtype=torch.float64, device=device))
+    expected_dx = [0.25 * (1 + 0 - expected_y), 0.75 * (1 + ln3 - expected_y)]
+    torch.testing.assert_close(dx, torch.tensor([expected_dx], dtype=torch.float64, device=device))
+    # temperature 2 halves lambda: p = softmax((0, ln 3) / 2) = (1, sqrt 3) / (1 + sqrt 3).
+    y = F.probabilistic_maxout(x, 2, temperature=2.0, training=False)
+    s3 = math.sqrt(3.0)
+    torch.testing.assert_close(y, torch.tensor([[s3 / (1 + s3) * ln3]], dtype=torch.float64, device=device))
+
+
+def test_probabilistic_low_temperature_is_maxout(any_backend):
+    device, _ = any_backend
+    x = distinct(4, 12, 3, 3, device=device)
+    torch.testing.assert_close(F.probabilistic_maxout(x, 3, temperature=1e-4), F.maxout(x, 3), rtol=0, atol=0)
+
+
+# -------------------------------------------------------------------------------- PyTorch as second oracle
+
+
+@pytest.mark.parametrize("pieces", [2, 4])
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_matches_view_max(kernel_backend, pieces, grouping):
+    device, _ = kernel_backend
+    x = distinct(3, 8, 5, 4, device=device)
+    groups = 8 // pieces
+    x_ref = x.clone().requires_grad_()
+    if grouping == "contiguous":
+        want = x_ref.view(3, groups, pieces, 5, 4).max(2).values
+    else:
+        want = x_ref.view(3, pieces, groups, 5, 4).max(1).values
+    grad = torch.randn_like(want)
+    want.backward(grad)
+    y, dx = run(F.maxout, x, grad, pieces=pieces, grouping=grouping)
+    torch.testing.assert_close(y, want.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(dx, x_ref.grad, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- every backend vs reference
+
+
+def compare_with_reference(fn, x, **kwargs):
+    grad = torch.randn(fn(x, **kwargs).shape, device=x.device).to(x.dtype)
+    torch.manual_seed(5)
+    got = run(fn, x, grad, **kwargs)
+    torch.manual_seed(5)
+    with cifarops.use_backend("reference"):
+        want = run(fn, x, grad, **kwargs)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert_close(a, b)
+    return got
+
+
+FUNCTIONS = {
+    "maxout": lambda x, **kw: F.maxout(x, **kw),
+    "sample": lambda x, **kw: F.probabilistic_maxout(x, temperature=0.7, **kw),
+    "expectation": lambda x, **kw: F.probabilistic_maxout(x, temperature=0.7, training=False, **kw),
+}
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("shape, dim, pieces", [((4, 12, 5, 3), 1, 3), ((4, 12, 5, 3), 1, 1), ((4, 6, 5, 4), -1, 2),
+                                                ((6, 20), 1, 4), ((6, 20), 0, 2), ((2, 3, 4, 5, 6), 2, 2), ((10,), 0, 5)])
+def test_matches_reference_shapes(kernel_backend, function, grouping, shape, dim, pieces):
+    device, _ = kernel_backend
+    compare_with_reference(FUNCTIONS[function], distinct(*shape, device=device), pieces=pieces, dim=dim, grouping=grouping)
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matches_reference_dtypes_layouts(kernel_backend, function, dtype, layout):
+    device, _ = kernel_backend
+    x = in_layout(distinct(3, 8, 5, 6, device=device, dtype=dtype), layout)
+    y, _ = compare_with_reference(FUNCTIONS[function], x, pieces=2, grouping="strided")
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
+def test_empty(kernel_backend, function):
+    device, _ = kernel_backend
+    for shape in [(0, 6, 3, 3), (2, 6, 0, 3)]:
+        y, dx = run(FUNCTIONS[function], torch.randn(*shape, device=device), pieces=3)
+        assert y.shape == (shape[0], 2, *shape[2:]) and dx.shape == shape
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_gradcheck(kernel_backend, grouping):
+    device, backend = kernel_backend
+    x = distinct(2, 6, 3, 2, device=device, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: F.maxout(x, 3, grouping=grouping), (x,))
+    assert torch.autograd.gradgradcheck(lambda x: F.maxout(x, 3, grouping=grouping), (x,))
+    expectation = lambda x: F.probabilistic_maxout(x, 3, grouping=grouping, temperature=0.5, training=False)  # noqa: E731
+    assert torch.autograd.gradcheck(expectation, (x,))
+    # A fixed Philox seed fixes the draws: the sampled layer is then piecewise linear in x.
+    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    seed = torch.tensor([11], device=device)
+    assert torch.autograd.gradcheck(lambda x: ns.probabilistic_maxout(x, 3, 1, grouping, 0.5, seed)[0], (x,))
+
+
+def test_saved_bytes_are_an_eighth_of_view_max(kernel_backend):
+    device, _ = kernel_backend
+
+    def saved_bytes(fn):
+        x = torch.randn(8, 64, 8, 8, device=device, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t):
+            fn(x)
+        return sum(sizes)
+
+    ours = saved_bytes(lambda x: F.maxout(x, 2))
+    view_max = saved_bytes(lambda x: x.view(8, 32, 2, 8, 8).max(2).values)
+    assert ours == 8 * 32 * 8 * 8  # one byte per output
+    assert ours * 8 <= view_max
+
+
+def test_deterministic_algorithms(kernel_backend):
+    device, _ = kernel_backend
+    x = torch.randn(4, 12, 6, 6, device=device)
+    with deterministic():
+        first = run(F.maxout, x, pieces=3)
+        second = run(F.maxout, x, pieces=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# ------------------------------------------------------------------------------- library and compiler
+
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    seed = torch.tensor([3], device=device)
+    for x, dim, grouping in [
+        (distinct(3, 6, 4, 4, device=device), 1, "contiguous"),
+        (in_layout(distinct(3, 6, 4, 4, device=device), "channels_last"), 1, "strided"),
+        (distinct(5, 12, device=device), -1, "strided"),
+        (torch.randn(0, 6, 2, device=device), 1, "contiguous"),
+    ]:
+        x.requires_grad_()
+        torch.library.opcheck(ns.maxout, (x, 3, dim, grouping))
+        torch.library.opcheck(ns.probabilistic_maxout, (x, 3, dim, grouping, 0.5, seed))
+        torch.library.opcheck(ns.probabilistic_maxout_expectation, (x, 3, dim, grouping, 0.5))
+        y, index = ns.maxout(x.detach(), 3, dim, grouping)
+        torch.library.opcheck(ns._maxout_backward, (torch.randn_like(y), index, 3, dim, grouping))
+        torch.library.opcheck(ns._probabilistic_maxout_expectation_backward, (torch.randn_like(y), x.detach(), 3, dim, grouping, 0.5))
+
+
+COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_torch_compile_fullgraph(device, backend):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), cifarops.Maxout(2), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 12),
+        cifarops.ProbabilisticMaxout(3, grouping="strided", temperature=0.5),
+    ).to(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    with cifarops.use_backend(backend):
+        compiled(x).sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+        model.eval()
+        assert_close(compiled(x), model(x))
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+
+def test_same_seed_same_draws(kernel_backend):
+    device, _ = kernel_backend
+    x = torch.randn(6, 12, 4, 4, device=device)
+    torch.manual_seed(4)
+    first = run(F.probabilistic_maxout, x, pieces=3)
+    torch.manual_seed(4)
+    second = run(F.probabilistic_maxout, x, pieces=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    torch.manual_seed(5)
+    assert not torch.equal(first[0], run(F.probabilistic_maxout, x, pieces=3)[0])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_draw_frequencies_follow_the_softmax(kernel_backend, temperature):
+    """Each piece is drawn with probability softmax(z / temperature)_i, within five standard errors."""
+    device, _ = kernel_backend
+    torch.manual_seed(0)
+    z = torch.tensor([0.0, 0.5, -1.0, 1.0], device=device)
+    n = 40000
+    x = z.repeat(n, 1)  # (n, 4): one group of four pieces per row
+    y = F.probabilistic_maxout(x, 4, temperature=temperature).flatten()
+    p = torch.softmax(z / temperature, 0)
+    for i in range(4):
+        frequency = (y == z[i]).double().mean().item()
+        assert abs(frequency - p[i].item()) < 5 * math.sqrt(p[i].item() * (1 - p[i].item()) / n), (i, frequency)
+
+
+def test_modules(any_backend):
+    device, _ = any_backend
+    layer = cifarops.Maxout(2, dim=1, grouping="strided")
+    assert repr(layer) == "Maxout(pieces=2, dim=1, grouping='strided')"
+    x = distinct(2, 4, 3, device=device)
+    torch.testing.assert_close(layer(x), torch.maximum(x[:, :2], x[:, 2:]))
+    probabilistic = cifarops.ProbabilisticMaxout(2, temperature=0.25)
+    assert "temperature=0.25" in repr(probabilistic)
+    probabilistic.eval()
+    z = torch.stack([x[:, 0::2], x[:, 1::2]])
+    torch.testing.assert_close(probabilistic(x), (torch.softmax(z / 0.25, 0) * z).sum(0))

@@ -21,6 +21,10 @@ KERNEL_BACKENDS = [(d, b) for d in DEVICES for b in cifarops.available_backends(
 # Every backend, the reference included, for tests with hand-worked answers.
 ALL_BACKENDS = [(d, b) for d in DEVICES for b in cifarops.available_backends(d)]
 
+# torch.compile cases: Inductor cannot compile Triton kernels for CPU tensors (the interpreter is eager-only),
+# so the Triton backend is compiled only where it runs on a GPU; the reference is compiled too.
+COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 # (rtol, atol) per dtype. Kernels compute in the reference's precision, so differences are rounding only
@@ -51,6 +55,29 @@ def ids(pairs):
 def assert_close(actual, expected, dtype=None):
     rtol, atol = TOLERANCES[dtype or expected.dtype]
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def namespace_for(backend: str):
+    """The torch.ops namespace whose ops run on `backend`."""
+    return torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+
+
+def matches_reference(run, *args, seed: int = 1234, **kwargs):
+    """Runs run(*args, **kwargs), which returns a tuple of tensors (or None), on the selected backend and on
+    the reference from the same seed, asserts that the two agree in dtype, shape and value, and returns
+    the backend's tuple."""
+    torch.manual_seed(seed)
+    got = run(*args, **kwargs)
+    torch.manual_seed(seed)
+    with cifarops.use_backend("reference"):
+        want = run(*args, **kwargs)
+    for a, b in zip(got, want, strict=True):
+        if b is None:
+            assert a is None
+        else:
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert_close(a, b)
+    return got
 
 
 @pytest.fixture(params=KERNEL_BACKENDS, ids=ids(KERNEL_BACKENDS))

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import cifarops
-from cifarops import _extension
 
 OPS = [
     "shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",

@@ -11,7 +11,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import DTYPES, KERNEL_BACKENDS, assert_close, deterministic, ids
+from conftest import COMPILE_BACKENDS, DTYPES, assert_close, deterministic, ids, matches_reference, namespace_for
 from layouts import LAYOUTS, in_layout
 
 GROUPINGS = ["contiguous", "strided"]
@@ -119,15 +119,7 @@ def test_matches_view_max(kernel_backend, pieces, grouping):
 
 def compare_with_reference(fn, x, **kwargs):
     grad = torch.randn(fn(x, **kwargs).shape, device=x.device).to(x.dtype)
-    torch.manual_seed(5)
-    got = run(fn, x, grad, **kwargs)
-    torch.manual_seed(5)
-    with cifarops.use_backend("reference"):
-        want = run(fn, x, grad, **kwargs)
-    for a, b in zip(got, want):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert_close(a, b)
-    return got
+    return matches_reference(run, fn, x, grad, seed=5, **kwargs)
 
 
 FUNCTIONS = {
@@ -177,7 +169,7 @@ def test_gradcheck(kernel_backend, grouping):
     expectation = lambda x: F.probabilistic_maxout(x, 3, grouping=grouping, temperature=0.5, training=False)  # noqa: E731
     assert torch.autograd.gradcheck(expectation, (x,))
     # A fixed Philox seed fixes the draws: the sampled layer is then piecewise linear in x.
-    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    ns = namespace_for(backend)
     seed = torch.tensor([11], device=device)
     assert torch.autograd.gradcheck(lambda x: ns.probabilistic_maxout(x, 3, 1, grouping, 0.5, seed)[0], (x,))
 
@@ -212,7 +204,7 @@ def test_deterministic_algorithms(kernel_backend):
 
 def test_opcheck(kernel_backend):
     device, backend = kernel_backend
-    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    ns = namespace_for(backend)
     seed = torch.tensor([3], device=device)
     for x, dim, grouping in [
         (distinct(3, 6, 4, 4, device=device), 1, "contiguous"),
@@ -227,9 +219,6 @@ def test_opcheck(kernel_backend):
         y, index = ns.maxout(x.detach(), 3, dim, grouping)
         torch.library.opcheck(ns._maxout_backward, (torch.randn_like(y), index, 3, dim, grouping))
         torch.library.opcheck(ns._probabilistic_maxout_expectation_backward, (torch.randn_like(y), x.detach(), 3, dim, grouping, 0.5))
-
-
-COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))

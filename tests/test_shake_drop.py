@@ -8,8 +8,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops import reference
-from conftest import DTYPES, KERNEL_BACKENDS, assert_close, ids
+from conftest import COMPILE_BACKENDS, DTYPES, assert_close, ids, matches_reference, namespace_for
 from layouts import LAYOUTS, in_layout
 
 LEVELS = ["batch", "sample", "channel", "pixel"]
@@ -88,18 +87,7 @@ def test_fp16_output_dtype_for_every_gate(any_backend):
 
 
 def compare_with_reference(device, backend, h, shortcut, **kwargs):
-    torch.manual_seed(1234)
-    got = run(h, shortcut, **kwargs)
-    torch.manual_seed(1234)
-    with cifarops.use_backend("reference"):
-        want = run(h, shortcut, **kwargs)
-    for a, b in zip(got, want):
-        if b is None:
-            assert a is None
-        else:
-            assert a.dtype == b.dtype and a.shape == b.shape
-            assert_close(a, b)
-    return got
+    return matches_reference(run, h, shortcut, **kwargs)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -221,21 +209,12 @@ def op_samples(device):
     yield (h.detach()[:0].requires_grad_(), None, gate[:0], coef[:0], coef[:0], None, [-1.0, 1.0], [0.0, 1.0])
 
 
-def namespace_for(backend):
-    return torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
-
-
 def test_opcheck(kernel_backend):
     device, backend = kernel_backend
     ns = namespace_for(backend)
     for args in op_samples(device):
         torch.library.opcheck(ns.shake_drop, args)
         torch.library.opcheck(ns._shake_drop_backward, (args[0].detach(), args[2], args[4], args[5], args[7]))
-
-
-# Inductor cannot compile Triton kernels for CPU tensors (the interpreter is eager-only), so the Triton
-# backend is compiled only where it runs on a GPU.
-COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))

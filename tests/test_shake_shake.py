@@ -8,7 +8,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import DTYPES, KERNEL_BACKENDS, assert_close, ids
+from conftest import COMPILE_BACKENDS, DTYPES, assert_close, ids, matches_reference, namespace_for
 from layouts import LAYOUTS, in_layout
 
 MODES = [(f, b) for f in ("shake", "even") for b in ("shake", "even", "keep")]
@@ -70,18 +70,7 @@ def test_output_dtype(any_backend):
 
 
 def compare_with_reference(h1, h2, shortcut, **kwargs):
-    torch.manual_seed(99)
-    got = run(h1, h2, shortcut, **kwargs)
-    torch.manual_seed(99)
-    with cifarops.use_backend("reference"):
-        want = run(h1, h2, shortcut, **kwargs)
-    for a, b in zip(got, want):
-        if b is None:
-            assert a is None
-        else:
-            assert a.dtype == b.dtype and a.shape == b.shape
-            assert_close(a, b)
-    return got
+    return matches_reference(run, h1, h2, shortcut, seed=99, **kwargs)
 
 
 @pytest.mark.parametrize("forward_mode, backward_mode", MODES)
@@ -159,7 +148,7 @@ def test_only_coefficients_are_saved_for_backward(kernel_backend):
 
 def test_opcheck(kernel_backend):
     device, backend = kernel_backend
-    ns = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    ns = namespace_for(backend)
     h1, h2, x = (torch.randn(3, 4, 5, 5, device=device, requires_grad=True) for _ in range(3))
     alpha, beta = torch.rand(3, device=device), torch.rand(3, device=device)
     samples = [
@@ -171,9 +160,6 @@ def test_opcheck(kernel_backend):
     for args in samples:
         torch.library.opcheck(ns.shake_shake, args)
         torch.library.opcheck(ns._shake_shake_backward, (args[0].detach(), args[4]))
-
-
-COMPILE_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if not (b == "triton" and d == "cpu")] + [("cpu", "reference")]
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))

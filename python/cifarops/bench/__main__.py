@@ -89,12 +89,9 @@ def main(argv=None) -> int:
         module = OPS[op]
         providers = module.providers(device)
         for case in module.cases(dtypes, quick=args.quick, shapes=shapes):
-            numel = 1
-            for size in case.shape:
-                numel *= size
-            copy_key = (numel, case.dtype)  # the same size as the case: in or out of cache alike
+            copy_key = (case.numel, case.dtype)  # the same size as the case: in or out of cache alike
             if copy_key not in copy_gbs:
-                copy_gbs[copy_key] = copy_bandwidth_gbs(numel, case.dtype, device)
+                copy_gbs[copy_key] = copy_bandwidth_gbs(case.numel, case.dtype, device)
             saved = {}
             for mode in modes:
                 results = {}

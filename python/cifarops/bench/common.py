@@ -7,6 +7,8 @@ from typing import Callable, Sequence
 
 import torch
 
+import cifarops
+
 MODES = ("forward", "backward", "full")
 
 
@@ -25,6 +27,17 @@ class Case:
 
     def param(self, name, default=None):
         return dict(self.params).get(name, default)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
 
 
 @dataclass
@@ -72,3 +85,22 @@ def saved_bytes(bench: Benchmark) -> int | None:
     except Exception:  # torch.compile'd code may refuse saved-tensor hooks
         return None
     return sum(sizes)
+
+
+def standard_providers(device: torch.device, call: Callable, baselines: dict) -> dict:
+    """name -> implementation for one op: each cifarops kernel backend, the eager reference, the op's
+    baselines (what users run today) and torch.compile of the reference. `call` runs the op through
+    cifarops.functional with whatever backend is selected."""
+
+    def on(backend):
+        def run(*args):
+            with cifarops.use_backend(backend):
+                return call(*args)
+
+        return run
+
+    found = {f"cifarops[{b}]": on(b) for b in cifarops.available_backends(device) if b != "reference"}
+    found["reference"] = on("reference")
+    found.update(baselines)
+    found["compile(reference)"] = torch.compile(on("reference"), dynamic=False)
+    return found

@@ -7,7 +7,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.common import Benchmark, Case, compare
+from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "maxout"
 # Convolutional maxout at 32x32 with 192 output channels, and a fully connected maxout layer of 2400 units.
@@ -28,22 +28,10 @@ def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
 
 def moved_bytes(case: Case, mode: str) -> int:
     """Forward reads x and writes y and one byte per output; backward reads dy and the bytes and writes dx."""
-    n = 1
-    for size in case.shape:
-        n *= size
-    k = case.param("k")
-    element = torch.empty((), dtype=case.dtype).element_size()
+    n, element, k = case.numel, case.element_size, case.param("k")
     forward = n * element + n // k * (element + 1)
     backward = n // k * (element + 1) + n * element
     return {"forward": forward, "backward": backward, "full": forward + backward}[mode]
-
-
-def _with_backend(backend):
-    def forward(x, k):
-        with cifarops.use_backend(backend):
-            return F.maxout(x, k)
-
-    return forward
 
 
 def _view_max(x, k):
@@ -56,12 +44,7 @@ def _view_amax(x, k):
 
 def providers(device: torch.device) -> dict:
     """name -> function(x, k) returning the maxout output, for every implementation compared."""
-    found = {f"cifarops[{b}]": _with_backend(b) for b in cifarops.available_backends(device) if b != "reference"}
-    found["reference"] = _with_backend("reference")
-    found["view+max"] = _view_max
-    found["view+amax"] = _view_amax
-    found["compile(reference)"] = torch.compile(_with_backend("reference"), dynamic=False)
-    return found
+    return standard_providers(device, lambda x, k: F.maxout(x, k), {"view+max": _view_max, "view+amax": _view_amax})
 
 
 def make(case: Case, device, provider) -> Benchmark:

@@ -8,7 +8,7 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops.bench.baselines import owruby_shake_drop
-from cifarops.bench.common import Benchmark, Case, compare
+from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "shake_drop"
 # CIFAR shapes: PyramidNet widths 16 to 256 at the 32x32 and 8x8 stages; the shortcut is as wide as h.
@@ -24,10 +24,7 @@ def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
 def moved_bytes(case: Case, mode: str) -> int:
     """The fewest bytes the op must move: forward reads h and the shortcut and writes y; backward reads dy and
     writes dh (the shortcut's gradient is dy itself)."""
-    n = 1
-    for size in case.shape:
-        n *= size
-    element = torch.empty((), dtype=case.dtype).element_size()
+    n, element = case.numel, case.element_size
     return {"forward": 3 * n, "backward": 2 * n, "full": 5 * n}[mode] * element
 
 
@@ -38,21 +35,9 @@ def _inputs(case: Case, device):
     return h, x
 
 
-def _with_backend(backend):
-    def forward(h, x):
-        with cifarops.use_backend(backend):
-            return F.shake_drop(h, x)
-
-    return forward
-
-
 def providers(device: torch.device) -> dict:
     """name -> function(h, x) returning the block output, for every implementation compared."""
-    found = {f"cifarops[{b}]": _with_backend(b) for b in cifarops.available_backends(device) if b != "reference"}
-    found["reference"] = _with_backend("reference")
-    found["owruby-style"] = owruby_shake_drop
-    found["compile(reference)"] = torch.compile(_with_backend("reference"), dynamic=False)
-    return found
+    return standard_providers(device, lambda h, x: F.shake_drop(h, x), {"owruby-style": owruby_shake_drop})
 
 
 def make(case: Case, device, provider) -> Benchmark:

@@ -8,7 +8,7 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops.bench.baselines import hysts_shake_shake
-from cifarops.bench.common import Benchmark, Case, compare
+from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "shake_shake"
 # Shake-Shake 26 2x96d: widths 96, 192 and 384 at 32x32, 16x16 and 8x8.
@@ -23,28 +23,13 @@ def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
 
 def moved_bytes(case: Case, mode: str) -> int:
     """Forward reads h1, h2 and the shortcut and writes y; backward reads dy and writes dh1 and dh2."""
-    n = 1
-    for size in case.shape:
-        n *= size
-    element = torch.empty((), dtype=case.dtype).element_size()
+    n, element = case.numel, case.element_size
     return {"forward": 4 * n, "backward": 3 * n, "full": 7 * n}[mode] * element
-
-
-def _with_backend(backend):
-    def forward(h1, h2, x):
-        with cifarops.use_backend(backend):
-            return F.shake_shake(h1, h2, x)
-
-    return forward
 
 
 def providers(device: torch.device) -> dict:
     """name -> function(h1, h2, x) returning the block output, for every implementation compared."""
-    found = {f"cifarops[{b}]": _with_backend(b) for b in cifarops.available_backends(device) if b != "reference"}
-    found["reference"] = _with_backend("reference")
-    found["hysts-style"] = hysts_shake_shake
-    found["compile(reference)"] = torch.compile(_with_backend("reference"), dynamic=False)
-    return found
+    return standard_providers(device, lambda h1, h2, x: F.shake_shake(h1, h2, x), {"hysts-style": hysts_shake_shake})
 
 
 def make(case: Case, device, provider) -> Benchmark:

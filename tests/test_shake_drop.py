@@ -71,7 +71,8 @@ def test_known_answer_pixel_level_uses_philox(any_backend):
     y = cifarops.functional._op("shake_drop", torch.device(device))(h, None, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
     index = torch.arange(h.numel(), device=device).reshape(h.shape)
     u = cifarops.philox.philox_uniform(seed, index, stream=0)
-    torch.testing.assert_close(y, -1.0 + 2.0 * u, rtol=0, atol=1e-7)
+    # Equal up to one rounding: GPU kernels may fuse lo + (hi - lo) * u into one multiply-add.
+    torch.testing.assert_close(y, -1.0 + 2.0 * u, rtol=0, atol=3e-7)
 
 
 def test_fp16_output_dtype_for_every_gate(any_backend):

@@ -58,49 +58,62 @@ void select_row(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RE
   }
 }
 
-// Groups of k adjacent pieces (contiguous grouping along unit-stride channels). Plain locals and restrict
-// pointers (byte stores to `index` could otherwise alias everything), and a branch-free k = 2 loop that the
-// compiler vectorises: with random data a branch per group mispredicts half the time.
-template <typename scalar_t>
-void max_adjacent(const scalar_t* CIFAROPS_RESTRICT x, scalar_t* CIFAROPS_RESTRICT y, uint8_t* CIFAROPS_RESTRICT index,
-                  int64_t groups, int64_t pieces) {
+// Groups of k adjacent pieces (contiguous grouping along unit-stride channels), folded piece by piece like
+// the rows above, at stride k. A compile-time k (2, 3, 4) lets the compiler vectorise the strided loads;
+// nesting the piece loop inside the group loop instead leaves a branch per piece that random data mispredicts.
+template <typename scalar_t, int kPieces>
+void max_adjacent_fixed(const scalar_t* CIFAROPS_RESTRICT x, scalar_t* CIFAROPS_RESTRICT y,
+                        uint8_t* CIFAROPS_RESTRICT index, int64_t groups, int64_t pieces) {
   using acc_t = typename OpMath<scalar_t>::type;
-  if (pieces == 2) {
-    for (int64_t j = 0; j < groups; ++j) {
-      const acc_t a = static_cast<acc_t>(x[2 * j]), b = static_cast<acc_t>(x[2 * j + 1]);
-      const bool take = (a == a) & ((b > a) | (b != b));
-      y[j] = static_cast<scalar_t>(take ? b : a);  // exact: the value came from scalar_t
-      index[j] = static_cast<uint8_t>(take);
-    }
-    return;
-  }
+  const int64_t k = kPieces > 0 ? kPieces : pieces;
   for (int64_t j = 0; j < groups; ++j) {
-    const scalar_t* CIFAROPS_RESTRICT z = x + j * pieces;
-    acc_t best = static_cast<acc_t>(z[0]);
-    uint8_t arg = 0;
-    for (int64_t piece = 1; piece < pieces; ++piece) {
-      const acc_t v = static_cast<acc_t>(z[piece]);
-      const bool take = (best == best) & ((v > best) | (v != v));
-      best = take ? v : best;
-      arg = take ? static_cast<uint8_t>(piece) : arg;
+    y[j] = x[j * k];
+    index[j] = 0;
+  }
+  for (int64_t piece = 1; piece < k; ++piece) {
+    for (int64_t j = 0; j < groups; ++j) {
+      const acc_t best = static_cast<acc_t>(y[j]), v = static_cast<acc_t>(x[j * k + piece]);
+      const bool take = (best == best) & ((v > best) | (v != v));  // first maximum; NaN wins and stays
+      y[j] = take ? x[j * k + piece] : y[j];
+      index[j] = take ? static_cast<uint8_t>(piece) : index[j];
     }
-    y[j] = static_cast<scalar_t>(best);
-    index[j] = arg;
   }
 }
 
-// dx[j k + piece] = piece == index[j] ? dy[j] : +0, with the same bit mask as select_row.
 template <typename scalar_t>
-void select_adjacent(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RESTRICT index,
-                     scalar_t* CIFAROPS_RESTRICT dx, int64_t groups, int64_t pieces) {
+void max_adjacent(const scalar_t* x, scalar_t* y, uint8_t* index, int64_t groups, int64_t pieces) {
+  switch (pieces) {
+    case 2: return max_adjacent_fixed<scalar_t, 2>(x, y, index, groups, pieces);
+    case 3: return max_adjacent_fixed<scalar_t, 3>(x, y, index, groups, pieces);
+    case 4: return max_adjacent_fixed<scalar_t, 4>(x, y, index, groups, pieces);
+    default: return max_adjacent_fixed<scalar_t, 0>(x, y, index, groups, pieces);
+  }
+}
+
+// dx[j k + piece] = piece == index[j] ? dy[j] : +0, with the same bit mask as select_row; group by group,
+// so the stores are sequential.
+template <typename scalar_t, int kPieces>
+void select_adjacent_fixed(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RESTRICT index,
+                           scalar_t* CIFAROPS_RESTRICT dx, int64_t groups, int64_t pieces) {
   using bits_t = Bits<scalar_t>;
+  const int64_t k = kPieces > 0 ? kPieces : pieces;
   for (int64_t j = 0; j < groups; ++j) {
     bits_t value;
     std::memcpy(&value, dy + j, sizeof(value));
-    for (int64_t piece = 0; piece < pieces; ++piece) {
+    for (int64_t piece = 0; piece < k; ++piece) {
       const bits_t masked = value & (static_cast<bits_t>(0) - static_cast<bits_t>(index[j] == piece));
-      std::memcpy(dx + j * pieces + piece, &masked, sizeof(masked));
+      std::memcpy(dx + j * k + piece, &masked, sizeof(masked));
     }
+  }
+}
+
+template <typename scalar_t>
+void select_adjacent(const scalar_t* dy, const uint8_t* index, scalar_t* dx, int64_t groups, int64_t pieces) {
+  switch (pieces) {
+    case 2: return select_adjacent_fixed<scalar_t, 2>(dy, index, dx, groups, pieces);
+    case 3: return select_adjacent_fixed<scalar_t, 3>(dy, index, dx, groups, pieces);
+    case 4: return select_adjacent_fixed<scalar_t, 4>(dy, index, dx, groups, pieces);
+    default: return select_adjacent_fixed<scalar_t, 0>(dy, index, dx, groups, pieces);
   }
 }
 

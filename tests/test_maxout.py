@@ -62,6 +62,24 @@ def test_known_answer_nan_propagates(any_backend):
     torch.testing.assert_close(dx, torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0, 0.0]], device=device), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("grouping", GROUPINGS)
+@pytest.mark.parametrize("pieces", [2, 3])
+def test_nan_and_ties_in_every_kernel_path(kernel_backend, layout, grouping, pieces):
+    """NaN and exact ties in planes (unit-stride rows) and along channels (channels_last): the same first
+    maximum and first NaN as the reference."""
+    device, _ = kernel_backend
+    x = torch.randint(0, 3, (2, 6, 4, 5), device=device).float()  # many ties
+    x[0, 1, 2, 3] = x[1, 4, 0, 0] = x[1, 5, 0, 0] = float("nan")
+    x = in_layout(x, layout)
+    grad = torch.arange(2 * (6 // pieces) * 20, device=device, dtype=torch.float32).reshape(2, 6 // pieces, 4, 5)
+    got = run(F.maxout, x, grad, pieces=pieces, grouping=grouping)
+    with cifarops.use_backend("reference"):
+        want = run(F.maxout, x, grad, pieces=pieces, grouping=grouping)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
 def test_known_answer_other_dim(any_backend):
     device, _ = any_backend
     x = torch.tensor([[[1.0, 4.0], [2.0, 0.0]], [[-1.0, -3.0], [5.0, 6.0]]], device=device)  # (2, 2, 2)

@@ -40,11 +40,12 @@ void fold_piece(const scalar_t* CIFAROPS_RESTRICT z, scalar_t* CIFAROPS_RESTRICT
   }
 }
 
-// dx = index == piece ? dy : +0, as a bit mask over the values' bits: exact for every value (NaN and inf
-// included), and without a branch, so the compiler vectorises it (a ?: select of floats here it does not).
+// The unsigned integer with a value's bits.
 template <typename scalar_t>
 using Bits = std::conditional_t<sizeof(scalar_t) == 2, uint16_t, std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
 
+// dx = index == piece ? dy : +0, as a bit mask over the values' bits: exact for every value (NaN and inf
+// included), and without a branch, so the compiler vectorises it (a ?: select of floats here it does not).
 template <typename scalar_t>
 void select_row(const scalar_t* CIFAROPS_RESTRICT dy, const uint8_t* CIFAROPS_RESTRICT index,
                 scalar_t* CIFAROPS_RESTRICT dx, int64_t n, uint8_t piece) {

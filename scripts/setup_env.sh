@@ -28,5 +28,11 @@ if [ -n "$missing" ]; then
   $PIP $missing
 fi
 echo "== building cifarops (torch $(python -c 'import torch; print(torch.__version__)'))"
-(cd "$ROOT" && MAX_JOBS=${MAX_JOBS:-2} $PIP --no-build-isolation -e .) 2>&1 | grep -vE "^\s*$|WARNING: Location|SetuptoolsDeprecationWarning|!!|\*\*\*\*|corresp|wheel_obj|deprecat" || true
+build_log=$(mktemp)
+if ! (cd "$ROOT" && MAX_JOBS=${MAX_JOBS:-2} $PIP --no-build-isolation -e .) > "$build_log" 2>&1; then
+  cat "$build_log"
+  echo "== building cifarops failed" >&2
+  exit 1
+fi
+rm -f "$build_log"
 python -c "import cifarops; info = cifarops.build_info(); assert info['loaded'], info; print('== cifarops', cifarops.__version__, info)"

@@ -86,7 +86,8 @@ def select_backend(device: torch.device | str) -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Run cifarops ops inside the block on backend `name` (None restores the automatic choice)."""
+    """Run cifarops ops inside the block on backend `name`; None means no override inside the block (then
+    CIFAROPS_BACKEND, if set, or the automatic choice applies)."""
     global _override
     if name is not None:
         _check_name(name)

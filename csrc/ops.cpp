@@ -36,4 +36,18 @@ TORCH_LIBRARY(cifarops, m) {
   m.def(
       "_probabilistic_maxout_expectation_backward(Tensor grad_y, Tensor x, int pieces, int dim, str grouping, "
       "float temperature) -> Tensor");
+
+  // Fractional max-pooling (Graham, arXiv 1412.6071) of (N, C, H, W) to output_size = [h, w]. regions:
+  // "window" (PyTorch's k x k windows, kernel_size = [kh, kw]) or Graham's "disjoint" / "overlapping"
+  // (kernel_size = []). The sequences come from samples (N, C, 2) in x's dtype, u in [0, 1) with index 0 for
+  // the width (pseudorandom), or from boundaries (N, C, 2, L) int64 (a_0 = 0 .. a_out = in; Graham's only).
+  // Returns y and each output's choice: int64 flat h * W + w (return_indices, PyTorch's) or a uint8 offset
+  // inside its region.
+  m.def(
+      "fractional_max_pool2d(Tensor x, int[] kernel_size, int[] output_size, str regions, Tensor? samples, "
+      "Tensor? boundaries, bool return_indices) -> (Tensor, Tensor)");
+  // grad_x: each input sums grad_y over the outputs that chose it (gathered, no atomics).
+  m.def(
+      "_fractional_max_pool2d_backward(Tensor grad_y, Tensor index, int[] input_size, int[] kernel_size, "
+      "str regions, Tensor? samples, Tensor? boundaries) -> Tensor");
 }

@@ -1,0 +1,210 @@
+// Fractional max-pooling on the CPU: planes in parallel. Each plane's row and column regions are computed
+// once into small tables, then every output scans its region (math in fractional_max_pool2d.h). Interval
+// arithmetic runs in the storage type, as ATen's CPU kernel does, so half and bfloat16 windows match it.
+//
+// Backward scatters within one plane, serially, in row-major output order: deterministic without atomics,
+// and the additions happen in the order of ATen's CPU loop (and of the GPU kernels' gather).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "args/fractional_max_pool2d.h"
+#include "cifarops/fractional_max_pool2d.h"
+
+namespace cifarops {
+namespace {
+
+// Region tables of one plane: output i of an axis pools [begin[i], end[i]).
+struct PlaneRegions {
+  std::vector<int64_t> row_begin, row_end, col_begin, col_end;
+
+  template <typename scalar_t>
+  void fill(const FmpParams& p, int64_t n, int64_t c) {
+    using acc_t = typename OpMath<scalar_t>::type;
+    const auto rows = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 1);
+    const auto cols = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 0);
+    row_begin.resize(p.rows.out);
+    row_end.resize(p.rows.out);
+    col_begin.resize(p.cols.out);
+    col_end.resize(p.cols.out);
+    for (int64_t i = 0; i < p.rows.out; ++i) rows.region(i, row_begin[i], row_end[i]);
+    for (int64_t i = 0; i < p.cols.out; ++i) cols.region(i, col_begin[i], col_end[i]);
+  }
+};
+
+template <typename Body>
+void for_each_plane(const FmpParams& p, int64_t work_per_plane, Body body) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_plane));
+  at::parallel_for(0, p.planes(), grain, [&](int64_t begin, int64_t end) {
+    PlaneRegions regions;  // reused across the chunk's planes
+    for (int64_t plane = begin; plane < end; ++plane) body(plane / p.channels, plane % p.channels, regions);
+  });
+}
+
+// Planes stored with unit column stride (NCHW): the fast paths below index rows directly.
+bool unit_columns(const FmpParams& p) { return p.in_strides.w == 1; }
+
+// PyTorch's K x K windows over a unit-stride plane, with K known at compile time: the scan unrolls, and
+// the ATen rule becomes selects instead of branches that random data mispredicts. Everything the loop reads
+// is hoisted into locals: the byte stores may alias anything, so the compiler would reload params after each.
+template <typename scalar_t, int K, bool kWide>
+void forward_window_plane(const FmpParams& p, const scalar_t* plane, int64_t n, int64_t c, const PlaneRegions& r) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const int64_t row_stride = p.in_strides.h, width = p.cols.in, out_h = p.rows.out, out_w = p.cols.out;
+  const int64_t out_row_stride = p.out_strides.h, out_col_stride = p.out_strides.w;
+  const int64_t* row_begin = r.row_begin.data();
+  const int64_t* col_begin = r.col_begin.data();
+  scalar_t* y = static_cast<scalar_t*>(p.output) + p.out_strides.at(n, c, 0, 0);
+  int64_t* wide = static_cast<int64_t*>(p.index) + p.out_strides.at(n, c, 0, 0);
+  uint8_t* offsets = static_cast<uint8_t*>(p.index) + p.out_strides.at(n, c, 0, 0);
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    const int64_t r0 = row_begin[oh];
+    const scalar_t* top = plane + r0 * row_stride;
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const scalar_t* corner = top + col_begin[ow];
+      acc_t best = -static_cast<acc_t>(INFINITY);
+      int offset = 0;
+      for (int dh = 0; dh < K; ++dh) {
+        for (int dw = 0; dw < K; ++dw) {
+          const acc_t v = static_cast<acc_t>(corner[dh * row_stride + dw]);
+          const bool take = (v > best) | (v != v);  // ATen's rule: first maximum, last NaN
+          best = take ? v : best;
+          offset = take ? dh * K + dw : offset;
+        }
+      }
+      const int64_t out = oh * out_row_stride + ow * out_col_stride;
+      y[out] = corner[(offset / K) * row_stride + offset % K];
+      if (kWide) {
+        wide[out] = (r0 + offset / K) * width + col_begin[ow] + offset % K;
+      } else {
+        offsets[out] = static_cast<uint8_t>(offset);
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_plane(const FmpParams& p, const scalar_t* plane, int64_t n, int64_t c, const PlaneRegions& r) {
+  scalar_t* y = static_cast<scalar_t*>(p.output);
+  for (int64_t oh = 0; oh < p.rows.out; ++oh) {
+    for (int64_t ow = 0; ow < p.cols.out; ++ow) {
+      int64_t h, w;
+      const int64_t out = p.out_strides.at(n, c, oh, ow);
+      y[out] = fmp_region_max(plane, p.in_strides.h, p.in_strides.w, r.row_begin[oh], r.row_end[oh], r.col_begin[ow],
+                              r.col_end[ow], h, w);
+      fmp_store_choice(p, out, h, w, r.row_begin[oh], r.col_begin[ow]);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward(const FmpParams& p) {
+  const bool window = p.regions == FmpRegions::Window && unit_columns(p) && p.rows.kernel == p.cols.kernel;
+  const int64_t k = window ? p.rows.kernel : 0;
+  for_each_plane(p, p.rows.in * p.cols.in, [&](int64_t n, int64_t c, PlaneRegions& r) {
+    r.fill<scalar_t>(p, n, c);
+    const scalar_t* plane = static_cast<const scalar_t*>(p.input) + p.in_strides.at(n, c, 0, 0);
+    if (k == 2) {
+      return p.wide_index ? forward_window_plane<scalar_t, 2, true>(p, plane, n, c, r)
+                          : forward_window_plane<scalar_t, 2, false>(p, plane, n, c, r);
+    }
+    if (k == 3) {
+      return p.wide_index ? forward_window_plane<scalar_t, 3, true>(p, plane, n, c, r)
+                          : forward_window_plane<scalar_t, 3, false>(p, plane, n, c, r);
+    }
+    forward_plane(p, plane, n, c, r);
+  });
+}
+
+// Adds grad_y of every output to the input it chose, inside its region. kSpan: the region width the byte
+// offsets were written with, at compile time (0: read it from the params, or int64 flat indices).
+template <typename scalar_t, int kSpan>
+void scatter_plane(const FmpParams& p, scalar_t* plane, int64_t n, int64_t c, const PlaneRegions& r) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const int64_t out_h = p.rows.out, out_w = p.cols.out, width = p.cols.in;
+  const int64_t out_row_stride = p.out_strides.h, out_col_stride = p.out_strides.w;
+  const int64_t in_row_stride = p.in_strides.h, in_col_stride = p.in_strides.w;
+  const int64_t base = p.out_strides.at(n, c, 0, 0);
+  const scalar_t* grad_y = static_cast<const scalar_t*>(p.grad_output) + base;
+  const uint8_t* offsets = static_cast<const uint8_t*>(p.index) + base;
+  const int64_t *row_begin = r.row_begin.data(), *row_end = r.row_end.data();
+  const int64_t *col_begin = r.col_begin.data(), *col_end = r.col_end.data();
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    const int64_t r0 = row_begin[oh], r1 = row_end[oh];
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const int64_t out = oh * out_row_stride + ow * out_col_stride;
+      const int64_t c0 = col_begin[ow], c1 = col_end[ow];
+      int64_t h, w;
+      if (kSpan > 0) {
+        h = r0 + offsets[out] / kSpan;
+        w = c0 + offsets[out] % kSpan;
+        if (h >= r1 || w >= c1) continue;
+      } else {
+        const int64_t chosen = fmp_chosen(p, base + out, r0, c0);
+        if (!fmp_inside(p, chosen, r0, r1, c0, c1)) continue;
+        h = chosen / width;
+        w = chosen % width;
+      }
+      scalar_t& g = plane[h * in_row_stride + w * in_col_stride];
+      g = static_cast<scalar_t>(static_cast<acc_t>(g) + static_cast<acc_t>(grad_y[out]));
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward(const FmpParams& p) {
+  const int64_t span = p.wide_index ? 0 : p.cols.span;
+  for_each_plane(p, p.rows.in * p.cols.in, [&](int64_t n, int64_t c, PlaneRegions& r) {
+    r.fill<scalar_t>(p, n, c);
+    scalar_t* plane = static_cast<scalar_t*>(p.grad_input) + p.in_strides.at(n, c, 0, 0);
+    if (unit_columns(p) && p.in_strides.h == p.cols.in) {
+      std::memset(static_cast<void*>(plane), 0, p.rows.in * p.cols.in * sizeof(scalar_t));  // +0 in every type
+    } else {
+      for (int64_t h = 0; h < p.rows.in; ++h) {
+        for (int64_t w = 0; w < p.cols.in; ++w) plane[h * p.in_strides.h + w * p.in_strides.w] = scalar_t(0);
+      }
+    }
+    if (span == 2) return scatter_plane<scalar_t, 2>(p, plane, n, c, r);
+    if (span == 3) return scatter_plane<scalar_t, 3>(p, plane, n, c, r);
+    scatter_plane<scalar_t, 0>(p, plane, n, c, r);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fractional_max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
+                                                             at::IntArrayRef output_size, c10::string_view regions,
+                                                             const std::optional<at::Tensor>& samples,
+                                                             const std::optional<at::Tensor>& boundaries,
+                                                             bool return_indices) {
+  const FmpCall call =
+      fmp_forward_call(x, kernel_size, output_size, std::string(regions), samples, boundaries, return_indices);
+  if (call.params.output_numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fractional_max_pool2d_cpu",
+                                    [&] { forward<scalar_t>(call.params); });
+  }
+  return {call.output, call.index};
+}
+
+at::Tensor fractional_max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& index,
+                                              at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                              c10::string_view regions, const std::optional<at::Tensor>& samples,
+                                              const std::optional<at::Tensor>& boundaries) {
+  const FmpCall call =
+      fmp_backward_call(grad_y, index, input_size, kernel_size, std::string(regions), samples, boundaries);
+  if (call.params.input_numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(),
+                                    "fractional_max_pool2d_backward_cpu", [&] { backward<scalar_t>(call.params); });
+  }
+  return call.grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cifarops, CPU, m) {
+  m.impl("fractional_max_pool2d", &fractional_max_pool2d_cpu);
+  m.impl("_fractional_max_pool2d_backward", &fractional_max_pool2d_backward_cpu);
+}
+
+}  // namespace cifarops

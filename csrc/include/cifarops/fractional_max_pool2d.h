@@ -1,0 +1,260 @@
+// Fractional max-pooling's shared math (SPEC.md; Graham, arXiv 1412.6071). Each plane (n, c) is pooled
+// over regions that are products of a row region and a column region; along an axis, output i pools
+// [begin_i, end_i):
+//   Window (PyTorch's nn.FractionalMaxPool2d): begin_i = ATen's generate_intervals(u), end_i = begin_i + k.
+//   Disjoint (Graham):    [a_i, a_{i+1});   Overlapping (Graham): [a_i, a_{i+1} + 1) clipped to the plane,
+// with a_i = floor(alpha (i + u)) - floor(alpha u), alpha = in / out (pseudorandom), or a_i read from an
+// explicit boundary table (random sequences, or any sequence a test wants).
+// begin_i and end_i never decrease with i, so the outputs whose regions contain input x along an axis are a
+// contiguous run found by binary search: that is how backward gathers (each input sums the gradients of the
+// outputs that chose it, in row-major output order, as ATen's CPU loop adds them) without atomics.
+//
+// Regions are clamped to the plane, so no sample or boundary value can make a kernel read out of bounds.
+// Torch-free: included by csrc/cpu/fractional_max_pool2d.cpp and csrc/cuda/fractional_max_pool2d.cu.
+#pragma once
+
+#include <stdint.h>
+
+#include "cifarops/macros.h"
+#include "cifarops/tensor_types.h"
+
+#if defined(__CUDACC__)
+#include <math.h>
+#define CIFAROPS_FMP_ISNAN(x) isnan(x)
+#define CIFAROPS_FMP_FLOOR(x) floor(x)
+#else
+#include <cmath>
+#define CIFAROPS_FMP_ISNAN(x) std::isnan(x)
+#define CIFAROPS_FMP_FLOOR(x) std::floor(x)
+#endif
+
+namespace cifarops {
+
+enum class FmpRegions : int { Window = 0, Disjoint = 1, Overlapping = 2 };
+
+// One spatial axis. samples[..., 0] and boundaries[..., 0, :] belong to the columns (width), index 1 to the
+// rows (height): PyTorch's order for _random_samples.
+struct FmpAxis {
+  int64_t in = 0, out = 0;
+  int64_t kernel = 0;  // Window: the window size k
+  int64_t span = 0;    // the widest region: k, 2 (Disjoint) or 3 (Overlapping); offsets in a region are < span
+  // Window: (in - k) / (out - 1) as ATen rounds it in the interval type; Graham: in / out in the compute type.
+  double alpha = 0;
+};
+
+// Strides of an (n, c, h, w) tensor, in elements.
+struct Strides4 {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  CIFAROPS_INLINE int64_t at(int64_t in, int64_t ic, int64_t ih, int64_t iw) const {
+    return in * n + ic * c + ih * h + iw * w;
+  }
+};
+
+struct FmpParams {
+  const void* input = nullptr;        // (N, C, rows.in, cols.in), in_strides
+  void* output = nullptr;             // (N, C, rows.out, cols.out), out_strides
+  void* index = nullptr;              // out_strides; int64 flat h * W + w (PyTorch's) or uint8 offset in region
+  const void* grad_output = nullptr;  // out_strides
+  void* grad_input = nullptr;         // in_strides
+  const void* samples = nullptr;      // u in [0, 1) per (n, c, axis), input's dtype; nullptr with boundaries
+  int64_t sample_stride_n = 0, sample_stride_c = 0, sample_stride_axis = 0;
+  const int64_t* boundaries = nullptr;  // a_0..a_out per (n, c, axis); Disjoint / Overlapping only
+  int64_t boundary_stride_n = 0, boundary_stride_c = 0, boundary_stride_axis = 0, boundary_stride_i = 0;
+  int64_t batch = 0, channels = 0;
+  FmpAxis rows, cols;
+  Strides4 in_strides, out_strides;
+  FmpRegions regions = FmpRegions::Window;
+  bool wide_index = false;  // int64 flat indices rather than one byte per output
+  DType dtype = DType::Float32;
+
+  CIFAROPS_INLINE int64_t planes() const { return batch * channels; }
+  CIFAROPS_INLINE int64_t output_numel() const { return planes() * rows.out * cols.out; }
+  CIFAROPS_INLINE int64_t input_numel() const { return planes() * rows.in * cols.in; }
+};
+
+CIFAROPS_INLINE int64_t fmp_clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// ATen's generate_intervals / get_interval, operation for operation in interval_t: the storage type on
+// the CPU (ATen's CPU kernel computes in scalar_t, so half and bfloat16 round after every operation) and the
+// compute type on CUDA (ATen's CUDA kernel uses acc_type). Clamped to [0, in - k]: ATen's CPU kernel fails
+// an internal assert where bfloat16 rounding overshoots.
+template <typename interval_t>
+CIFAROPS_INLINE int64_t fmp_window_start(interval_t u, int64_t i, const FmpAxis& a) {
+  using wide_t = typename OpMath<interval_t>::type;  // float for half types: how ATen converts ints and casts
+  if (i >= a.out - 1) return a.in - a.kernel;
+  const interval_t alpha = static_cast<interval_t>(static_cast<wide_t>(a.alpha));
+  const interval_t shifted = static_cast<interval_t>(static_cast<wide_t>(i)) + u;
+  const int start = static_cast<int>(static_cast<wide_t>(shifted * alpha)) - static_cast<int>(static_cast<wide_t>(u * alpha));
+  return fmp_clamp(start, 0, a.in - a.kernel);
+}
+
+// Graham's pseudorandom boundary a_i = floor(alpha (i + u)) - floor(alpha u) in the compute type, clamped so
+// that every region keeps at least one row: i <= a_i <= in - out + i.
+template <typename acc_t>
+CIFAROPS_INLINE int64_t fmp_pseudorandom_boundary(acc_t u, int64_t i, const FmpAxis& a) {
+  if (i >= a.out) return a.in;
+  const acc_t alpha = static_cast<acc_t>(a.alpha);
+  const acc_t shifted = static_cast<acc_t>(i) + u;
+  const int64_t raw =
+      static_cast<int64_t>(CIFAROPS_FMP_FLOOR(shifted * alpha)) - static_cast<int64_t>(CIFAROPS_FMP_FLOOR(alpha * u));
+  return fmp_clamp(raw, i, a.in - a.out + i);
+}
+
+// The regions of one axis of one plane.
+template <typename interval_t, typename acc_t>
+struct FmpSequence {
+  const FmpAxis* axis;
+  FmpRegions regions;
+  acc_t u;                      // the sample, exactly (every storage type converts to acc_t without loss)
+  const int64_t* boundaries;    // nullptr: pseudorandom from u
+  int64_t boundary_stride;
+
+  CIFAROPS_INLINE int64_t boundary(int64_t i) const {
+    if (boundaries == nullptr) return fmp_pseudorandom_boundary<acc_t>(u, i, *axis);
+    if (i >= axis->out) return axis->in;
+    if (i <= 0) return 0;
+    return fmp_clamp(boundaries[i * boundary_stride], i, axis->in - axis->out + i);
+  }
+
+  CIFAROPS_INLINE void region(int64_t i, int64_t& begin, int64_t& end) const {
+    if (regions == FmpRegions::Window) {
+      begin = fmp_window_start<interval_t>(static_cast<interval_t>(u), i, *axis);
+      end = begin + axis->kernel;
+      return;
+    }
+    begin = boundary(i);
+    end = boundary(i + 1) + (regions == FmpRegions::Overlapping ? 1 : 0);
+    end = end < axis->in ? end : axis->in;
+  }
+
+  // The first output whose region ends after x (== out when none does): binary search, since ends never
+  // decrease. The outputs containing x follow it for as long as their regions begin at or before x.
+  CIFAROPS_INLINE int64_t first_ending_after(int64_t x) const {
+    int64_t lo = 0, hi = axis->out;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      int64_t begin, end;
+      region(mid, begin, end);
+      if (end > x) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    return lo;
+  }
+};
+
+// The sequence of `axis_index` (0: columns, 1: rows) for plane (n, c).
+template <typename scalar_t, typename interval_t, typename acc_t>
+CIFAROPS_INLINE FmpSequence<interval_t, acc_t> fmp_sequence(const FmpParams& p, int64_t n, int64_t c, int axis_index) {
+  FmpSequence<interval_t, acc_t> s;
+  s.axis = axis_index == 0 ? &p.cols : &p.rows;
+  s.regions = p.regions;
+  s.u = acc_t(0);
+  s.boundaries = nullptr;
+  s.boundary_stride = 0;
+  if (p.boundaries != nullptr) {
+    s.boundaries = p.boundaries + n * p.boundary_stride_n + c * p.boundary_stride_c + axis_index * p.boundary_stride_axis;
+    s.boundary_stride = p.boundary_stride_i;
+  } else {
+    const scalar_t* samples = static_cast<const scalar_t*>(p.samples);
+    s.u = to_acc<acc_t>(samples[n * p.sample_stride_n + c * p.sample_stride_c + axis_index * p.sample_stride_axis]);
+  }
+  return s;
+}
+
+// The maximum of rows [r0, r1) x columns [c0, c1) of a plane and where it is. Row-major scan with ATen's
+// rule `v > best || isnan(v)` from -inf at the region's first element: the first maximum wins, the last NaN
+// wins, an all -inf region points at its first element.
+template <typename scalar_t>
+CIFAROPS_INLINE scalar_t fmp_region_max(const scalar_t* plane, int64_t stride_h, int64_t stride_w, int64_t r0,
+                                        int64_t r1, int64_t c0, int64_t c1, int64_t& best_h, int64_t& best_w) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  scalar_t best_value = plane[r0 * stride_h + c0 * stride_w];
+  acc_t best = -static_cast<acc_t>(INFINITY);
+  best_h = r0;
+  best_w = c0;
+  for (int64_t h = r0; h < r1; ++h) {
+    for (int64_t w = c0; w < c1; ++w) {
+      const scalar_t raw = plane[h * stride_h + w * stride_w];
+      const acc_t v = to_acc<acc_t>(raw);
+      if (v > best || CIFAROPS_FMP_ISNAN(v)) {
+        best = v;
+        best_value = raw;
+        best_h = h;
+        best_w = w;
+      }
+    }
+  }
+  return best_value;
+}
+
+// Records output `out`'s choice: PyTorch's flat index h * W + w, or the offset inside the region.
+CIFAROPS_INLINE void fmp_store_choice(const FmpParams& p, int64_t out, int64_t h, int64_t w, int64_t r0, int64_t c0) {
+  if (p.wide_index) {
+    static_cast<int64_t*>(p.index)[out] = h * p.cols.in + w;
+  } else {
+    static_cast<uint8_t*>(p.index)[out] = static_cast<uint8_t>((h - r0) * p.cols.span + (w - c0));
+  }
+}
+
+// Output (n, c, oh, ow).
+template <typename scalar_t, typename interval_t>
+CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, int64_t n, int64_t c, int64_t oh, int64_t ow) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1);
+  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0);
+  int64_t r0, r1, c0, c1, h, w;
+  rows.region(oh, r0, r1);
+  cols.region(ow, c0, c1);
+  const scalar_t* plane = static_cast<const scalar_t*>(p.input) + p.in_strides.at(n, c, 0, 0);
+  const scalar_t y = fmp_region_max(plane, p.in_strides.h, p.in_strides.w, r0, r1, c0, c1, h, w);
+  const int64_t out = p.out_strides.at(n, c, oh, ow);
+  static_cast<scalar_t*>(p.output)[out] = y;
+  fmp_store_choice(p, out, h, w, r0, c0);
+}
+
+// The input that output `out` chose, as a flat h * W + w, given the output's region start. Whatever the
+// index holds, only a choice inside the output's region receives a gradient (gather and scatter agree).
+CIFAROPS_INLINE int64_t fmp_chosen(const FmpParams& p, int64_t out, int64_t r0, int64_t c0) {
+  if (p.wide_index) return static_cast<const int64_t*>(p.index)[out];
+  const int64_t offset = static_cast<const uint8_t*>(p.index)[out];
+  return (r0 + offset / p.cols.span) * p.cols.in + c0 + offset % p.cols.span;
+}
+
+CIFAROPS_INLINE bool fmp_inside(const FmpParams& p, int64_t flat, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  if (flat < 0) return false;
+  const int64_t h = flat / p.cols.in, w = flat % p.cols.in;
+  return h >= r0 && h < r1 && w >= c0 && w < c1;
+}
+
+// grad_input (n, c, h, w): the sum of grad_output over the outputs that chose (h, w), added in row-major
+// output order and rounded to scalar_t after each addition, as ATen's CPU loop does (grad_input[i] += g).
+template <typename scalar_t, typename interval_t>
+CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, int64_t n, int64_t c, int64_t h, int64_t w) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1);
+  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0);
+  const scalar_t* grad_output = static_cast<const scalar_t*>(p.grad_output);
+  const int64_t target = h * p.cols.in + w;
+  const int64_t first_col = cols.first_ending_after(w);
+  scalar_t sum = from_acc<scalar_t>(acc_t(0));
+  for (int64_t oh = rows.first_ending_after(h); oh < p.rows.out; ++oh) {
+    int64_t r0, r1;
+    rows.region(oh, r0, r1);
+    if (r0 > h) break;
+    for (int64_t ow = first_col; ow < p.cols.out; ++ow) {
+      int64_t c0, c1;
+      cols.region(ow, c0, c1);
+      if (c0 > w) break;
+      const int64_t out = p.out_strides.at(n, c, oh, ow);
+      if (fmp_chosen(p, out, r0, c0) == target) {
+        sum = from_acc<scalar_t>(to_acc<acc_t>(sum) + to_acc<acc_t>(grad_output[out]));
+      }
+    }
+  }
+  static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(n, c, h, w)] = sum;
+}
+
+}  // namespace cifarops

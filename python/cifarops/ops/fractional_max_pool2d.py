@@ -1,0 +1,243 @@
+"""torch.library registrations for fractional max-pooling: argument checks, fake and autograd formulas for the
+compiled ops (schemas in csrc/ops.cpp) and the Triton ops `cifarops_triton::*` with the same schemas.
+
+Saved for backward: each output's choice (one byte: its offset inside the region, unless the caller asked
+for PyTorch's int64 indices) and the draws, from which backward recomputes the regions."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from cifarops import _extension, reference
+from cifarops.ops.common import FLOATING, check_same_device, check_tensor, dense_format
+
+REGIONS = reference.FMP_REGIONS
+
+
+def _pair_of_ints(value, name: str, op: str) -> tuple[int, int]:
+    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        h, w = values
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (h, w)):
+        raise TypeError(f"{op}: {name} must hold ints, got {value!r}")
+    return h, w
+
+
+def check_args(x, kernel_size, output_size, regions, op: str, input_size=None) -> tuple:
+    """Checks the sizes and regions against x (or grad_y with input_size); returns (kernel, output, input)
+    pairs, kernel (0, 0) for Graham's regions. Same rules and messages as csrc/args/fractional_max_pool2d.cpp."""
+    check_tensor(x, "x", op)
+    if x.dtype not in FLOATING:
+        raise TypeError(f"{op}: x must be float32, float64, float16 or bfloat16, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be 4-dimensional (N, C, H, W), got shape {tuple(x.shape)}")
+    if regions not in REGIONS:
+        raise ValueError(f"{op}: regions must be one of {REGIONS}, got {regions!r}")
+    size_in = tuple(x.shape[2:]) if input_size is None else _pair_of_ints(input_size, "input_size", op)
+    size_out = _pair_of_ints(output_size, "output_size", op)
+    if regions == "window":
+        kernel = _pair_of_ints(kernel_size, "kernel_size", op)
+    elif kernel_size is not None and len(kernel_size) != 0:
+        raise ValueError(f"{op}: kernel_size is for regions='window'; Graham's {regions!r} regions take none, got {kernel_size!r}")
+    else:
+        kernel = (0, 0)
+    for axis, i, o, k in zip(("height", "width"), size_in, size_out, kernel):
+        if o < 1:
+            raise ValueError(f"{op}: output_size must be positive, got {o} for the {axis}")
+        if o >= i:
+            raise ValueError(f"{op}: the output {axis} {o} must be smaller than the input {axis} {i}")
+        if regions == "window":
+            if k < 1:
+                raise ValueError(f"{op}: kernel_size must be positive, got {k} for the {axis}")
+            if k + o - 1 > i:
+                raise ValueError(f"{op}: kernel_size {k} is too large for output {axis} {o} from input {axis} {i} "
+                                 "(needs kernel_size + output - 1 <= input)")
+        elif i > 2 * o:
+            raise ValueError(f"{op}: Graham's regions take 1 or 2 rows each, so the input {axis} {i} can be at most "
+                             f"twice the output {axis} {o}")
+    return kernel, size_out, size_in
+
+
+def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, values: bool) -> None:
+    """Shapes, dtypes and devices of the draws; their values too when `values` (a host read: the functional
+    API checks explicit draws, the ops check CPU tensors)."""
+    n, c = x.shape[0], x.shape[1]
+    if (samples is None) == (boundaries is None):
+        raise ValueError(f"{op}: pass exactly one of samples and boundaries")
+    if regions == "window" and boundaries is not None:
+        raise ValueError(f"{op}: regions='window' takes samples, not boundaries")
+    if samples is not None:
+        check_tensor(samples, "samples", op)
+        check_same_device(samples, x, "samples", op, ref_name="x")
+        if samples.dtype != x.dtype:
+            raise TypeError(f"{op}: samples must have the input's dtype {x.dtype}, got {samples.dtype}")
+        if tuple(samples.shape) != (n, c, 2):
+            raise ValueError(f"{op}: samples must have shape (N, C, 2) = ({n}, {c}, 2), got {tuple(samples.shape)}")
+        if values and samples.numel() and not bool(((samples >= 0) & (samples < 1)).all()):
+            raise ValueError(f"{op}: samples must lie in [0, 1), got values from {samples.min().item()} to "
+                             f"{samples.max().item()}")
+        return
+    check_tensor(boundaries, "boundaries", op)
+    check_same_device(boundaries, x, "boundaries", op, ref_name="x")
+    if boundaries.dtype != torch.int64:
+        raise TypeError(f"{op}: boundaries must be int64, got {boundaries.dtype}")
+    length = max(size_out) + 1
+    if boundaries.dim() != 4 or tuple(boundaries.shape[:3]) != (n, c, 2) or boundaries.shape[3] < length:
+        raise ValueError(f"{op}: boundaries must have shape (N, C, 2, L) = ({n}, {c}, 2, >= {length}), "
+                         f"got {tuple(boundaries.shape)}")
+    if values and boundaries.numel():
+        for axis_index, (i, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
+            a = boundaries[:, :, axis_index, : o + 1]
+            steps = a.diff(dim=-1)
+            if not bool((a[..., 0] == 0).all() and (a[..., o] == i).all()):
+                raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must start at 0 and reach the input size "
+                                 f"{i} at index {o}")
+            if not bool(((steps >= 1) & (steps <= 2)).all()):
+                raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must increase in steps of 1 or 2")
+
+
+def wide_index(kernel, regions: str, return_indices: bool) -> bool:
+    span_h, span_w = reference.fmp_span(regions, kernel[0]), reference.fmp_span(regions, kernel[1])
+    return return_indices or span_h * span_w > 256
+
+
+@functools.lru_cache(maxsize=256)
+def _alpha(size_in, size_out, kernel, regions, dtype, device) -> torch.Tensor:
+    """[width, height] alphas in the interval arithmetic's type (as csrc/args/fractional_max_pool2d.cpp)."""
+    acc = reference.opmath_dtype(dtype)
+    values = []
+    for i, o, k in ((size_in[1], size_out[1], kernel[1]), (size_in[0], size_out[0], kernel[0])):
+        if regions == "window":
+            t = reference.fmp_interval_dtype(dtype, device)
+            values.append((torch.tensor(i - k, dtype=t) / torch.tensor(max(o - 1, 1), dtype=t)).item())
+        else:
+            values.append((torch.tensor(i, dtype=acc) / torch.tensor(o, dtype=acc)).item())
+    return torch.tensor(values, dtype=acc, device=device)
+
+
+# ---------------------------------------------------------------------------------------------- Triton ops
+
+_SCHEMAS = {
+    "fractional_max_pool2d": (
+        "(Tensor x, int[] kernel_size, int[] output_size, str regions, Tensor? samples, Tensor? boundaries, "
+        "bool return_indices) -> (Tensor, Tensor)"
+    ),
+    "_fractional_max_pool2d_backward": (
+        "(Tensor grad_y, Tensor index, int[] input_size, int[] kernel_size, str regions, Tensor? samples, "
+        "Tensor? boundaries) -> Tensor"
+    ),
+}
+FORWARD_OP, BACKWARD_OP = "cifarops.fractional_max_pool2d", "cifarops._fractional_max_pool2d_backward"
+
+
+def _triton():
+    from cifarops.triton_kernels import fractional_max_pool2d as kernels  # imports triton only when used
+
+    return kernels
+
+
+def _outputs(x, kernel, size_out, regions, return_indices):
+    fmt = dense_format(x)
+    shape = (x.shape[0], x.shape[1], *size_out)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    index_dtype = torch.int64 if wide_index(kernel, regions, return_indices) else torch.uint8
+    return x.contiguous(memory_format=fmt), y, torch.empty(shape, dtype=index_dtype, device=x.device, memory_format=fmt)
+
+
+def _check_index(grad_y, index, kernel, regions):
+    check_tensor(index, "index", BACKWARD_OP)
+    check_same_device(index, grad_y, "index", BACKWARD_OP, ref_name="grad_y")
+    if index.dtype not in (torch.int64, torch.uint8):
+        raise TypeError(f"{BACKWARD_OP}: index must be int64 or uint8, got {index.dtype}")
+    if index.shape != grad_y.shape:
+        raise ValueError(f"{BACKWARD_OP}: index must have grad_y's shape {tuple(grad_y.shape)}, got {tuple(index.shape)}")
+    if index.dtype == torch.uint8 and wide_index(kernel, regions, False):
+        raise ValueError(f"{BACKWARD_OP}: uint8 index needs regions of at most 256 elements")
+
+
+def _grad_input(grad_y, index, size_in):
+    fmt = dense_format(index)
+    shape = (grad_y.shape[0], grad_y.shape[1], *size_in)
+    grad_x = torch.empty(shape, dtype=grad_y.dtype, device=grad_y.device, memory_format=fmt)
+    return grad_y.contiguous(memory_format=fmt), index.contiguous(memory_format=fmt), grad_x
+
+
+@torch.library.custom_op("cifarops_triton::fractional_max_pool2d", mutates_args=(), schema=_SCHEMAS["fractional_max_pool2d"])
+def triton_fractional_max_pool2d(x, kernel_size, output_size, regions, samples, boundaries, return_indices):
+    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP)
+    check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=x.device.type == "cpu")
+    x, y, index = _outputs(x, kernel, size_out, regions, return_indices)
+    alpha = _alpha(size_in, size_out, kernel, regions, x.dtype, x.device)
+    _triton().fmp_fwd(x, y, index, samples, boundaries, kernel, regions, alpha)
+    return y, index
+
+
+@torch.library.custom_op(
+    "cifarops_triton::_fractional_max_pool2d_backward", mutates_args=(), schema=_SCHEMAS["_fractional_max_pool2d_backward"]
+)
+def triton_fractional_max_pool2d_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries):
+    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size)
+    _check_index(grad_y, index, kernel, regions)
+    check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP, values=grad_y.device.type == "cpu")
+    grad_y, index, grad_x = _grad_input(grad_y, index, size_in)
+    alpha = _alpha(size_in, size_out, kernel, regions, grad_y.dtype, grad_y.device)
+    _triton().fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel, regions, alpha)
+    return grad_x
+
+
+# ------------------------------------------------------------------------------------- fake and autograd
+
+
+def _fake_forward(x, kernel_size, output_size, regions, samples, boundaries, return_indices):
+    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP)
+    check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=False)
+    return _outputs(x, kernel, size_out, regions, return_indices)[1:]
+
+
+def _fake_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries):
+    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size)
+    _check_index(grad_y, index, kernel, regions)
+    check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP, values=False)
+    return _grad_input(grad_y, index, size_in)[2]
+
+
+def _register(ns) -> None:
+    forward, backward = ns.fractional_max_pool2d.default, ns._fractional_max_pool2d_backward.default
+
+    def setup_forward(ctx, inputs, output):
+        x, kernel_size, _, regions, samples, boundaries, _ = inputs
+        ctx.save_for_backward(output[1], samples, boundaries)  # the choices and the (small) draws
+        ctx.args = (list(x.shape[2:]), kernel_size, regions)
+
+    def backward_forward(ctx, grad_y, _grad_index):
+        index, samples, boundaries = ctx.saved_tensors
+        input_size, kernel_size, regions = ctx.args
+        if grad_y is None or not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        return (backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries),) + (None,) * 6
+
+    def setup_backward(ctx, inputs, output):
+        _, index, _, kernel_size, regions, samples, boundaries = inputs
+        ctx.save_for_backward(index, samples, boundaries)
+        ctx.args = (kernel_size, regions)
+
+    def backward_backward(ctx, grad_grad_x):
+        # The backward is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
+        index, samples, boundaries = ctx.saved_tensors
+        kernel_size, regions = ctx.args
+        grad = reference.fractional_max_pool2d_select(grad_grad_x, index, kernel_size, regions, samples, boundaries)
+        return (grad,) + (None,) * 6
+
+    torch.library.register_fake(forward)(_fake_forward)
+    torch.library.register_autograd(forward, backward_forward, setup_context=setup_forward)
+    torch.library.register_fake(backward)(_fake_backward)
+    torch.library.register_autograd(backward, backward_backward, setup_context=setup_backward)
+
+
+_register(torch.ops.cifarops_triton)
+if _extension.LOADED:
+    _register(torch.ops.cifarops)

@@ -1,0 +1,230 @@
+"""Fractional max-pooling in Triton (math of csrc/include/cifarops/fractional_max_pool2d.h): forward over
+outputs, backward over inputs, each input gathering from the outputs whose regions contain it (found by
+binary search: region ends never decrease), so no atomics. CHANNEL_FASTEST orders the lanes so that
+neighbouring lanes touch neighbouring addresses in channels_last.
+
+Window starts follow ATen's interval arithmetic: in the compute type on CUDA; on CPU tensors (the
+interpreter) ROUND rounds to the storage type after every operation, as ATen's CPU kernel does."""
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 256
+REGIONS = {"window": 0, "disjoint": 1, "overlapping": 2}
+
+
+@triton.jit
+def _rounded(v, STORE: tl.constexpr, ROUND: tl.constexpr):
+    """v (float32) rounded to the storage type and back, when ROUND. bfloat16 rounds to nearest even by its
+    bits: the interpreter's own float32 -> bfloat16 cast truncates."""
+    if ROUND:
+        if STORE == tl.bfloat16:
+            bits = v.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+            v = bits.to(tl.float32, bitcast=True)
+        else:
+            v = v.to(STORE).to(v.dtype)
+    return v
+
+
+@triton.jit
+def _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT: tl.constexpr):
+    """Graham's a_i: read from the boundary table or pseudorandom from u, clamped to [i, in - out + i]."""
+    if EXPLICIT:
+        raw = tl.load(bnd_ptr + i * bnd_stride, mask=mask & (i > 0) & (i < size_out), other=0)
+    else:
+        raw = tl.floor((i.to(u.dtype) + u) * alpha).to(tl.int64) - tl.floor(alpha * u).to(tl.int64)
+    a = tl.minimum(tl.maximum(raw, i.to(tl.int64)), size_in - size_out + i)
+    a = tl.where(i <= 0, 0, a)
+    return tl.where(i >= size_out, size_in, a)
+
+
+@triton.jit
+def _region(i, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask,
+            REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, ROUND: tl.constexpr, STORE: tl.constexpr):
+    """[begin, end) of output i along one axis."""
+    if REGIONS == 0:
+        shifted = _rounded(_rounded(i.to(u.dtype), STORE, ROUND) + u, STORE, ROUND)
+        start = (_rounded(shifted * alpha, STORE, ROUND).to(tl.int32) - _rounded(u * alpha, STORE, ROUND).to(tl.int32))
+        start = tl.minimum(tl.maximum(start.to(tl.int64), 0), size_in - kernel)
+        start = tl.where(i >= size_out - 1, size_in - kernel, start)
+        return start, start + kernel
+    begin = _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT)
+    end = _boundary(i + 1, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT)
+    if REGIONS == 2:
+        end = tl.minimum(end + 1, size_in)
+    return begin, end
+
+
+@triton.jit
+def _search(x, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask, steps, BY_END: tl.constexpr,
+            REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, ROUND: tl.constexpr, STORE: tl.constexpr):
+    """The first output whose region ends after x (BY_END) or begins after x: binary search in `steps` rounds."""
+    lo = tl.zeros(x.shape, tl.int64)
+    hi = tl.zeros(x.shape, tl.int64) + size_out
+    for _ in range(0, steps):
+        active = lo < hi
+        mid = lo + (hi - lo) // 2
+        begin, end = _region(mid, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask,
+                             REGIONS, EXPLICIT, ROUND, STORE)
+        if BY_END:
+            left = end > x
+        else:
+            left = begin > x
+        hi = tl.where(active & left, mid, hi)
+        lo = tl.where(active & (left == 0), mid + 1, lo)
+    return lo
+
+
+@triton.jit
+def _split(t, channels, height, width, CHANNEL_FASTEST: tl.constexpr):
+    if CHANNEL_FASTEST:
+        c = t % channels
+        w = (t // channels) % width
+        h = (t // channels // width) % height
+        n = t // channels // width // height
+    else:
+        w = t % width
+        h = (t // width) % height
+        c = (t // width // height) % channels
+        n = t // width // height // channels
+    return n, c, h, w
+
+
+@triton.jit
+def _fmp_fwd_kernel(
+    x_ptr, y_ptr, index_ptr, samples_ptr, bnd_ptr, alpha_ptr, total, channels, in_h, in_w, out_h, out_w, k_h, k_w,
+    xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i,
+    REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, WIDE: tl.constexpr, ROUND: tl.constexpr,
+    CHANNEL_FASTEST: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < total
+    n, c, oh, ow = _split(t, channels, out_h, out_w, CHANNEL_FASTEST)
+    STORE: tl.constexpr = x_ptr.dtype.element_ty
+    acc: tl.constexpr = alpha_ptr.dtype.element_ty
+    alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
+    u_w = tl.zeros([BLOCK], acc)
+    u_h = tl.zeros([BLOCK], acc)
+    if not EXPLICIT:
+        u_w = tl.load(samples_ptr + n * ss_n + c * ss_c, mask=mask, other=0).to(acc)
+        u_h = tl.load(samples_ptr + n * ss_n + c * ss_c + ss_a, mask=mask, other=0).to(acc)
+    bnd = bnd_ptr + n * bs_n + c * bs_c
+    r0, r1 = _region(oh, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, REGIONS, EXPLICIT, ROUND, STORE)
+    c0, c1 = _region(ow, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, REGIONS, EXPLICIT, ROUND, STORE)
+    base = n * xs_n + c * xs_c
+    y = tl.load(x_ptr + base + r0 * xs_h + c0 * xs_w, mask=mask, other=0)
+    best = tl.full([BLOCK], float("-inf"), acc)
+    offset = tl.zeros([BLOCK], tl.int32)
+    for dh in range(0, SPAN_H):  # ATen's row-major scan: first maximum, last NaN
+        for dw in range(0, SPAN_W):
+            valid = mask & (r0 + dh < r1) & (c0 + dw < c1)
+            raw = tl.load(x_ptr + base + (r0 + dh) * xs_h + (c0 + dw) * xs_w, mask=valid, other=float("-inf"))
+            v = raw.to(acc)
+            take = valid & ((v > best) | (v != v))
+            best = tl.where(take, v, best)
+            y = tl.where(take, raw, y)
+            offset = tl.where(take, dh * SPAN_W + dw, offset)
+    out = n * ys_n + c * ys_c + oh * ys_h + ow * ys_w
+    tl.store(y_ptr + out, y, mask=mask)
+    if WIDE:
+        tl.store(index_ptr + out, (r0 + offset // SPAN_W) * in_w + c0 + offset % SPAN_W, mask=mask)
+    else:
+        tl.store(index_ptr + out, offset.to(tl.uint8), mask=mask)
+
+
+@triton.jit
+def _fmp_bwd_kernel(
+    grad_y_ptr, index_ptr, grad_x_ptr, samples_ptr, bnd_ptr, alpha_ptr, total, channels, in_h, in_w, out_h, out_w,
+    k_h, k_w, xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i, steps_h, steps_w,
+    REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, WIDE: tl.constexpr, ROUND: tl.constexpr,
+    CHANNEL_FASTEST: tl.constexpr, SPAN_W: tl.constexpr, BLOCK: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < total
+    n, c, h, w = _split(t, channels, in_h, in_w, CHANNEL_FASTEST)
+    STORE: tl.constexpr = grad_x_ptr.dtype.element_ty
+    acc: tl.constexpr = alpha_ptr.dtype.element_ty
+    alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
+    u_w = tl.zeros([BLOCK], acc)
+    u_h = tl.zeros([BLOCK], acc)
+    if not EXPLICIT:
+        u_w = tl.load(samples_ptr + n * ss_n + c * ss_c, mask=mask, other=0).to(acc)
+        u_h = tl.load(samples_ptr + n * ss_n + c * ss_c + ss_a, mask=mask, other=0).to(acc)
+    bnd = bnd_ptr + n * bs_n + c * bs_c
+    # The outputs whose regions contain (h, w): rows [lo_h, hi_h) x columns [lo_w, hi_w).
+    lo_h = _search(h, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, steps_h, True, REGIONS, EXPLICIT, ROUND, STORE)
+    hi_h = _search(h, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, steps_h, False, REGIONS, EXPLICIT, ROUND, STORE)
+    lo_w = _search(w, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, steps_w, True, REGIONS, EXPLICIT, ROUND, STORE)
+    hi_w = _search(w, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, steps_w, False, REGIONS, EXPLICIT, ROUND, STORE)
+    rows = tl.max(tl.where(mask, hi_h - lo_h, 0), 0)
+    cols = tl.max(tl.where(mask, hi_w - lo_w, 0), 0)
+    target = h * in_w + w
+    total_grad = tl.zeros([BLOCK], STORE)
+    for i in range(0, rows):  # row-major output order, rounding after each addition as ATen's CPU loop
+        oh = lo_h + i
+        r0, _ = _region(oh, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, REGIONS, EXPLICIT, ROUND, STORE)
+        for j in range(0, cols):
+            ow = lo_w + j
+            c0, _ = _region(ow, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, REGIONS, EXPLICIT, ROUND, STORE)
+            valid = mask & (oh < hi_h) & (ow < hi_w)
+            out = n * ys_n + c * ys_c + oh * ys_h + ow * ys_w
+            choice = tl.load(index_ptr + out, mask=valid, other=0)
+            if WIDE:
+                chosen = choice
+            else:
+                offset = choice.to(tl.int64)
+                chosen = (r0 + offset // SPAN_W) * in_w + c0 + offset % SPAN_W
+            hit = valid & (chosen == target)
+            g = tl.load(grad_y_ptr + out, mask=hit, other=0)
+            total_grad = tl.where(hit, _rounded(total_grad.to(acc) + g.to(acc), STORE, ROUND).to(STORE), total_grad)
+    tl.store(grad_x_ptr + n * xs_n + c * xs_c + h * xs_h + w * xs_w, total_grad, mask=mask)
+
+
+def _draws(samples, boundaries, like):
+    """Kernel arguments for the draws: pointers (a dummy for the absent one) and strides."""
+    if boundaries is not None:
+        return like, boundaries, (0, 0, 0), tuple(boundaries.stride())
+    return samples, samples, tuple(samples.stride()), (0, 0, 0, 0)
+
+
+def _common(x_like, kernel_size, regions):
+    """Window sizes, region spans, and whether window starts round to the storage type (CPU semantics)."""
+    k_h, k_w = kernel_size if regions == "window" else (0, 0)
+    span_h, span_w = ({"window": (k_h, k_w), "disjoint": (2, 2), "overlapping": (3, 3)})[regions]
+    round_each = x_like.device.type == "cpu" and x_like.dtype in (torch.float16, torch.bfloat16)
+    return k_h, k_w, span_h, span_w, round_each
+
+
+def fmp_fwd(x, y, index, samples, boundaries, kernel_size, regions, alpha):
+    """Launches the forward kernel into y and index; tensors are laid out by cifarops.ops.fractional_max_pool2d.
+    alpha: (2,) tensor, [width, height], in the interval arithmetic's type (float64 for float64 input)."""
+    if y.numel() == 0:
+        return
+    k_h, k_w, span_h, span_w, round_each = _common(x, kernel_size, regions)
+    samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, x)
+    grid = (triton.cdiv(y.numel(), BLOCK),)
+    _fmp_fwd_kernel[grid](
+        x, y, index, samples_arg, bnd_arg, alpha, y.numel(), x.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+        k_h, k_w, *x.stride(), *y.stride(), *s_strides, *b_strides,
+        REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, WIDE=index.dtype == torch.int64, ROUND=round_each,
+        CHANNEL_FASTEST=x.stride(1) < x.stride(3), SPAN_H=span_h, SPAN_W=span_w, BLOCK=BLOCK,
+    )
+
+
+def fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel_size, regions, alpha):
+    """Launches the backward (gather) kernel into grad_x."""
+    if grad_x.numel() == 0:
+        return
+    k_h, k_w, _, span_w, round_each = _common(grad_x, kernel_size, regions)
+    samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, grad_x)
+    grid = (triton.cdiv(grad_x.numel(), BLOCK),)
+    out_h, out_w = grad_y.shape[2], grad_y.shape[3]
+    _fmp_bwd_kernel[grid](
+        grad_y, index, grad_x, samples_arg, bnd_arg, alpha, grad_x.numel(), grad_x.shape[1], grad_x.shape[2],
+        grad_x.shape[3], out_h, out_w, k_h, k_w, *grad_x.stride(), *grad_y.stride(), *s_strides, *b_strides,
+        out_h.bit_length(), out_w.bit_length(),
+        REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, WIDE=index.dtype == torch.int64, ROUND=round_each,
+        CHANNEL_FASTEST=grad_x.stride(1) < grad_x.stride(3), SPAN_W=span_w, BLOCK=BLOCK,
+    )

@@ -79,6 +79,56 @@ CASES = [
 ]
 
 
+def plane(**kw):
+    return torch.randn(2, 3, 10, 10, **kw)
+
+
+def fmp(**kw):
+    kw.setdefault("output_size", 7)
+    return F.fractional_max_pool2d(kw.pop("x", plane()), kw.pop("kernel_size", 2), **kw)
+
+
+CASES += [
+    ("fmp samples above 1", lambda: fmp(_random_samples=torch.full((2, 3, 2), 1.0)), ValueError, "samples must lie in [0, 1)"),
+    ("fmp samples negative", lambda: fmp(_random_samples=torch.full((2, 3, 2), -0.5)), ValueError, "samples must lie in [0, 1)"),
+    ("fmp samples NaN", lambda: fmp(_random_samples=torch.full((2, 3, 2), float("nan"))), ValueError, "samples must lie in [0, 1)"),
+    ("fmp samples shape", lambda: fmp(_random_samples=torch.rand(2, 3, 3)), ValueError, "_random_samples must have shape (N, C, 2)"),
+    ("fmp samples batch", lambda: fmp(_random_samples=torch.rand(3, 3, 2)), ValueError, "_random_samples must have shape"),
+    ("fmp samples dtype", lambda: fmp(_random_samples=torch.rand(2, 3, 2, dtype=torch.float64)), TypeError, "samples must have the input's dtype"),
+    ("fmp samples device", lambda: fmp(_random_samples=torch.rand(2, 3, 2, device="meta")), ValueError, "samples is on meta"),
+    ("fmp samples not a tensor", lambda: fmp(_random_samples=[0.5, 0.5]), TypeError, "_random_samples must be a torch.Tensor"),
+    ("fmp output not smaller", lambda: fmp(kernel_size=1, output_size=10), ValueError, "output height 10 must be smaller than the input height 10"),
+    ("fmp output larger", lambda: fmp(output_size=(5, 12)), ValueError, "output width 12 must be smaller"),
+    ("fmp output zero", lambda: fmp(output_size=0), ValueError, "output_size must be positive"),
+    ("fmp ratio 1", lambda: fmp(output_size=None, output_ratio=1.0), ValueError, "output_ratio must be a number or a pair of numbers in (0, 1)"),
+    ("fmp ratio 0", lambda: fmp(output_size=None, output_ratio=(0.5, 0.0)), ValueError, "output_ratio must be"),
+    ("fmp both sizes", lambda: fmp(output_ratio=0.5), ValueError, "pass exactly one of output_size and output_ratio"),
+    ("fmp no size", lambda: fmp(output_size=None), ValueError, "pass exactly one of output_size and output_ratio"),
+    ("fmp kernel too large", lambda: fmp(kernel_size=5), ValueError, "kernel_size 5 is too large for output height 7 from input height 10"),
+    ("fmp kernel zero", lambda: fmp(kernel_size=(2, 0)), ValueError, "kernel_size must be positive"),
+    ("fmp kernel float", lambda: fmp(kernel_size=2.0), ValueError, "kernel_size must be an int or a pair of ints"),
+    ("fmp 2-D input", lambda: fmp(x=torch.randn(10, 10)), ValueError, "input must be 3- or 4-dimensional"),
+    ("fmp 5-D input", lambda: fmp(x=torch.randn(1, 2, 3, 10, 10)), ValueError, "input must be 3- or 4-dimensional"),
+    ("fmp integer input", lambda: fmp(x=torch.ones(2, 3, 10, 10, dtype=torch.int64)), TypeError, "input must be float32"),
+    ("fmp regions", lambda: fmp(regions="square"), ValueError, "regions must be one of"),
+    ("fmp sequence", lambda: fmp(output_size=6, kernel_size=None, regions="disjoint", sequence="shuffled"), ValueError, "sequence must be one of"),
+    ("fmp random windows", lambda: fmp(sequence="random"), ValueError, "sequence='random' is for Graham's"),
+    ("fmp Graham kernel", lambda: fmp(regions="disjoint"), ValueError, "kernel_size is for regions='window'"),
+    ("fmp window no kernel", lambda: fmp(kernel_size=None), ValueError, "regions='window' needs kernel_size"),
+    ("fmp Graham ratio above 2", lambda: fmp(kernel_size=None, output_size=4, regions="overlapping"), ValueError, "can be at most twice the output"),
+    ("fmp boundaries for windows", lambda: fmp(boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), ValueError, "boundaries are for Graham's"),
+    ("fmp boundaries dtype", lambda: fmp(kernel_size=None, regions="disjoint", boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int32)), TypeError, "boundaries must be int64"),
+    ("fmp boundaries short", lambda: fmp(kernel_size=None, regions="disjoint", boundaries=torch.zeros(2, 3, 2, 7, dtype=torch.int64)), ValueError, "boundaries must have shape (N, C, 2, L)"),
+    ("fmp boundaries values", lambda: fmp(kernel_size=None, regions="disjoint", boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), ValueError, "must start at 0 and reach the input size 10"),
+    ("fmp boundaries steps", lambda: fmp(kernel_size=None, regions="disjoint", boundaries=torch.tensor([0, 1, 2, 3, 4, 5, 6, 10]).expand(2, 3, 2, 8)), ValueError, "must increase in steps of 1 or 2"),
+    ("fmp samples and boundaries", lambda: fmp(kernel_size=None, regions="disjoint", _random_samples=torch.rand(2, 3, 2), boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), ValueError, "not both"),
+    ("FractionalMaxPool2d sizes", lambda: cifarops.FractionalMaxPool2d(2, output_size=5, output_ratio=0.5), ValueError, "pass exactly one of output_size and output_ratio"),
+    ("FractionalMaxPool2d ratio", lambda: cifarops.FractionalMaxPool2d(2, output_ratio=1.5), ValueError, "output_ratio must be"),
+    ("FractionalMaxPool2d kernel", lambda: cifarops.FractionalMaxPool2d(output_ratio=0.5), ValueError, "kernel_size is required for regions='window'"),
+    ("fmp_model_average draws", lambda: cifarops.fmp_model_average(torch.nn.Identity(), plane(), 0), ValueError, "draws must be a positive int"),
+]
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(backend, case):
@@ -137,6 +187,37 @@ OP_CASES += [
     ("maxout index shape", lambda ns: ns._maxout_backward(torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.uint8), 2, 1, "contiguous"), "index must have grad_y's shape"),
     ("prob seed", lambda ns: ns.probabilistic_maxout(torch.randn(*H), 2, 1, "contiguous", 1.0, torch.ones(2, dtype=torch.int64)), "seed must be an int64 tensor of one element"),
     ("prob temperature", lambda ns: ns.probabilistic_maxout_expectation(torch.randn(*H), 2, 1, "contiguous", -1.0), "temperature must be a positive number"),
+]
+
+
+def fmp_call(op="fractional_max_pool2d", **changes):
+    if op == "fractional_max_pool2d":
+        args = dict(x=plane(), kernel_size=[2, 2], output_size=[7, 7], regions="window", samples=torch.rand(2, 3, 2),
+                    boundaries=None, return_indices=False)
+    else:
+        args = dict(grad_y=torch.randn(2, 3, 7, 7), index=torch.zeros(2, 3, 7, 7, dtype=torch.uint8), input_size=[10, 10],
+                    kernel_size=[2, 2], regions="window", samples=torch.rand(2, 3, 2), boundaries=None)
+    args.update(changes)
+    return lambda ns: getattr(ns, op)(*args.values())
+
+
+OP_CASES += [
+    ("fmp samples range", fmp_call(samples=torch.full((2, 3, 2), 2.0)), "samples must lie in [0, 1)"),
+    ("fmp samples shape", fmp_call(samples=torch.rand(2, 1, 2)), "samples must have shape (N, C, 2) = (2, 3, 2)"),
+    ("fmp samples dtype", fmp_call(samples=torch.rand(2, 3, 2, dtype=torch.float16)), "samples must have the input's dtype"),
+    ("fmp no draws", fmp_call(samples=None), "pass exactly one of samples and boundaries"),
+    ("fmp 3-D x", fmp_call(x=torch.randn(3, 10, 10)), "x must be 4-dimensional"),
+    ("fmp regions", fmp_call(regions="tiles"), "regions must be"),
+    ("fmp output size", fmp_call(output_size=[7]), "a pair of ints (height, width)"),
+    ("fmp output not smaller", fmp_call(output_size=[10, 7], kernel_size=[1, 2]), "output height 10 must be smaller"),
+    ("fmp kernel too large", fmp_call(kernel_size=[2, 5]), "kernel_size 5 is too large for output width 7"),
+    ("fmp Graham kernel", fmp_call(regions="disjoint"), "kernel_size is for regions='window'"),
+    ("fmp Graham ratio", fmp_call(regions="disjoint", kernel_size=[], output_size=[4, 7]), "at most twice the output height 4"),
+    ("fmp window boundaries", fmp_call(samples=None, boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), "regions='window' takes samples"),
+    ("fmp boundaries values", fmp_call(regions="disjoint", kernel_size=[], samples=None, boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), "must start at 0"),
+    ("fmp backward index dtype", fmp_call("_fractional_max_pool2d_backward", index=torch.zeros(2, 3, 7, 7, dtype=torch.int32)), "index must be int64 or uint8"),
+    ("fmp backward index shape", fmp_call("_fractional_max_pool2d_backward", index=torch.zeros(2, 3, 7, 6, dtype=torch.uint8)), "index must have grad_y's shape"),
+    ("fmp backward input size", fmp_call("_fractional_max_pool2d_backward", input_size=[7, 10]), "output height 7 must be smaller than the input height 7"),
 ]
 
 

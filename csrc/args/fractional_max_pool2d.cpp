@@ -52,7 +52,7 @@ void check_boundary_values(const at::Tensor& boundaries, const FmpAxis& axis, in
 }
 
 std::vector<int64_t> pair(at::IntArrayRef values, const char* name, const char* op) {
-  TORCH_CHECK(values.size() == 2, op, ": ", name, " must have two values (height, width), got ", values.size());
+  TORCH_CHECK(values.size() == 2, op, ": ", name, " must be a pair of ints (height, width), got ", values);
   return {values[0], values[1]};
 }
 

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops import backends, reference
+from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
@@ -247,3 +248,136 @@ def probabilistic_maxout(
         return _op("probabilistic_maxout_expectation", x.device)(x, pieces, dim, grouping, float(temperature))
     seed = draw_seed(x.device)
     return _op("probabilistic_maxout", x.device)(x, pieces, dim, grouping, float(temperature), seed)[0]
+
+
+FMP_SEQUENCES = ("pseudorandom", "random")
+
+
+def _fmp_output_size(size_in, output_size, output_ratio, op):
+    """PyTorch's rule: output_size, or int(input * output_ratio) per axis; exactly one of them."""
+    if (output_size is None) == (output_ratio is None):
+        raise ValueError(f"{op}: pass exactly one of output_size and output_ratio (PyTorch would silently ignore one)")
+    if output_size is not None:
+        return _fmp_ops._pair_of_ints(output_size, "output_size", op)
+    ratios = (output_ratio, output_ratio) if isinstance(output_ratio, (int, float)) else tuple(output_ratio)
+    if len(ratios) != 2 or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1 for r in ratios):
+        raise ValueError(f"{op}: output_ratio must be a number or a pair of numbers in (0, 1), got {output_ratio!r}")
+    return tuple(int(i * r) for i, r in zip(size_in, ratios))
+
+
+def _fmp_random_boundaries(n, c, size_in, size_out, device):
+    """Graham's random sequences: per axis, in - out increments of 2 and the rest 1, in a uniformly random order
+    (the ranks of i.i.d. uniform keys are a uniform permutation). (n, c, 2, max(out) + 1) int64, [width, height]."""
+    length = max(size_out) + 1
+    axes = []
+    for i, o in ((size_in[1], size_out[1]), (size_in[0], size_out[0])):
+        ranks = torch.rand(n, c, o, device=device).argsort(-1).argsort(-1)
+        steps = 1 + (ranks < i - o).long()
+        a = torch.cat([torch.zeros(n, c, 1, dtype=torch.int64, device=device), steps.cumsum(-1)], -1)
+        axes.append(torch.nn.functional.pad(a, (0, length - o - 1), value=i))
+    return torch.stack(axes, 2)
+
+
+def _fmp_explicit(t, name, x, trailing, op):
+    """An explicit draw of shape (N, C, *trailing) or, shared per image, (N, 1, *trailing): expanded to (N, C, ...)."""
+    n, c = x.shape[0], x.shape[1]
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2 + len(trailing) or t.shape[0] != n or t.shape[1] not in (1, c) or any(
+        want is not None and got != want for got, want in zip(t.shape[2:], trailing)
+    ):
+        dims = ", ".join(str(d) if d is not None else "L" for d in trailing)
+        raise ValueError(f"{op}: {name} must have shape (N, C, {dims}) or (N, 1, {dims}) with N = {n}, C = {c}, "
+                         f"got {tuple(t.shape)}")
+    return t.expand(n, c, *t.shape[2:])
+
+
+def fractional_max_pool2d(
+    input: torch.Tensor,
+    kernel_size=None,
+    output_size=None,
+    output_ratio=None,
+    return_indices: bool = False,
+    _random_samples: Optional[torch.Tensor] = None,
+    *,
+    regions: str = "window",
+    sequence: str = "pseudorandom",
+    per_image: bool = False,
+    boundaries: Optional[torch.Tensor] = None,
+):
+    """Fractional max-pooling (Graham, arXiv 1412.6071) of a (N, C, H, W) or (C, H, W) input.
+
+    With the defaults it is ``torch.nn.functional.fractional_max_pool2d``: k x k windows whose starts follow
+    ATen's intervals; given the same ``_random_samples`` ((N, C, 2), the input's dtype, u in [0, 1), index 0
+    for the width) the outputs, indices and gradients are PyTorch's, element for element. Exactly one of
+    ``output_size`` and ``output_ratio`` (in (0, 1); PyTorch's int(input * ratio)).
+
+    Graham's modes: ``regions="disjoint"`` or ``"overlapping"`` (no ``kernel_size``; 1 < input / output <= 2)
+    with ``sequence="pseudorandom"`` (a_i = floor(alpha (i + u)) - floor(alpha u), u from the samples) or
+    ``"random"`` (increments of 1 and 2 in a uniformly random order). ``per_image=True`` shares one draw across
+    the channels of an image (Graham); the default draws per (image, channel) (PyTorch). Explicit draws:
+    ``_random_samples`` for pseudorandom sequences, ``boundaries`` ((N, C or 1, 2, L) int64, a_0 = 0 ...
+    a_out = input, index 0 for the width) for any sequence; they may be shared per image with C = 1, and their
+    values are checked (one host read; skipped under torch.compile, where the kernels clamp to the plane).
+
+    Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
+    offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
+    """
+    op = "cifarops.fractional_max_pool2d"
+    check_nc_input(input, "input", op)
+    if input.dim() not in (3, 4):
+        raise ValueError(f"{op}: input must be 3- or 4-dimensional ((C, H, W) or (N, C, H, W)), got shape {tuple(input.shape)}")
+    check_choice(regions, "regions", _fmp_ops.REGIONS, op)
+    check_choice(sequence, "sequence", FMP_SEQUENCES, op)
+    if regions == "window" and sequence == "random":
+        raise ValueError(f"{op}: sequence='random' is for Graham's 'disjoint' and 'overlapping' regions")
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    size_in = tuple(x.shape[2:])
+    size_out = _fmp_output_size(size_in, output_size, output_ratio, op)
+    if regions == "window" and kernel_size is None:
+        raise ValueError(f"{op}: regions='window' needs kernel_size")
+    kernel = [] if regions != "window" else list(_fmp_ops._pair_of_ints(kernel_size, "kernel_size", op))
+    if regions != "window" and kernel_size is not None:
+        raise ValueError(f"{op}: kernel_size is for regions='window'; Graham's {regions!r} regions take none")
+    _fmp_ops.check_args(x, kernel, size_out, regions, op)
+    if _random_samples is not None and boundaries is not None:
+        raise ValueError(f"{op}: pass _random_samples or boundaries, not both")
+    n, c = x.shape[0], x.shape[1]
+    explicit = _random_samples is not None or boundaries is not None
+    samples = None
+    if _random_samples is not None:
+        if sequence == "random":
+            raise ValueError(f"{op}: _random_samples draw pseudorandom sequences; pass boundaries for explicit ones")
+        samples = _fmp_explicit(_random_samples, "_random_samples", x, (2,), op)
+    elif boundaries is not None:
+        if regions == "window":
+            raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
+        boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
+    elif sequence == "random":
+        boundaries = _fmp_random_boundaries(n, 1 if per_image else c, size_in, size_out, x.device).expand(n, c, -1, -1)
+    else:
+        samples = torch.rand(n, 1 if per_image else c, 2, dtype=x.dtype, device=x.device).expand(n, c, 2)
+    _fmp_ops.check_draws(x, size_in, size_out, regions, samples, boundaries, op,
+                         values=explicit and not torch.compiler.is_compiling())
+    y, index = _op("fractional_max_pool2d", x.device)(x, kernel, list(size_out), regions, samples, boundaries,
+                                                      return_indices)
+    if unbatched:
+        y, index = y.squeeze(0), index.squeeze(0)
+    return (y, index) if return_indices else y
+
+
+@torch.no_grad()
+def fmp_model_average(model: torch.nn.Module, input: torch.Tensor, draws: int = 12, *, softmax: bool = True) -> torch.Tensor:
+    """Graham's FMP model averaging (arXiv 1412.6071): the mean of the model's
+    output over ``draws`` independent draws of every fractional max-pooling layer's regions (each call of a
+    layer draws anew, in eval mode too, as PyTorch's). ``softmax`` averages class probabilities (the paper's
+    test-time rule) rather than logits. Put the model in eval mode first, for BatchNorm and dropout."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"cifarops.fmp_model_average: draws must be a positive int, got {draws!r}")
+    total = None
+    for _ in range(draws):
+        out = model(input)
+        out = torch.softmax(out.float(), dim=-1) if softmax else out
+        total = out if total is None else total + out
+    return total / draws

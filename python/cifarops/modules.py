@@ -130,3 +130,51 @@ def _check_maxout_settings(pieces, dim, grouping, temperature=None) -> None:
         raise TypeError(f"cifarops.Maxout: dim must be an int, got {type(dim).__name__}")
     probe = torch.empty((1,) * (abs(dim) + 1))
     _maxout_ops.check_args(probe, pieces, dim, grouping, "cifarops.Maxout", temperature, grouped_input=False)
+
+
+class FractionalMaxPool2d(nn.Module):
+    """Fractional max-pooling (Graham, arXiv 1412.6071): a drop-in for ``torch.nn.FractionalMaxPool2d`` with
+    the same signature (equal outputs, indices and gradients for the same ``_random_samples``), plus Graham's
+    modes: ``regions`` ``"disjoint"`` / ``"overlapping"``, ``sequence`` ``"pseudorandom"`` / ``"random"`` and
+    ``per_image`` sharing. New regions are drawn at every call, as PyTorch's; see
+    :func:`cifarops.functional.fractional_max_pool2d` and, for test-time averaging over draws,
+    :func:`cifarops.fmp_model_average`.
+    """
+
+    def __init__(
+        self,
+        kernel_size=None,
+        output_size=None,
+        output_ratio=None,
+        return_indices: bool = False,
+        _random_samples: Optional[torch.Tensor] = None,
+        *,
+        regions: str = "window",
+        sequence: str = "pseudorandom",
+        per_image: bool = False,
+    ) -> None:
+        super().__init__()
+        op = "cifarops.FractionalMaxPool2d"
+        if (output_size is None) == (output_ratio is None):
+            raise ValueError(f"{op}: pass exactly one of output_size and output_ratio")
+        if output_ratio is not None:
+            F._fmp_output_size((2, 2), None, output_ratio, op)  # validates the ratios
+        F.check_choice(regions, "regions", F._fmp_ops.REGIONS, op)
+        F.check_choice(sequence, "sequence", F.FMP_SEQUENCES, op)
+        if (regions == "window") != (kernel_size is not None):
+            raise ValueError(f"{op}: kernel_size is required for regions='window' and not taken by Graham's regions")
+        self.kernel_size, self.output_size, self.output_ratio = kernel_size, output_size, output_ratio
+        self.return_indices = return_indices
+        self.regions, self.sequence, self.per_image = regions, sequence, per_image
+        self.register_buffer("_random_samples", _random_samples)
+
+    def forward(self, input: torch.Tensor):
+        return F.fractional_max_pool2d(
+            input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices, self._random_samples,
+            regions=self.regions, sequence=self.sequence, per_image=self.per_image,
+        )
+
+    def extra_repr(self) -> str:
+        size = f"output_size={self.output_size}" if self.output_size is not None else f"output_ratio={self.output_ratio}"
+        kernel = f"kernel_size={self.kernel_size}, " if self.kernel_size is not None else ""
+        return f"{kernel}{size}, regions={self.regions!r}, sequence={self.sequence!r}, per_image={self.per_image}"

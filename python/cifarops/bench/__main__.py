@@ -15,15 +15,22 @@ import sys
 import torch
 
 import cifarops
-from cifarops.bench import maxout, report, shake_drop, shake_shake
+from cifarops.bench import fractional_max_pool2d, maxout, report, shake_drop, shake_shake
 from cifarops.bench.common import MODES, saved_bytes, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
 
-OPS = {"shake_drop": shake_drop, "shake_shake": shake_shake, "maxout": maxout}
+OPS = {
+    "shake_drop": shake_drop,
+    "shake_shake": shake_shake,
+    "maxout": maxout,
+    "fractional_max_pool2d": fractional_max_pool2d,
+}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 NOTES = """
+vs baseline: how many times faster than what users run today (the op's baseline: the owruby-style ShakeDrop,
+the hysts-style Shake-Shake, view+max maxout, PyTorch's native fractional max-pooling).
 vs reference / vs compile: how many times faster than the eager reference / torch.compile of it.
 GB/s counts the fewest bytes the op must move; 'of copy' divides it by a copy of the same size measured in
 this run. 'saved MB' is what autograd keeps for backward after one forward pass ('-' for torch.compile,
@@ -115,6 +122,7 @@ def main(argv=None) -> int:
                         "provider": name,
                         "median_ms": ms,
                         "iqr_ms": iqr,
+                        "vs_baseline": results[module.BASELINE][0] / ms if module.BASELINE in results else None,
                         "vs_reference": results["reference"][0] / ms,
                         "vs_compile": results["compile(reference)"][0] / ms if "compile(reference)" in results else None,
                         "gb_per_s": gbs,

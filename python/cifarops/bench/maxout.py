@@ -10,6 +10,7 @@ import cifarops.functional as F
 from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "maxout"
+BASELINE = "view+max"  # what users run today: the "vs baseline" column
 # Convolutional maxout at 32x32 with 192 output channels, and a fully connected maxout layer of 2400 units.
 SHAPES = [(128, 192 * k, 32, 32) for k in (2, 4)] + [(128, 2400 * k) for k in (2, 4)]
 QUICK_SHAPES = [(128, 384, 32, 32), (128, 4800)]

@@ -11,6 +11,7 @@ from cifarops.bench.baselines import owruby_shake_drop
 from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "shake_drop"
+BASELINE = "owruby-style"  # what users run today: the "vs baseline" column
 # CIFAR shapes: PyramidNet widths 16 to 256 at the 32x32 and 8x8 stages; the shortcut is as wide as h.
 SHAPES = [(128, c, s, s) for c in (16, 64, 256) for s in (32, 8)]
 QUICK_SHAPES = [(128, 64, 32, 32), (128, 256, 8, 8)]

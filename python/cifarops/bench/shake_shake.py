@@ -11,6 +11,7 @@ from cifarops.bench.baselines import hysts_shake_shake
 from cifarops.bench.common import Benchmark, Case, compare, standard_providers
 
 OP = "shake_shake"
+BASELINE = "hysts-style"  # what users run today: the "vs baseline" column
 # Shake-Shake 26 2x96d: widths 96, 192 and 384 at 32x32, 16x16 and 8x8.
 SHAPES = [(128, 96, 32, 32), (128, 192, 16, 16), (128, 384, 8, 8)]
 QUICK_SHAPES = [(128, 96, 32, 32)]

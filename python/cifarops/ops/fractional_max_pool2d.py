@@ -17,12 +17,13 @@ REGIONS = reference.FMP_REGIONS
 
 
 def _pair_of_ints(value, name: str, op: str) -> tuple[int, int]:
-    values = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    integer = (int, torch.SymInt)  # sizes are symbolic under torch.compile's dynamic shapes
+    values = (value, value) if isinstance(value, integer) and not isinstance(value, bool) else value
     try:
         h, w = values
     except (TypeError, ValueError):
         raise ValueError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}") from None
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (h, w)):
+    if any(isinstance(v, bool) or not isinstance(v, integer) for v in (h, w)):
         raise TypeError(f"{op}: {name} must hold ints, got {value!r}")
     return h, w
 

@@ -1,0 +1,402 @@
+"""Fractional max-pooling: hand-worked planes for every mode, PyTorch's own op as a second oracle (outputs,
+indices and gradients element for element), every backend against the reference, gradients, layouts,
+dtypes, library and compiler integration, determinism, the bytes saved for backward, and the statistics of
+Graham's random sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cifarops
+import cifarops.functional as F
+from conftest import COMPILE_BACKENDS, DTYPES, assert_close, deterministic, ids, matches_reference, namespace_for
+from layouts import LAYOUTS, in_layout
+
+GRAHAM = ["disjoint", "overlapping"]
+
+
+def run(x, grad=None, **kwargs):
+    """Forward and backward of F.fractional_max_pool2d(x, ...); returns (y, dx)."""
+    x = x.detach().requires_grad_()
+    y = F.fractional_max_pool2d(x, **kwargs)
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, x.grad
+
+
+def arange_plane(h, w, device, dtype=torch.float32):
+    """One plane whose value is its flat index: every region's maximum is its bottom-right corner."""
+    return torch.arange(h * w, device=device, dtype=torch.float64).reshape(1, 1, h, w).to(dtype)
+
+
+def exact(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------- hand-worked answers
+
+
+@pytest.mark.parametrize("u, rows", [(0.0, [1, 2, 4]), (0.5, [1, 3, 4])])
+def test_known_answer_windows(any_backend, u, rows):
+    """5 -> 3 with k = 2: alpha = (5 - 2) / (3 - 1) = 1.5. u = 0: starts 0, floor(1.5) = 1, and the last one
+    5 - 2 = 3, so windows end at 1, 2, 4; u = 0.5: starts 0, floor(2.25) - floor(0.75) = 2, 3: ends 1, 3, 4."""
+    device, _ = any_backend
+    samples = torch.full((1, 1, 2), u, device=device)
+    y, index = F.fractional_max_pool2d(arange_plane(5, 5, device), 2, output_size=3, return_indices=True,
+                                       _random_samples=samples)
+    want = torch.tensor([[5 * r + c for c in rows] for r in rows], device=device)
+    exact(index[0, 0], want)
+    exact(y[0, 0], want.float())
+
+
+def test_known_answer_window_gradient_sums_overlaps(any_backend):
+    """u = 0: windows start at rows and columns 0, 1, 3. A single 10 at (1, 1) lies in the four windows
+    (0..1, 0..1) and wins them all, so it collects 4; every other window is all zeros and picks its first
+    element: (3, 0), (3, 1), (3, 3), (0, 3), (1, 3)."""
+    device, _ = any_backend
+    x = torch.zeros(1, 1, 5, 5, device=device)
+    x[0, 0, 1, 1] = 10.0
+    y, dx = run(x, kernel_size=2, output_size=3, _random_samples=torch.zeros(1, 1, 2, device=device))
+    want = torch.zeros(5, 5, device=device)
+    want[1, 1] = 4
+    for r, c in [(3, 0), (3, 1), (3, 3), (0, 3), (1, 3)]:
+        want[r, c] = 1
+    exact(dx[0, 0], want)
+
+
+@pytest.mark.parametrize("regions, rows, cols", [
+    # Boundaries a = [0, 2, 3, 5] for the rows and [0, 1, 3, 5] for the columns.
+    ("disjoint", [1, 2, 4], [0, 2, 4]),     # [a_i, a_{i+1}): last rows 1, 2, 4; last columns 0, 2, 4
+    ("overlapping", [2, 3, 4], [1, 3, 4]),  # [a_i, a_{i+1}], clipped: last rows 2, 3, 4; columns 1, 3, 4
+])
+def test_known_answer_graham_explicit_boundaries(any_backend, regions, rows, cols):
+    device, _ = any_backend
+    boundaries = torch.tensor([[[[0, 1, 3, 5], [0, 2, 3, 5]]]], device=device)  # index 0: columns
+    y, index = F.fractional_max_pool2d(arange_plane(5, 5, device), output_size=3, regions=regions,
+                                       boundaries=boundaries, return_indices=True)
+    want = torch.tensor([[5 * r + c for c in cols] for r in rows], device=device)
+    exact(index[0, 0], want)
+    exact(y[0, 0], want.float())
+
+
+def test_known_answer_graham_pseudorandom(any_backend):
+    """5 -> 3, alpha = 5/3. u = 0: a = floor(5 i / 3) = 0, 1, 3, 5. u = 0.5: floor(5/3 (i + 0.5)) - floor(5/6)
+    = 0, 2, 4, 5. Disjoint regions with u = 0 for the columns and 0.5 for the rows end at columns 0, 2, 4
+    and rows 1, 3, 4."""
+    device, _ = any_backend
+    samples = torch.tensor([[[0.0, 0.5]]], device=device)
+    y = F.fractional_max_pool2d(arange_plane(5, 5, device), output_size=3, regions="disjoint", _random_samples=samples)
+    exact(y[0, 0], torch.tensor([[5 * r + c for c in (0, 2, 4)] for r in (1, 3, 4)], device=device).float())
+
+
+def test_known_answer_nan_and_inf(any_backend):
+    """ATen's rule: the last NaN of a window wins (row-major), an all -inf window points at its first element."""
+    device, _ = any_backend
+    x = torch.zeros(1, 1, 4, 4, device=device)
+    x[0, 0, 0, 0] = x[0, 0, 0, 1] = x[0, 0, 1, 0] = float("nan")
+    zero = torch.zeros(1, 1, 2, device=device)
+    y, index = F.fractional_max_pool2d(x, 2, output_size=3, return_indices=True, _random_samples=zero)
+    assert torch.isnan(y[0, 0, 0, 0]) and index[0, 0, 0, 0] == 4  # NaNs at flat 0, 1, 4: the last is 4
+    y, index = F.fractional_max_pool2d(torch.full((1, 1, 4, 4), float("-inf"), device=device), 2, output_size=3,
+                                       return_indices=True, _random_samples=zero)
+    exact(index[0, 0], torch.tensor([[0, 1, 2], [4, 5, 6], [8, 9, 10]], device=device))
+
+
+# -------------------------------------------------------------------------------- PyTorch as second oracle
+
+
+def pytorch_cases(device, dtype, count, seed):
+    """Random (x, kernel, output, samples) cases, windows of every size PyTorch accepts."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    while len(cases) < count:
+        h, w = (int(v) for v in torch.randint(4, 30, (2,), generator=g))
+        oh, ow = (int(torch.randint(1, s, (1,), generator=g)) for s in (h, w))
+        kh, kw = (int(torch.randint(1, s - o + 2, (1,), generator=g)) for s, o in ((h, oh), (w, ow)))
+        x = torch.randn(2, 3, h, w, generator=g).to(dtype).to(device)
+        samples = torch.rand(2, 3, 2, generator=g, dtype=torch.float64).to(dtype).clamp(max=0.99).to(device)
+        cases.append((x, (kh, kw), (oh, ow), samples))
+    return cases
+
+
+def pytorch_result(x, kernel, output, samples, grad):
+    x = x.detach().requires_grad_()
+    y, index = torch.nn.functional.fractional_max_pool2d(x, kernel, output_size=output, return_indices=True,
+                                                         _random_samples=samples)
+    y.backward(grad)
+    return y, index, x.grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_equals_pytorch(any_backend, dtype):
+    """Outputs, indices and gradients equal to torch.nn.functional.fractional_max_pool2d's, element for
+    element, for the same _random_samples (half types included: ATen's CPU intervals round in the storage
+    type, its CUDA ones in float32, and so do ours on each device)."""
+    device, _ = any_backend
+    for x, kernel, output, samples in pytorch_cases(device, dtype, 12, seed=7):
+        grad = torch.randn(2, 3, *output, device=device).to(dtype)
+        try:
+            want = pytorch_result(x, kernel, output, samples, grad)
+        except RuntimeError as error:  # ATen's bfloat16 CPU intervals can overshoot the plane and assert
+            assert "INTERNAL ASSERT" in str(error)
+            continue
+        x_ = x.detach().requires_grad_()
+        y, index = F.fractional_max_pool2d(x_, kernel, output_size=output, return_indices=True, _random_samples=samples)
+        y.backward(grad)
+        exact(y, want[0])
+        exact(index, want[1])
+        if device == "cpu":
+            exact(x_.grad, want[2])
+        else:  # PyTorch's CUDA backward adds with atomics in any order
+            assert_close(x_.grad, want[2])
+        assert torch.equal(F.fractional_max_pool2d(x, kernel, output_size=output, _random_samples=samples), y)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_equals_pytorch_layouts_and_shapes(any_backend, layout):
+    device, _ = any_backend
+    torch.manual_seed(3)
+    x = in_layout(torch.randn(3, 5, 17, 13, device=device), layout)
+    samples = torch.rand(3, 5, 2, device=device)
+    grad = torch.randn(3, 5, 11, 9, device=device)
+    want = pytorch_result(x, (3, 2), (11, 9), samples, grad)
+    x_ = x.detach().requires_grad_()
+    y, index = F.fractional_max_pool2d(x_, (3, 2), output_size=(11, 9), return_indices=True, _random_samples=samples)
+    y.backward(grad)
+    exact(y, want[0])
+    exact(index, want[1])
+    assert_close(x_.grad, want[2])
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    # output_ratio: PyTorch's int(input * ratio) per axis; unbatched (C, H, W) input.
+    plain = x.contiguous()
+    y = F.fractional_max_pool2d(plain[0], 2, output_ratio=(0.5, 0.75), _random_samples=samples[:1])
+    exact(y, torch.nn.functional.fractional_max_pool2d(plain[0], 2, output_size=(8, 9), _random_samples=samples[:1]))
+
+
+# ----------------------------------------------------------------------------- every backend vs reference
+
+GRAHAM_MODES = [(r, s, p) for r in GRAHAM for s in ("pseudorandom", "random") for p in (False, True)]
+
+
+def equals_reference(x, grad=None, seed=1234, **kwargs):
+    """F.fractional_max_pool2d forward (with indices) and backward on the selected backend and on the
+    reference, from the same seed (so the same draws): equal element for element."""
+    def once():
+        torch.manual_seed(seed)
+        x_ = x.detach().requires_grad_()
+        y, index = F.fractional_max_pool2d(x_, return_indices=True, **kwargs)
+        y.backward(torch.ones_like(y) if grad is None else grad)
+        return y, index, x_.grad
+
+    got = once()
+    with cifarops.use_backend("reference"):
+        want = once()
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        exact(a, b)
+    return got
+
+
+@pytest.mark.parametrize("regions, sequence, per_image", GRAHAM_MODES, ids=[f"{r}-{s}-{'image' if p else 'channel'}" for r, s, p in GRAHAM_MODES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_graham_modes_match_reference(kernel_backend, regions, sequence, per_image, dtype):
+    device, _ = kernel_backend
+    x = torch.randn(2, 4, 15, 11, device=device).to(dtype)
+    grad = torch.randn(2, 4, 9, 8, generator=torch.Generator().manual_seed(1)).to(dtype).to(device)
+    equals_reference(x, grad, output_size=(9, 8), regions=regions, sequence=sequence, per_image=per_image)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("regions", ["window"] + GRAHAM)
+def test_layouts_match_reference(kernel_backend, layout, regions):
+    device, _ = kernel_backend
+    x = in_layout(torch.randn(2, 6, 12, 10, device=device), layout)
+    kwargs = dict(kernel_size=3) if regions == "window" else {}
+    y, index, _ = equals_reference(x, torch.randn(2, 6, 8, 7, device=device), output_size=(8, 7), regions=regions, **kwargs)
+    assert index.dtype == torch.int64
+    torch.manual_seed(1234)
+    assert torch.equal(F.fractional_max_pool2d(x, output_size=(8, 7), regions=regions, **kwargs), y)
+
+
+@pytest.mark.parametrize("regions", ["window"] + GRAHAM)
+def test_empty_batch(kernel_backend, regions):
+    device, _ = kernel_backend
+    kwargs = dict(kernel_size=2) if regions == "window" else {}
+    y, dx = run(torch.randn(0, 3, 10, 10, device=device), output_size=7, regions=regions, **kwargs)
+    assert y.shape == (0, 3, 7, 7) and dx.shape == (0, 3, 10, 10)
+
+
+def test_large_windows_use_wide_indices(kernel_backend):
+    """Windows of more than 256 elements cannot store their offset in a byte: the op keeps int64 indices."""
+    device, backend = kernel_backend
+    x = torch.randn(1, 2, 40, 40, device=device)
+    samples = torch.rand(1, 2, 2, device=device)
+    y, index = namespace_for(backend).fractional_max_pool2d(x, [17, 17], [20, 20], "window", samples, None, False)
+    assert index.dtype == torch.int64
+    exact(y, torch.nn.functional.fractional_max_pool2d(x, 17, output_size=20, _random_samples=samples))
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("regions", ["window"] + GRAHAM)
+def test_gradcheck(kernel_backend, regions):
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    # Small: the numerical Jacobians run the op once per element (slow in the Triton interpreter).
+    x = (torch.randperm(2 * 2 * 6 * 5, device=device).double() / 100).reshape(2, 2, 6, 5).requires_grad_()  # no ties
+    samples = torch.rand(2, 2, 2, dtype=torch.float64, device=device)
+    kernel = [2, 2] if regions == "window" else []
+
+    def pool(x, return_indices=False):
+        return ns.fractional_max_pool2d(x, kernel, [4, 3], regions, samples, None, return_indices)[0]
+
+    # fast_mode checks random projections of the Jacobians: a few calls instead of one per element.
+    assert torch.autograd.gradcheck(pool, (x,), fast_mode=True)
+    assert torch.autograd.gradgradcheck(pool, (x,), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x: pool(x, True), (x,), fast_mode=True)
+    if backend != "triton" or device != "cpu":  # the full Jacobians too, where the kernels run natively
+        assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
+
+
+def test_saved_bytes_are_an_eighth_of_pytorch(kernel_backend):
+    device, _ = kernel_backend
+
+    def saved_bytes(fn):
+        x = torch.randn(4, 8, 32, 32, device=device, requires_grad=True)
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel() * t.element_size()) or t, lambda t: t):
+            fn(x)
+        return sum(sizes)
+
+    samples = torch.rand(4, 8, 2, device=device)
+    ours = saved_bytes(lambda x: F.fractional_max_pool2d(x, 2, output_size=22, _random_samples=samples))
+    pytorch = saved_bytes(lambda x: torch.nn.functional.fractional_max_pool2d(x, 2, output_size=22, _random_samples=samples))
+    assert ours == 4 * 8 * 22 * 22 + samples.numel() * 4  # one byte per output, and the draws
+    assert ours * 7 < pytorch
+
+
+def test_deterministic_algorithms(kernel_backend):
+    device, _ = kernel_backend
+    x = torch.randn(4, 6, 20, 20, device=device)
+    samples = torch.rand(4, 6, 2, device=device)
+    with deterministic():
+        first = run(x, kernel_size=3, output_size=13, _random_samples=samples)
+        second = run(x, kernel_size=3, output_size=13, _random_samples=samples)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# ------------------------------------------------------------------------------- library and compiler
+
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    samples = torch.rand(2, 3, 2, device=device)
+    boundaries = F._fmp_random_boundaries(2, 3, (10, 9), (7, 6), device)
+    for x, kernel, regions, draws in [
+        (torch.randn(2, 3, 10, 9, device=device), [2, 3], "window", (samples, None)),
+        (in_layout(torch.randn(2, 3, 10, 9, device=device), "channels_last"), [2, 2], "window", (samples, None)),
+        (torch.randn(2, 3, 10, 9, device=device), [], "overlapping", (samples, None)),
+        (torch.randn(2, 3, 10, 9, device=device), [], "disjoint", (None, boundaries)),
+        (torch.randn(0, 3, 10, 9, device=device), [2, 2], "window", (samples[:0], None)),
+    ]:
+        x.requires_grad_()
+        for return_indices in (False, True):
+            torch.library.opcheck(ns.fractional_max_pool2d, (x, kernel, [7, 6], regions, *draws, return_indices))
+            y, index = ns.fractional_max_pool2d(x.detach(), kernel, [7, 6], regions, *draws, return_indices)
+            torch.library.opcheck(ns._fractional_max_pool2d_backward, (torch.randn_like(y), index, [10, 9], kernel, regions, *draws))
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_torch_compile_equals_eager(device, backend):
+    """With explicit draws, torch.compile(fullgraph=True) gives eager's result; without, it draws inside the graph."""
+    torch._dynamo.reset()
+    x = torch.randn(2, 4, 16, 16, device=device, requires_grad=True)
+    samples = torch.rand(2, 4, 2, device=device)
+    weights = torch.randn(2, 4, 11, 11, device=device)
+
+    def pool(x):  # a linear loss, so that the gradient has no rounding of Inductor's own
+        return (F.fractional_max_pool2d(x, 2, output_size=11, _random_samples=samples) * weights).sum()
+
+    with cifarops.use_backend(backend):
+        eager = torch.autograd.grad(pool(x), x)[0]
+        compiled = torch.compile(pool, fullgraph=True)
+        exact(torch.autograd.grad(compiled(x), x)[0], eager)
+        model = torch.compile(cifarops.FractionalMaxPool2d(output_ratio=0.7, regions="overlapping"), fullgraph=True)
+        assert model(x).shape == (2, 4, 11, 11)
+
+
+# ------------------------------------------------------------------------------------------ modes and noise
+
+
+def test_per_image_shares_the_regions(kernel_backend):
+    device, _ = kernel_backend
+    x = arange_plane(11, 11, device).expand(3, 4, 11, 11)
+    for regions, sequence in [("window", "pseudorandom"), ("overlapping", "random")]:
+        kwargs = dict(kernel_size=2) if regions == "window" else {}
+        y = F.fractional_max_pool2d(x, output_size=7, regions=regions, sequence=sequence, per_image=True, **kwargs)
+        assert (y == y[:, :1]).all()  # one draw per image
+        y = F.fractional_max_pool2d(x, output_size=7, regions=regions, sequence=sequence, **kwargs)
+        assert not (y == y[:, :1]).all()  # one per (image, channel)
+
+
+def test_same_seed_same_regions(kernel_backend):
+    device, _ = kernel_backend
+    x = torch.randn(4, 6, 16, 16, device=device)
+    for kwargs in [dict(kernel_size=2), dict(regions="disjoint", sequence="random")]:
+        torch.manual_seed(5)
+        first = F.fractional_max_pool2d(x, output_size=11, **kwargs)
+        torch.manual_seed(5)
+        assert torch.equal(first, F.fractional_max_pool2d(x, output_size=11, **kwargs))
+
+
+def test_random_sequences_are_a_uniform_shuffle(kernel_backend):
+    """In = 7, out = 4: three increments of 2 and one of 1, so the 1 sits at each of the 4 positions with
+    probability 1/4; 11 -> 8 has 3 twos among 8 steps: each of the 56 placements equally likely. Read off the
+    outputs of disjoint regions over an arange plane (each region's maximum is its last row), and check the
+    frequencies within five standard errors."""
+    device, _ = kernel_backend
+    torch.manual_seed(0)
+    n = 4000
+    y = F.fractional_max_pool2d(arange_plane(7, 11, device).expand(n, 1, 7, 11), output_size=(4, 8),
+                                regions="disjoint", sequence="random")
+    ends_rows = torch.div(y[:, 0, :, 0].long(), 11, rounding_mode="floor") + 1  # a_1 .. a_4
+    steps = torch.diff(ends_rows, prepend=torch.zeros(n, 1, dtype=torch.long, device=device), dim=1)
+    assert ((steps == 1) | (steps == 2)).all() and (steps.sum(1) == 7).all()
+    for position in range(4):
+        frequency = (steps[:, position] == 1).double().mean().item()
+        assert abs(frequency - 0.25) < 5 * math.sqrt(0.25 * 0.75 / n)
+    ends_cols = y[:, 0, 0, :].long() % 11 + 1
+    col_steps = torch.diff(ends_cols, prepend=torch.zeros(n, 1, dtype=torch.long, device=device), dim=1)
+    codes = ((col_steps == 2).long() * (2 ** torch.arange(8, device=device))).sum(1)
+    counts = torch.bincount(codes, minlength=256).double()
+    placements = [c for c in range(256) if bin(c).count("1") == 3]
+    assert counts.sum() == counts[placements].sum() and len(placements) == 56
+    expected = n / 56
+    chi2 = ((counts[placements] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 55 + 5 * math.sqrt(2 * 55)  # chi-square with 55 degrees of freedom, five sigma
+
+
+def test_module_and_model_average(any_backend):
+    device, _ = any_backend
+    layer = cifarops.FractionalMaxPool2d(2, output_ratio=0.75)
+    assert repr(layer) == ("FractionalMaxPool2d(kernel_size=2, output_ratio=0.75, regions='window', "
+                           "sequence='pseudorandom', per_image=False)")
+    x = torch.randn(2, 3, 8, 8, device=device)
+    samples = torch.rand(2, 3, 2, device=device)
+    fixed = cifarops.FractionalMaxPool2d(2, output_size=6, _random_samples=samples)
+    exact(fixed(x), torch.nn.FractionalMaxPool2d(2, output_size=6, _random_samples=samples)(x))
+    assert torch.equal(fixed.state_dict()["_random_samples"], samples)
+    model = torch.nn.Sequential(cifarops.FractionalMaxPool2d(output_ratio=0.75, regions="overlapping"),
+                                torch.nn.Flatten(), torch.nn.Linear(3 * 36, 10)).to(device).eval()
+    torch.manual_seed(9)
+    averaged = cifarops.fmp_model_average(model, x, draws=5)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        want = sum(torch.softmax(model(x), -1) for _ in range(5)) / 5
+    assert_close(averaged, want)
+    assert_close(averaged.sum(-1), torch.ones(2, device=device))

@@ -31,7 +31,7 @@ python -m pytest tests -q -p no:cacheprovider -x 2>&1 | tee "$OUT/tests.log" | t
 step "compute-sanitizer memcheck and racecheck over every CUDA kernel"
 # Every CUDA kernel, forward and backward, each dtype and layout (vectorised and not), kept small: the
 # sanitizers slow kernels down a hundredfold.
-subset="cuda-cuda and (known_answer or dtypes_layouts)"
+subset="cuda-cuda and (known_answer or dtypes_layouts or layouts_match or graham_modes)"
 for tool in memcheck racecheck; do
   compute-sanitizer --tool "$tool" --error-exitcode 9 python -m pytest tests -q -p no:cacheprovider \
     -k "$subset" > "$OUT/sanitizer-$tool.log" 2>&1

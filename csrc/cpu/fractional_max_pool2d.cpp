@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "args/fractional_max_pool2d.h"
@@ -20,6 +21,21 @@ namespace {
 // Region tables of one plane: output i of an axis pools [begin[i], end[i]).
 struct PlaneRegions {
   std::vector<int64_t> row_begin, row_end, col_begin, col_end;
+  // forward_window_plane's row folds: the best value (in the compute type) and its column offset.
+  std::vector<float> run_best_float;
+  std::vector<double> run_best_double;
+  std::vector<int32_t> run_offset;
+
+  template <typename acc_t>
+  acc_t* run_best(int64_t size) {
+    if constexpr (std::is_same_v<acc_t, double>) {
+      run_best_double.resize(size);
+      return run_best_double.data();
+    } else {
+      run_best_float.resize(size);
+      return run_best_float.data();
+    }
+  }
 
   template <typename scalar_t>
   void fill(const FmpParams& p, int64_t n, int64_t c) {
@@ -47,13 +63,50 @@ void for_each_plane(const FmpParams& p, int64_t work_per_plane, Body body) {
 // Planes stored with unit column stride (NCHW): the fast paths below index rows directly.
 bool unit_columns(const FmpParams& p) { return p.in_strides.w == 1; }
 
-// PyTorch's K x K windows over a unit-stride plane, with K known at compile time: the scan unrolls, and
-// the ATen rule becomes selects instead of branches that random data mispredicts. Everything the loop reads
-// is hoisted into locals: the byte stores may alias anything, so the compiler would reload params after each.
+// take ? a : b through the values' bits: compilers turn a float ?: under a NaN test into a branch, which
+// random data mispredicts half the time (measured: most of the forward's time); integer masks never branch.
+template <typename T>
+inline T select_bits(bool take, T a, T b) {
+  using bits_t = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  bits_t x, y;
+  std::memcpy(&x, &a, sizeof(T));
+  std::memcpy(&y, &b, sizeof(T));
+  const bits_t mask = bits_t(0) - static_cast<bits_t>(take);
+  x = (x & mask) | (y & ~mask);
+  T out;
+  std::memcpy(&out, &x, sizeof(T));
+  return out;
+}
+
+// PyTorch's K x K windows over a unit-stride plane, K known at compile time, in two passes. First every
+// input row is folded over each run of K columns (vectorised across columns); then each output folds its K
+// row results. Folding rows first and then across them with ATen's rule (`v > best || isnan(v)`, from -inf)
+// gives exactly ATen's row-major scan: the first maximum, the last NaN, an all -inf window's first element.
 template <typename scalar_t, int K, bool kWide>
-void forward_window_plane(const FmpParams& p, const scalar_t* plane, int64_t n, int64_t c, const PlaneRegions& r) {
+void forward_window_plane(const FmpParams& p, const scalar_t* plane, int64_t n, int64_t c, PlaneRegions& r) {
   using acc_t = typename OpMath<scalar_t>::type;
-  const int64_t row_stride = p.in_strides.h, width = p.cols.in, out_h = p.rows.out, out_w = p.cols.out;
+  const int64_t row_stride = p.in_strides.h, width = p.cols.in, height = p.rows.in;
+  const int64_t runs = width - K + 1, out_h = p.rows.out, out_w = p.cols.out;
+  r.run_offset.resize(height * runs);
+  acc_t* CIFAROPS_RESTRICT run_best = r.run_best<acc_t>(height * runs);
+  int32_t* CIFAROPS_RESTRICT run_offset = r.run_offset.data();
+  for (int64_t h = 0; h < height; ++h) {
+    const scalar_t* CIFAROPS_RESTRICT row = plane + h * row_stride;
+    acc_t* CIFAROPS_RESTRICT best = run_best + h * runs;
+    int32_t* CIFAROPS_RESTRICT offset = run_offset + h * runs;
+    for (int64_t w = 0; w < runs; ++w) {
+      acc_t b = static_cast<acc_t>(row[w]);  // taken from -inf unless it is -inf itself: the same either way
+      int32_t o = 0;
+      for (int dw = 1; dw < K; ++dw) {
+        const acc_t v = static_cast<acc_t>(row[w + dw]);
+        const bool take = (v > b) | (v != v);
+        b = select_bits(take, v, b);
+        o += (dw - o) & -static_cast<int32_t>(take);
+      }
+      best[w] = b;
+      offset[w] = o;
+    }
+  }
   const int64_t out_row_stride = p.out_strides.h, out_col_stride = p.out_strides.w;
   const int64_t* row_begin = r.row_begin.data();
   const int64_t* col_begin = r.col_begin.data();
@@ -62,25 +115,24 @@ void forward_window_plane(const FmpParams& p, const scalar_t* plane, int64_t n, 
   uint8_t* offsets = static_cast<uint8_t*>(p.index) + p.out_strides.at(n, c, 0, 0);
   for (int64_t oh = 0; oh < out_h; ++oh) {
     const int64_t r0 = row_begin[oh];
-    const scalar_t* top = plane + r0 * row_stride;
+    const acc_t* top_best = run_best + r0 * runs;
+    const int32_t* top_offset = run_offset + r0 * runs;
     for (int64_t ow = 0; ow < out_w; ++ow) {
-      const scalar_t* corner = top + col_begin[ow];
-      acc_t best = -static_cast<acc_t>(INFINITY);
-      int offset = 0;
-      for (int dh = 0; dh < K; ++dh) {
-        for (int dw = 0; dw < K; ++dw) {
-          const acc_t v = static_cast<acc_t>(corner[dh * row_stride + dw]);
-          const bool take = (v > best) | (v != v);  // ATen's rule: first maximum, last NaN
-          best = take ? v : best;
-          offset = take ? dh * K + dw : offset;
-        }
+      const int64_t c0 = col_begin[ow];
+      acc_t b = top_best[c0];
+      int32_t o = top_offset[c0];
+      for (int dh = 1; dh < K; ++dh) {
+        const acc_t v = top_best[dh * runs + c0];
+        const bool take = (v > b) | (v != v);
+        b = select_bits(take, v, b);
+        o += (dh * K + top_offset[dh * runs + c0] - o) & -static_cast<int32_t>(take);
       }
       const int64_t out = oh * out_row_stride + ow * out_col_stride;
-      y[out] = corner[(offset / K) * row_stride + offset % K];
+      y[out] = plane[(r0 + o / K) * row_stride + c0 + o % K];
       if (kWide) {
-        wide[out] = (r0 + offset / K) * width + col_begin[ow] + offset % K;
+        wide[out] = (r0 + o / K) * width + c0 + o % K;
       } else {
-        offsets[out] = static_cast<uint8_t>(offset);
+        offsets[out] = static_cast<uint8_t>(o);
       }
     }
   }

@@ -1,6 +1,7 @@
 // Fractional max-pooling on the CPU: planes in parallel. Each plane's row and column regions are computed
-// once into small tables, then every output scans its region (math in fractional_max_pool2d.h). Interval
-// arithmetic runs in the storage type, as ATen's CPU kernel does, so half and bfloat16 windows match it.
+// once into small tables (math in fractional_max_pool2d.h); 2 x 2 and 3 x 3 windows over NCHW planes take a
+// two-pass branch-free path, every other case scans each region. Interval arithmetic runs in the storage
+// type, as ATen's CPU kernel does, so half and bfloat16 windows match it.
 //
 // Backward scatters within one plane, serially, in row-major output order: deterministic without atomics,
 // and the additions happen in the order of ATen's CPU loop (and of the GPU kernels' gather).
@@ -18,7 +19,8 @@
 namespace cifarops {
 namespace {
 
-// Region tables of one plane: output i of an axis pools [begin[i], end[i]).
+// Region tables of one plane (output i of an axis pools [begin[i], end[i])) and scratch for the window path,
+// reused across the planes of one parallel chunk.
 struct PlaneRegions {
   std::vector<int64_t> row_begin, row_end, col_begin, col_end;
   // forward_window_plane's row folds: the best value (in the compute type) and its column offset.

@@ -78,6 +78,17 @@ def _search(x, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask, s
 
 
 @triton.jit
+def _samples(ptr, axis_stride, mask, acc: tl.constexpr, EXPLICIT: tl.constexpr):
+    """(u_w, u_h) of each lane's plane in the compute type; zeros when the boundaries are explicit."""
+    u_w = tl.zeros(mask.shape, acc)
+    u_h = tl.zeros(mask.shape, acc)
+    if not EXPLICIT:
+        u_w = tl.load(ptr, mask=mask, other=0).to(acc)
+        u_h = tl.load(ptr + axis_stride, mask=mask, other=0).to(acc)
+    return u_w, u_h
+
+
+@triton.jit
 def _split(t, channels, height, width, CHANNEL_FASTEST: tl.constexpr):
     if CHANNEL_FASTEST:
         c = t % channels
@@ -105,11 +116,7 @@ def _fmp_fwd_kernel(
     STORE: tl.constexpr = x_ptr.dtype.element_ty
     acc: tl.constexpr = alpha_ptr.dtype.element_ty
     alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
-    u_w = tl.zeros([BLOCK], acc)
-    u_h = tl.zeros([BLOCK], acc)
-    if not EXPLICIT:
-        u_w = tl.load(samples_ptr + n * ss_n + c * ss_c, mask=mask, other=0).to(acc)
-        u_h = tl.load(samples_ptr + n * ss_n + c * ss_c + ss_a, mask=mask, other=0).to(acc)
+    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, acc, EXPLICIT)
     bnd = bnd_ptr + n * bs_n + c * bs_c
     r0, r1 = _region(oh, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, REGIONS, EXPLICIT, ROUND, STORE)
     c0, c1 = _region(ow, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, REGIONS, EXPLICIT, ROUND, STORE)
@@ -147,11 +154,7 @@ def _fmp_bwd_kernel(
     STORE: tl.constexpr = grad_x_ptr.dtype.element_ty
     acc: tl.constexpr = alpha_ptr.dtype.element_ty
     alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
-    u_w = tl.zeros([BLOCK], acc)
-    u_h = tl.zeros([BLOCK], acc)
-    if not EXPLICIT:
-        u_w = tl.load(samples_ptr + n * ss_n + c * ss_c, mask=mask, other=0).to(acc)
-        u_h = tl.load(samples_ptr + n * ss_n + c * ss_c + ss_a, mask=mask, other=0).to(acc)
+    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, acc, EXPLICIT)
     bnd = bnd_ptr + n * bs_n + c * bs_c
     # The outputs whose regions contain (h, w): rows [lo_h, hi_h) x columns [lo_w, hi_w).
     lo_h = _search(h, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, steps_h, True, REGIONS, EXPLICIT, ROUND, STORE)

@@ -1,7 +1,10 @@
 #include "args/fractional_max_pool2d.h"
 
+#include <ATen/Dispatch.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include <cmath>
 
 #include "args/common.h"
 
@@ -35,9 +38,23 @@ double window_alpha(int64_t in, int64_t k, int64_t out, const at::Tensor& x) {
 // functional API checks explicit draws, and the kernels clamp every region to the plane whatever the draws.
 void check_sample_values(const at::Tensor& samples, const char* op) {
   if (!samples.is_cpu() || samples.numel() == 0) return;
-  const at::Tensor s = samples.to(at::kDouble);
-  TORCH_CHECK(s.ge(0).logical_and(s.lt(1)).all().item<bool>(), op,
-              ": samples must lie in [0, 1), got values from ", s.min().item<double>(), " to ", s.max().item<double>());
+  // One pass over the (N, C, 2) draws at their strides: no temporary tensors on every call.
+  bool ok = true;
+  double low = INFINITY, high = -INFINITY;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, samples.scalar_type(), "check_sample_values", [&] {
+    const scalar_t* data = samples.data_ptr<scalar_t>();
+    for (int64_t n = 0; n < samples.size(0); ++n) {
+      for (int64_t c = 0; c < samples.size(1); ++c) {
+        for (int64_t a = 0; a < 2; ++a) {
+          const double v = static_cast<double>(data[n * samples.stride(0) + c * samples.stride(1) + a * samples.stride(2)]);
+          ok = ok && v >= 0 && v < 1;  // false for NaN too
+          low = v < low ? v : low;
+          high = v > high ? v : high;
+        }
+      }
+    }
+  });
+  TORCH_CHECK(ok, op, ": samples must lie in [0, 1), got values from ", low, " to ", high);
 }
 
 void check_boundary_values(const at::Tensor& boundaries, const FmpAxis& axis, int axis_index, const char* op) {

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from cifarops.ops.common import dense_format
 from cifarops.philox import philox_uniform
 
 
@@ -283,13 +284,6 @@ def _fmp_axes(grad_or_x_shape, input_size, output_size, kernel_size, regions, sa
     return (*rows, *cols)
 
 
-def _fmp_layout(t: torch.Tensor) -> torch.memory_format:
-    """channels_last when t is stored that way, as the kernels' outputs (csrc/args/common.h dense_format)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _fmp_choice_to_flat(index, row_begin, row_end, col_begin, col_end, width, span_w):
     """Flat h * W + w of each output's choice, and whether it lies inside the output's region."""
     r0, r1 = row_begin.unsqueeze(-1), row_end.unsqueeze(-1)
@@ -335,7 +329,7 @@ def fractional_max_pool2d_backward(
             chosen = rank == r
             t = targets[chosen]
             grad_x[t] = (grad_x[t].to(grads.dtype) + grads[chosen]).to(grad_y.dtype)
-    return grad_x.reshape(n, c, height, width).contiguous(memory_format=_fmp_layout(index))
+    return grad_x.reshape(n, c, height, width).contiguous(memory_format=dense_format(index))
 
 
 def fractional_max_pool2d_select(
@@ -381,7 +375,7 @@ class _FractionalMaxPool2d(torch.autograd.Function):
             index = chosen_h * width + chosen_w
         else:
             index = offset.to(torch.uint8)
-        fmt = _fmp_layout(x)
+        fmt = dense_format(x)
         y, index = y.contiguous(memory_format=fmt), index.contiguous(memory_format=fmt)
         ctx.save_for_backward(index, samples, boundaries)
         ctx.args = ((height, width), kernel_size, regions)

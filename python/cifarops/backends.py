@@ -27,14 +27,14 @@ _override: str | None = None
 _ENV_OVERRIDE = os.environ.get("CIFAROPS_BACKEND") or None
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"cifarops: unknown backend {name!r}; expected one of {BACKENDS}")
     return name
 
 
 if _ENV_OVERRIDE is not None:
-    _check_name(_ENV_OVERRIDE)
+    check_name(_ENV_OVERRIDE)
 
 
 # Read once at import (as Triton itself does), so that code traced by torch.compile only reads constants.
@@ -90,7 +90,7 @@ def use_backend(name: str | None) -> Iterator[None]:
     CIFAROPS_BACKEND, if set, or the automatic choice applies)."""
     global _override
     if name is not None:
-        _check_name(name)
+        check_name(name)
     previous = _override
     _override = name
     try:

@@ -1,5 +1,5 @@
-"""The functional API: checks the user's arguments, draws the noise from torch's generators, picks the
-backend and calls the op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> kernel.
+"""The functional API: checks the user's arguments, draws the noise from torch's generators (through
+:func:`cifarops.noise.drawn`, which checkpointed blocks record and replay), picks the backend and calls the op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> kernel.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from cifarops import backends, reference
+from cifarops import backends, noise, reference
 from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
@@ -33,7 +33,20 @@ def _op(name: str, device: torch.device):
 def draw_seed(device: torch.device) -> torch.Tensor:
     """A Philox key for per-element noise, from torch's generator of `device`: on the device, so no host
     sync, and traceable by torch.compile."""
-    return torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+    return noise.drawn(lambda: torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device))
+
+
+def _autocast_common_dtype(*tensors: Optional[torch.Tensor]) -> tuple:
+    """Under autocast, a branch (autocast's low precision) and a shortcut (say, the float32 network input)
+    may differ in dtype: both are cast to the dtype the unfused ``shortcut + branch`` would have. Outside
+    autocast a mismatch stays an error, which the op's checks name."""
+    present = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if len({t.dtype for t in present}) < 2 or not torch.is_autocast_enabled(present[0].device.type):
+        return tensors
+    common = present[0].dtype
+    for t in present[1:]:
+        common = torch.promote_types(common, t.dtype)
+    return tuple(t.to(common) if isinstance(t, torch.Tensor) else t for t in tensors)
 
 
 def check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level) -> tuple:
@@ -81,7 +94,8 @@ def _draw_coefficient(level: str, coef_range: tuple[float, float], h: torch.Tens
     if level == "pixel":
         return None
     shape = {"batch": (1, 1), "sample": (n, 1), "channel": (n, c)}[level]
-    return torch.empty(shape, dtype=opmath_dtype(h.dtype), device=h.device).uniform_(*coef_range).expand(n, c)
+    coef = noise.drawn(lambda: torch.empty(shape, dtype=opmath_dtype(h.dtype), device=h.device).uniform_(*coef_range))
+    return coef.expand(n, c)
 
 
 def shake_drop(
@@ -107,9 +121,10 @@ def shake_drop(
     E[b + alpha - b*alpha] * h``. ``shortcut`` may have fewer channels than ``h``: it is added to the first
     channels (PyramidNet's zero-padded shortcut, without materialising the padding); None returns the scaled
     branch alone. ``gate`` ((1,) or (N,)), ``alpha`` and ``beta`` ((1,), (N,), (N, C) or h's shape) replace
-    the random draws. The output has h's dtype.
+    the random draws. The output has h's dtype (under autocast, that of ``shortcut + h``).
     """
     alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
+    h, shortcut = _autocast_common_dtype(h, shortcut)
     check_nc_input(h, "h", "cifarops.shake_drop")
     _shake_drop_ops.check_shortcut(h, shortcut)
     op = _op("shake_drop", h.device)
@@ -125,7 +140,8 @@ def shake_drop(
         return op(h, shortcut, zero_gate, alpha, beta, None, alpha_range, beta_range)
 
     if gate is None:
-        gate = torch.empty((1 if gate_level == "batch" else n,), dtype=acc, device=h.device).bernoulli_(1.0 - p_drop)
+        gate_shape = (1 if gate_level == "batch" else n,)
+        gate = noise.drawn(lambda: torch.empty(gate_shape, dtype=acc, device=h.device).bernoulli_(1.0 - p_drop))
     gate = _explicit_gate(gate, h)
     alpha = _explicit_coefficient(alpha, "alpha", h) if alpha is not None else _draw_coefficient(level, alpha_range, h)
     beta = _explicit_coefficient(beta, "beta", h) if beta is not None else _draw_coefficient(level, beta_range, h)
@@ -184,6 +200,7 @@ def shake_shake(
     returns the mix alone. Explicit ``alpha`` / ``beta`` of shape (1,) or (N,) replace the draws.
     """
     check_shake_shake_params(forward_mode, backward_mode, level)
+    h1, h2, shortcut = _autocast_common_dtype(h1, h2, shortcut)
     check_nc_input(h1, "h1", "cifarops.shake_shake")
     _shake_shake_ops.check_like_h1(h2, h1, "h2")
     if shortcut is not None:
@@ -200,7 +217,7 @@ def shake_shake(
         return op(h1, h2, shortcut, constant(0.5), constant(0.5))
 
     def draw():
-        return torch.rand((1 if level == "batch" else n,), dtype=acc, device=h1.device).expand(n)
+        return noise.drawn(lambda: torch.rand((1 if level == "batch" else n,), dtype=acc, device=h1.device)).expand(n)
 
     if alpha is not None:
         alpha = _per_sample_coefficient(alpha, "alpha", h1)
@@ -355,9 +372,11 @@ def fractional_max_pool2d(
             raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
         boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
     elif sequence == "random":
-        boundaries = _fmp_random_boundaries(n, 1 if per_image else c, size_in, size_out, x.device).expand(n, c, -1, -1)
+        boundaries = noise.drawn(lambda: _fmp_random_boundaries(n, 1 if per_image else c, size_in, size_out, x.device))
+        boundaries = boundaries.expand(n, c, -1, -1)
     else:
-        samples = torch.rand(n, 1 if per_image else c, 2, dtype=x.dtype, device=x.device).expand(n, c, 2)
+        samples = noise.drawn(lambda: torch.rand(n, 1 if per_image else c, 2, dtype=x.dtype, device=x.device))
+        samples = samples.expand(n, c, 2)
     _fmp_ops.check_draws(x, size_in, size_out, regions, samples, boundaries, op,
                          values=explicit and not torch.compiler.is_compiling())
     y, index = _op("fractional_max_pool2d", x.device)(x, kernel, list(size_out), regions, samples, boundaries,

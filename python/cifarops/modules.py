@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
+from cifarops import backends
 from cifarops import functional as F
 from cifarops.ops import maxout as _maxout_ops
 
 
-class ShakeDrop(nn.Module):
+class _Layer(nn.Module):
+    """A cifarops layer. ``backend`` pins the implementation for this layer alone (``"reference"`` builds the
+    pure-PyTorch network that ``cifarops.models.create(..., reference=True)`` compares against); None follows
+    the process-wide choice of :mod:`cifarops.backends`."""
+
+    def __init__(self, backend: Optional[str] = None) -> None:
+        super().__init__()
+        self.backend = backends.check_name(backend) if backend is not None else None
+
+    def _pinned(self):
+        return backends.use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
+
+
+class ShakeDrop(_Layer):
     """ShakeDrop regularisation (Yamada et al., arXiv 1802.02375), optionally fused with the shortcut add.
 
     ``ShakeDrop(p_drop)(h)`` scales a residual branch; ``ShakeDrop(p_drop)(h, shortcut)`` returns the whole
@@ -28,24 +43,26 @@ class ShakeDrop(nn.Module):
         *,
         gate_level: str = "batch",
         level: str = "sample",
+        backend: Optional[str] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backend)
         self.alpha_range, self.beta_range = F.check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
         self.p_drop = float(p_drop)
         self.gate_level = gate_level
         self.level = level
 
     def forward(self, h: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return F.shake_drop(
-            h,
-            shortcut,
-            p_drop=self.p_drop,
-            alpha_range=self.alpha_range,
-            beta_range=self.beta_range,
-            gate_level=self.gate_level,
-            level=self.level,
-            training=self.training,
-        )
+        with self._pinned():
+            return F.shake_drop(
+                h,
+                shortcut,
+                p_drop=self.p_drop,
+                alpha_range=self.alpha_range,
+                beta_range=self.beta_range,
+                gate_level=self.gate_level,
+                level=self.level,
+                training=self.training,
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -54,7 +71,7 @@ class ShakeDrop(nn.Module):
         )
 
 
-class ShakeShake(nn.Module):
+class ShakeShake(_Layer):
     """Shake-Shake regularisation (Gastaldi, arXiv 1705.07485) of a two-branch residual block.
 
     ``ShakeShake()(h1, h2, shortcut)`` returns ``shortcut + alpha * h1 + (1 - alpha) * h2`` in one pass, with
@@ -63,62 +80,67 @@ class ShakeShake(nn.Module):
     one draw per sample. See :func:`cifarops.functional.shake_shake`.
     """
 
-    def __init__(self, *, forward_mode: str = "shake", backward_mode: str = "shake", level: str = "sample") -> None:
-        super().__init__()
+    def __init__(self, *, forward_mode: str = "shake", backward_mode: str = "shake", level: str = "sample",
+                 backend: Optional[str] = None) -> None:
+        super().__init__(backend)
         F.check_shake_shake_params(forward_mode, backward_mode, level)
         self.forward_mode = forward_mode
         self.backward_mode = backward_mode
         self.level = level
 
     def forward(self, h1: torch.Tensor, h2: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return F.shake_shake(
-            h1,
-            h2,
-            shortcut,
-            forward_mode=self.forward_mode,
-            backward_mode=self.backward_mode,
-            level=self.level,
-            training=self.training,
-        )
+        with self._pinned():
+            return F.shake_shake(
+                h1,
+                h2,
+                shortcut,
+                forward_mode=self.forward_mode,
+                backward_mode=self.backward_mode,
+                level=self.level,
+                training=self.training,
+            )
 
     def extra_repr(self) -> str:
         return f"forward_mode={self.forward_mode!r}, backward_mode={self.backward_mode!r}, level={self.level!r}"
 
 
-class Maxout(nn.Module):
+class Maxout(_Layer):
     """Maxout over groups of ``pieces`` channels along ``dim`` (Goodfellow et al., arXiv 1302.4389).
 
     ``grouping="contiguous"`` follows pylearn2 (Goodfellow's code), ``"strided"`` follows Lua's nn.Maxout.
     See :func:`cifarops.functional.maxout`.
     """
 
-    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous") -> None:
-        super().__init__()
+    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous", *, backend: Optional[str] = None) -> None:
+        super().__init__(backend)
         _check_maxout_settings(pieces, dim, grouping)
         self.pieces, self.dim, self.grouping = pieces, dim, grouping
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.maxout(x, self.pieces, self.dim, self.grouping)
+        with self._pinned():
+            return F.maxout(x, self.pieces, self.dim, self.grouping)
 
     def extra_repr(self) -> str:
         return f"pieces={self.pieces}, dim={self.dim}, grouping={self.grouping!r}"
 
 
-class ProbabilisticMaxout(nn.Module):
+class ProbabilisticMaxout(_Layer):
     """Probabilistic maxout (Springenberg & Riedmiller, arXiv 1312.6116, section 3): in training, each output
     is a piece drawn from softmax(z / temperature); in evaluation, the expectation. ``temperature`` is the
     inverse of the paper's lambda. See :func:`cifarops.functional.probabilistic_maxout`.
     """
 
-    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous", temperature: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, pieces: int, dim: int = 1, grouping: str = "contiguous", temperature: float = 1.0,
+                 *, backend: Optional[str] = None) -> None:
+        super().__init__(backend)
         _check_maxout_settings(pieces, dim, grouping, temperature)
         self.pieces, self.dim, self.grouping, self.temperature = pieces, dim, grouping, float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.probabilistic_maxout(
-            x, self.pieces, self.dim, self.grouping, temperature=self.temperature, training=self.training
-        )
+        with self._pinned():
+            return F.probabilistic_maxout(
+                x, self.pieces, self.dim, self.grouping, temperature=self.temperature, training=self.training
+            )
 
     def extra_repr(self) -> str:
         return f"pieces={self.pieces}, dim={self.dim}, grouping={self.grouping!r}, temperature={self.temperature}"
@@ -132,7 +154,7 @@ def _check_maxout_settings(pieces, dim, grouping, temperature=None) -> None:
     _maxout_ops.check_args(probe, pieces, dim, grouping, "cifarops.Maxout", temperature, grouped_input=False)
 
 
-class FractionalMaxPool2d(nn.Module):
+class FractionalMaxPool2d(_Layer):
     """Fractional max-pooling (Graham, arXiv 1412.6071): a drop-in for ``torch.nn.FractionalMaxPool2d`` with
     the same signature (equal outputs, indices and gradients for the same ``_random_samples``), plus Graham's
     modes: ``regions`` ``"disjoint"`` / ``"overlapping"``, ``sequence`` ``"pseudorandom"`` / ``"random"`` and
@@ -152,8 +174,9 @@ class FractionalMaxPool2d(nn.Module):
         regions: str = "window",
         sequence: str = "pseudorandom",
         per_image: bool = False,
+        backend: Optional[str] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backend)
         op = "cifarops.FractionalMaxPool2d"
         if (output_size is None) == (output_ratio is None):
             raise ValueError(f"{op}: pass exactly one of output_size and output_ratio")
@@ -169,10 +192,11 @@ class FractionalMaxPool2d(nn.Module):
         self.register_buffer("_random_samples", _random_samples)
 
     def forward(self, input: torch.Tensor):
-        return F.fractional_max_pool2d(
-            input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices, self._random_samples,
-            regions=self.regions, sequence=self.sequence, per_image=self.per_image,
-        )
+        with self._pinned():
+            return F.fractional_max_pool2d(
+                input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices, self._random_samples,
+                regions=self.regions, sequence=self.sequence, per_image=self.per_image,
+            )
 
     def extra_repr(self) -> str:
         size = f"output_size={self.output_size}" if self.output_size is not None else f"output_ratio={self.output_ratio}"

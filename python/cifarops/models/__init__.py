@@ -1,0 +1,57 @@
+"""The model zoo: the CIFAR networks the cifarops layers were made for, each buildable from the cifarops
+layers or, with ``reference=True``, from the pure-PyTorch reference layers, and with checkpointed blocks.
+
+    model = cifarops.models.create("pyramidnet272-a200-shakedrop", num_classes=10, checkpoint="full")
+
+``checkpoint``: False/"none", True/"full" (keep each block's input only) or "selective" (keep convolution
+outputs too); see :mod:`cifarops.checkpoint`. Extra keyword arguments override the architecture's
+hyper-parameters (``depth``, ``alpha``, ``width``, ``widen``, ``filters``, ...), for smaller variants.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from torch import nn
+
+from cifarops.models.blocks import (
+    CheckpointedBlock, PyramidBasicBlock, PyramidBottleneckBlock, ShakeShakeBlock, ShakeShakeShortcut, WideBasicBlock,
+)
+from cifarops.models.fmp_net import FMPLayer, GrahamFMPNet
+from cifarops.models.maxout_net import GoodfellowMaxoutNet, MaxoutConvLayer
+from cifarops.models.pyramidnet import PyramidNet
+from cifarops.models.shake_shake_resnet import ShakeShakeResNet
+from cifarops.models.wide_resnet import WideResNet
+
+# name -> (class, the paper's hyper-parameters, the parameter count the paper states for CIFAR-10, if it does)
+MODELS: dict[str, tuple[Callable[..., nn.Module], dict, Optional[float]]] = {
+    "pyramidnet272-a200-shakedrop": (PyramidNet, dict(depth=272, alpha=200, bottleneck=True), 26.0e6),
+    "pyramidnet110-a270-shakedrop": (PyramidNet, dict(depth=110, alpha=270, bottleneck=False), 28.3e6),
+    "shake-shake26-2x96d": (ShakeShakeResNet, dict(depth=26, width=96), 26.2e6),
+    "wrn28-10": (WideResNet, dict(depth=28, widen=10), 36.5e6),
+    "fmp-graham-cifar10": (GrahamFMPNet, dict(filters=160, layers=12), None),
+    "maxout-goodfellow-cifar10": (GoodfellowMaxoutNet, dict(), None),
+}
+
+
+def names() -> list[str]:
+    """The names :func:`create` accepts."""
+    return list(MODELS)
+
+
+def create(name: str, num_classes: int = 10, checkpoint=False, reference: bool = False, **overrides) -> nn.Module:
+    """Builds the model ``name`` (see :func:`names`) with ``num_classes`` outputs."""
+    if name not in MODELS:
+        raise ValueError(f"cifarops.models.create: unknown model {name!r}; choose from {names()}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"cifarops.models.create: num_classes must be a positive int, got {num_classes!r}")
+    cls, params, _ = MODELS[name]
+    return cls(num_classes=num_classes, checkpoint=checkpoint, backend="reference" if reference else None,
+               **{**params, **overrides})
+
+
+__all__ = [
+    "CheckpointedBlock", "FMPLayer", "GoodfellowMaxoutNet", "GrahamFMPNet", "MODELS", "MaxoutConvLayer", "PyramidBasicBlock",
+    "PyramidBottleneckBlock", "PyramidNet", "ShakeShakeBlock", "ShakeShakeResNet", "ShakeShakeShortcut", "WideBasicBlock",
+    "WideResNet", "create", "names",
+]

@@ -1,0 +1,165 @@
+"""The residual blocks of the model zoo, each with a ``checkpoint`` option ("none", "full", "selective"; True
+means "full"): PyramidNet's basic and bottleneck blocks with ShakeDrop, the Shake-Shake block with its
+two-path shortcut, and the Wide-ResNet block. ``backend`` pins the cifarops layers' implementation
+("reference" for the pure-PyTorch network)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarops.checkpoint import checkpoint, checkpoint_mode
+from cifarops.modules import ShakeDrop, ShakeShake
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class CheckpointedBlock(nn.Module):
+    """A block whose ``block_forward`` runs under :func:`cifarops.checkpoint.checkpoint` with the block's mode.
+    Subclasses with random layers other than cifarops's (dropout) set ``uses_torch_noise`` so that torch's
+    generators are restored for the recomputation; cifarops's own draws are replayed from the tape."""
+
+    uses_torch_noise = False
+
+    def __init__(self, checkpoint=False) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint_mode(checkpoint)
+
+    def block_forward(self, *args):
+        raise NotImplementedError
+
+    def forward(self, *args):
+        return checkpoint(
+            self.block_forward, *args, modules=(self,), mode=self.checkpoint, preserve_rng_state=self.uses_torch_noise
+        )
+
+    def extra_repr(self) -> str:
+        return f"checkpoint={self.checkpoint!r}"
+
+
+class PyramidBasicBlock(CheckpointedBlock):
+    """PyramidNet's basic block (Han et al., arXiv 1610.02915): BN-conv3x3-BN-ReLU-conv3x3-BN, then ShakeDrop
+    fused with the shortcut, which is average-pooled when the block is strided and zero-padded to the wider
+    branch (without materialising the zeros)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int, p_drop: float, *, checkpoint=False,
+                 backend: Optional[str] = None, **shake_drop) -> None:
+        super().__init__(checkpoint)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else None
+        self.shake_drop = ShakeDrop(p_drop, backend=backend, **shake_drop)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.bn1(x))
+        return self.bn3(self.conv2(F.relu(self.bn2(h))))
+
+    def block_forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.pool is None else self.pool(x)
+        return self.shake_drop(self.residual(x), shortcut)
+
+
+class PyramidBottleneckBlock(PyramidBasicBlock):
+    """PyramidNet's bottleneck block: BN-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN (4x wider), then ShakeDrop
+    fused with the (pooled, zero-padded) shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, p_drop: float, *, checkpoint=False,
+                 backend: Optional[str] = None, **shake_drop) -> None:
+        CheckpointedBlock.__init__(self, checkpoint)
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * 4)
+        self.bn4 = nn.BatchNorm2d(planes * 4)
+        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else None
+        self.shake_drop = ShakeDrop(p_drop, backend=backend, **shake_drop)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn2(self.conv1(self.bn1(x))))
+        h = F.relu(self.bn3(self.conv2(h)))
+        return self.bn4(self.conv3(h))
+
+
+class ShakeShakeShortcut(nn.Module):
+    """Shake-Shake's shortcut where the width changes (Gastaldi's code): ReLU, then two 1x1 convolutions of
+    half the output width, one on the pixels of even and one on those of odd coordinates (the input shifted
+    by one), concatenated and batch-normalised."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels % 2:
+            raise ValueError(f"ShakeShakeShortcut: out_channels must be even, got {out_channels}")
+        self.stride = stride
+        self.conv1 = conv1x1(in_channels, out_channels // 2)
+        self.conv2 = conv1x1(in_channels, out_channels // 2)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        s = self.stride
+        shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv1(x[:, :, ::s, ::s]), self.conv2(shifted[:, :, ::s, ::s])], 1))
+
+
+class ShakeShakeBlock(CheckpointedBlock):
+    """The Shake-Shake block (Gastaldi, arXiv 1705.07485): two ReLU-conv3x3-BN-ReLU-conv3x3-BN branches mixed
+    by :class:`cifarops.ShakeShake`, fused with the shortcut (identity, or the two-path shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, checkpoint=False,
+                 backend: Optional[str] = None, **shake_shake) -> None:
+        super().__init__(checkpoint)
+        self.branch1 = self._branch(in_channels, out_channels, stride)
+        self.branch2 = self._branch(in_channels, out_channels, stride)
+        self.shortcut = ShakeShakeShortcut(in_channels, out_channels, stride) if in_channels != out_channels else None
+        self.shake_shake = ShakeShake(backend=backend, **shake_shake)
+
+    @staticmethod
+    def _branch(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.ReLU(), conv3x3(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True), conv3x3(out_channels, out_channels), nn.BatchNorm2d(out_channels),
+        )
+
+    def block_forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.shake_shake(self.branch1(x), self.branch2(x), shortcut)
+
+
+class WideBasicBlock(CheckpointedBlock):
+    """The Wide-ResNet block (Zagoruyko & Komodakis, arXiv 1605.07146): BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3
+    plus the identity, or a strided 1x1 convolution of the activated input where the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float = 0.0, *,
+                 checkpoint=False) -> None:
+        super().__init__(checkpoint)
+        self.uses_torch_noise = dropout > 0
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        same = in_channels == out_channels and stride == 1
+        self.shortcut = None if same else conv1x1(in_channels, out_channels, stride)
+
+    def block_forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = F.relu(self.bn1(x))
+        h = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(o)))))
+        return h + (x if self.shortcut is None else self.shortcut(o))

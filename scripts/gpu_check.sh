@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (torch 2.11+cu130, triton, nvcc, no network): builds the CUDA
 # extension for this GPU, runs the whole test suite on it, compute-sanitizer over every CUDA kernel, and the
-# benchmark report. Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
+# benchmark report and the model benchmark. Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
 #   device run: bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,11 @@ done
 
 step "benchmark report"
 python -m cifarops.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "model benchmark: PyramidNet-272 a=200, batch 128, bf16 autocast, channels_last, each checkpoint mode"
+python -m cifarops.bench.models --models pyramidnet272-a200-shakedrop --batch 128 --autocast --channels-last \
+  --steps 5 --out "$OUT" 2>&1 | tee "$OUT/models.log" | tail -20
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 echo; echo "==== gpu_check finished with status $status"

@@ -1,8 +1,9 @@
 """cifarops: fused CUDA, Triton and C++ kernels for the regularised CNN layers of the best CIFAR results.
 
 Public API: layers (``ShakeDrop``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``, ``FractionalMaxPool2d``),
-``cifarops.functional``, ``fmp_model_average``, backend control (``available_backends``, ``use_backend``,
-``select_backend``) and ``build_info``.
+``cifarops.functional``, ``fmp_model_average``, checkpointing (``Checkpoint``, ``cifarops.checkpoint``), the
+model zoo (``cifarops.models``), backend control (``available_backends``, ``use_backend``, ``select_backend``)
+and ``build_info``.
 """
 
 from cifarops import ops  # noqa: F401  (registers fake kernels, autograd formulas and Triton ops)
@@ -11,11 +12,14 @@ from cifarops.backends import BACKENDS, available_backends, default_backend, sel
 from cifarops.functional import fmp_model_average, shake_drop_schedule
 from cifarops.modules import FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake
 from cifarops import functional  # noqa: E402
+from cifarops.checkpoint import Checkpoint
+from cifarops import checkpoint, models  # noqa: E402  (modules: cifarops.checkpoint.checkpoint, cifarops.models.create)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "Checkpoint",
     "FractionalMaxPool2d",
     "Maxout",
     "ProbabilisticMaxout",
@@ -23,9 +27,11 @@ __all__ = [
     "ShakeShake",
     "available_backends",
     "build_info",
+    "checkpoint",
     "default_backend",
     "fmp_model_average",
     "functional",
+    "models",
     "select_backend",
     "shake_drop_schedule",
     "use_backend",

@@ -13,15 +13,17 @@ backward needs them. torch.utils.checkpoint alone does not make the recomputatio
   running statistics are updated once per forward pass.
 
 Modes: ``"none"``; ``"full"`` keeps only the block's inputs and recomputes everything; ``"selective"`` also
-keeps the outputs of convolutions and matrix products and recomputes only the cheap layers between them
-(BatchNorm, ReLU, ShakeDrop, pooling: the memory-efficient DenseNet's trade), through torch's selective
-activation checkpointing.
+keeps the outputs of the convolutions that are expensive to recompute for their size (3x3 and narrowing
+convolutions, matrix products) and recomputes the cheap layers (BatchNorm, ReLU, ShakeDrop, pooling: the
+memory-efficient DenseNet's trade) and the widening 1x1 convolutions, through torch's selective activation
+checkpointing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -32,13 +34,8 @@ from cifarops import noise
 
 MODES = ("none", "full", "selective")
 
-# The expensive ops whose outputs selective mode keeps: recomputing them would cost a second forward pass.
-_KEPT_OPS = {
-    torch.ops.aten.convolution.default,
-    torch.ops.aten.mm.default,
-    torch.ops.aten.addmm.default,
-    torch.ops.aten.bmm.default,
-}
+# Matrix products whose outputs selective mode keeps; convolutions are decided one by one (_worth_keeping).
+_KEPT_PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 
 
 def checkpoint_mode(value) -> str:
@@ -73,9 +70,25 @@ def _running_stats_kept(modules: Iterable[nn.Module]) -> Iterator[None]:
             m._buffers.update(buffers)
 
 
+def _worth_keeping(op, args) -> bool:
+    """Selective mode keeps an output when recomputing it costs more multiply-adds per element than the
+    element has channels: a 3x3 or narrowing convolution's output is kept, the widening 1x1 convolution that
+    ends a bottleneck block (p multiply-adds for each of 4p channels) is recomputed with the cheap layers,
+    which is where most of a bottleneck block's memory goes."""
+    if op in _KEPT_PRODUCTS:
+        return True
+    if op is not torch.ops.aten.convolution.default:
+        return False
+    weight, transposed = args[1], args[6]
+    if transposed:
+        return True
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    return in_per_group * math.prod(weight.shape[2:]) >= out_channels
+
+
 def _keep_expensive(ctx, op, *args, **kwargs):
     policy = torch_checkpoint.CheckpointPolicy
-    return policy.MUST_SAVE if op in _KEPT_OPS else policy.PREFER_RECOMPUTE
+    return policy.MUST_SAVE if _worth_keeping(op, args) else policy.PREFER_RECOMPUTE
 
 
 class _Contexts:

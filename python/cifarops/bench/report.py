@@ -91,12 +91,12 @@ def print_row(row: dict) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(format_row(row), WIDTHS)), flush=True)
 
 
-def write_csv(path: str, rows: list[dict], env: dict) -> None:
+def write_csv(path: str, rows: list[dict], env: dict, columns: list[str] = COLUMNS) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + list(env))
+        writer = csv.DictWriter(f, fieldnames=columns + list(env))
         writer.writeheader()
         for row in rows:
-            writer.writerow({**{k: row[k] for k in COLUMNS}, **env})
+            writer.writerow({**{k: row[k] for k in columns}, **env})
 
 
 def write_markdown(path: str, rows: list[dict], env: dict, checks: list[tuple[str, str, str, str]], notes: str = "") -> None:

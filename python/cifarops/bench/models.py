@@ -1,0 +1,238 @@
+"""Model benchmark: a training step's time and peak memory for each model, with cifarops layers vs the
+reference layers and with each checkpoint mode vs none, and the largest batch that fits a memory budget.
+
+    python -m cifarops.bench.models --models pyramidnet272-a200-shakedrop --batch 16 --budget-gb 16
+
+A step is forward, cross-entropy, backward and an SGD (momentum) update. Times: all configurations of a
+model in one process, their steps alternating after a warm-up (side by side, so that the machine's slow
+spells hit all alike); the median per configuration. Memory: each configuration alone in its own process,
+two steps: on a GPU torch.cuda.max_memory_allocated (parameters, gradients, optimiser state and
+activations); on the CPU the process's peak resident set (getrusage) above what it held before the model
+was built. The largest batch under the budget comes from a straight line through the peaks at
+the batch and at half of it (memory grows linearly with the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+LAYERS = ("cifarops", "reference")
+MODES = ("none", "full", "selective")
+COLUMNS = ["model", "layers", "checkpoint", "batch", "step_ms", "vs_reference", "vs_none_time", "peak_mb",
+           "vs_none_memory", "mb_per_sample", "vs_none_per_sample", "max_batch"]
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def training_step(config: dict, device: torch.device):
+    """The model of `config` and a function that runs one training step of it."""
+    import cifarops.models as models
+
+    model = models.create(config["model"], checkpoint=config["checkpoint"], reference=config["layers"] == "reference",
+                          **config.get("overrides", {})).to(device)
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batch = config["batch"]
+    x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=memory_format)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["autocast"]):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def time_worker(configs: list[dict]) -> list[float]:
+    """Median step time (ms) of each configuration, measured side by side: after a warm-up, the steps
+    of the configurations alternate, so that a slow spell of the machine hits all of them alike."""
+    device = torch.device(configs[0]["device"])
+    torch.manual_seed(0)
+    steps = [training_step(config, device)[1] for config in configs]
+    times = [[] for _ in configs]
+    for round_ in range(configs[0]["warmup"] + configs[0]["steps"]):
+        for step, sink in zip(steps, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            begin = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_ >= configs[0]["warmup"]:
+                sink.append((time.perf_counter() - begin) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def memory_worker(config: dict) -> int:
+    """Peak memory (bytes) of two training steps of one configuration, alone in this process: the model,
+    its gradients, the optimiser's state and the activations."""
+    device = torch.device(config["device"])
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    else:
+        start = _resident_bytes()
+    _, step = training_step(config, device)
+    for _ in range(2):  # the first step also allocates the gradients and the momentum buffers
+        step()
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) - start
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
+
+
+def _in_new_process(kind: str, payload):
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarops.bench.models", "--worker", json.dumps({"kind": kind, "payload": payload})],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"model benchmark worker failed ({kind}, {payload}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def max_batch(budget_bytes: float, batch: int, peak: float, half_peak: float) -> int:
+    """The largest batch under the budget, on the line through (batch / 2, half_peak) and (batch, peak)."""
+    slope = (peak - half_peak) / (batch - batch // 2)
+    if slope <= 0:
+        return -1
+    fixed = peak - slope * batch
+    return max(0, int((budget_bytes - fixed) // slope))
+
+
+def benchmark(args) -> list[dict]:
+    rows = []
+    for model in args.models:
+        base = {"model": model, "device": args.device, "batch": args.batch, "warmup": args.warmup,
+                "steps": args.steps, "autocast": args.autocast, "channels_last": args.channels_last}
+        pairs = [("cifarops", mode) for mode in args.modes] + [("reference", "none")] * ("reference" in args.layers)
+        configs = [{**base, "layers": layers, "checkpoint": mode} for layers, mode in pairs]
+        times = _in_new_process("time", configs)
+        results = {}
+        for pair, config, ms in zip(pairs, configs, times):
+            peak = _in_new_process("memory", config)
+            half_peak = _in_new_process("memory", {**config, "batch": max(1, args.batch // 2)})
+            results[pair] = {"step_ms": ms, "peak_bytes": peak,
+                             "per_sample": (peak - half_peak) / (args.batch - max(1, args.batch // 2)),
+                             "max_batch": max_batch(args.budget_gb * 2**30, args.batch, peak, half_peak)}
+            print(f"  {model} {pair[0]:9} {pair[1]:9} {ms:10.1f} ms  {peak / 2**20:9.0f} MB", flush=True)
+        ours = results[("cifarops", "none")] if ("cifarops", "none") in results else None
+        for (layers, mode), result in results.items():
+            reference = results.get(("reference", mode))
+            rows.append({
+                "model": model, "layers": layers, "checkpoint": mode, "batch": args.batch,
+                "step_ms": result["step_ms"],
+                "vs_reference": reference["step_ms"] / result["step_ms"] if reference and layers == "cifarops" else None,
+                "vs_none_time": result["step_ms"] / ours["step_ms"] if ours and layers == "cifarops" else None,
+                "peak_mb": result["peak_bytes"] / 2**20,
+                "vs_none_memory": result["peak_bytes"] / ours["peak_bytes"] if ours and layers == "cifarops" else None,
+                "mb_per_sample": result["per_sample"] / 2**20,
+                "vs_none_per_sample": result["per_sample"] / ours["per_sample"] if ours and layers == "cifarops" else None,
+                "max_batch": result["max_batch"],
+            })
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def markdown(rows: list[dict], env: dict, args) -> str:
+    lines = [f"# Model benchmark ({env['device']})", ""]
+    lines += [f"- {key}: {value}" for key, value in env.items()]
+    lines += [f"- batch {args.batch}, 32x32, {'bf16 autocast' if args.autocast else 'float32'}"
+              f"{', channels_last' if args.channels_last else ''}; median of {args.steps} steps after {args.warmup}"
+              f" warm-up; max_batch: the largest batch under {args.budget_gb} GiB", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
+    lines += ["", "vs_reference: reference-layer step time / this step time (higher is faster). vs_none_time, "
+              "vs_none_memory: this configuration / cifarops without checkpointing (lower is less). mb_per_sample: "
+              "what one more image in the batch costs (the slope between the batch and half of it), which the "
+              "activations make up; vs_none_per_sample compares it, independently of the batch size."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    import cifarops.models as models
+
+    parser = argparse.ArgumentParser(prog="python -m cifarops.bench.models", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default="pyramidnet272-a200-shakedrop",
+                        help=f"comma-separated, from {models.names()}")
+    parser.add_argument("--batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--autocast", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--budget-gb", type=float, default=None, help="default: the GPU's memory, or 16 on the CPU")
+    parser.add_argument("--out", default="bench/out")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return args
+    gpu = args.device.startswith("cuda")
+    args.batch = args.batch or (128 if gpu else 8)
+    if args.batch < 2:
+        parser.error("--batch must be at least 2 (the memory line needs two batch sizes)")
+    if args.budget_gb is None:
+        args.budget_gb = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else 16.0
+    for name, allowed in (("models", models.names()), ("modes", MODES), ("layers", LAYERS)):
+        chosen = [v for v in getattr(args, name).split(",") if v]
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown or not chosen:
+            parser.error(f"--{name}: unknown {unknown}; choose from {list(allowed)}")
+        setattr(args, name, chosen)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.worker is not None:
+        job = json.loads(args.worker)
+        run = time_worker if job["kind"] == "time" else memory_worker
+        print(json.dumps(run(job["payload"])))
+        return 0
+    from cifarops.bench import report
+
+    env = report.environment(torch.device(args.device))
+    print("cifarops model benchmark")
+    for key, value in env.items():
+        print(f"  {key:10} {value}")
+    rows = benchmark(args)
+    text = markdown(rows, env, args)
+    print()
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    report.write_csv(os.path.join(args.out, "models.csv"), rows, env, columns=COLUMNS)
+    with open(os.path.join(args.out, "models.md"), "w") as f:
+        f.write(text)
+    print(f"Wrote {args.out}/models.csv and {args.out}/models.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

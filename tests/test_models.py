@@ -208,3 +208,18 @@ def test_fmp_net_rejects_too_large_images():
     model = models.create("fmp-graham-cifar10", **SMALL["fmp-graham-cifar10"])
     with pytest.raises(ValueError, match="at most 94x94"):
         model(torch.randn(1, 3, 96, 96))
+
+
+def test_model_benchmark_pieces():
+    """The model benchmark's arithmetic worked by hand, and its side-by-side timing on a tiny model."""
+    from cifarops.bench.models import max_batch, time_worker
+
+    # peaks 600 MiB at batch 8 and 400 MiB at batch 4: 50 MiB per image on top of 200 MiB; 1 GiB fits 16
+    mib = 2**20
+    assert max_batch(1024 * mib, 8, 600 * mib, 400 * mib) == 16
+    assert max_batch(100 * mib, 8, 600 * mib, 400 * mib) == 0
+    config = {"model": "wrn28-10", "device": "cpu", "batch": 2, "warmup": 1, "steps": 2, "autocast": False,
+              "channels_last": True, "overrides": SMALL["wrn28-10"]}
+    times = time_worker([{**config, "layers": "cifarops", "checkpoint": "none"},
+                         {**config, "layers": "reference", "checkpoint": "selective"}])
+    assert len(times) == 2 and all(t > 0 for t in times)

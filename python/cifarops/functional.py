@@ -1,5 +1,6 @@
 """The functional API: checks the user's arguments, draws the noise from torch's generators (through
-:func:`cifarops.noise.drawn`, which checkpointed blocks record and replay), picks the backend and calls the op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> kernel.
+:func:`cifarops.noise.drawn`, which checkpointed blocks record and replay), picks the backend and calls the
+op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> kernel.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ model in one process, their steps alternating after a warm-up (side by side, so 
 spells hit all alike); the median per configuration. Memory: each configuration alone in its own process,
 two steps: on a GPU torch.cuda.max_memory_allocated (parameters, gradients, optimiser state and
 activations); on the CPU the process's peak resident set (getrusage) above what it held before the model
-was built. The largest batch under the budget comes from a straight line through the peaks at
+was built, with glibc told to map large blocks on their own (so freed tensors leave the resident set). The largest batch under the budget comes from a straight line through the peaks at
 the batch and at half of it (memory grows linearly with the batch).
 """
 
@@ -61,13 +61,16 @@ def training_step(config: dict, device: torch.device):
 
 def time_worker(configs: list[dict]) -> list[float]:
     """Median step time (ms) of each configuration, measured side by side: after a warm-up, the steps
-    of the configurations alternate, so that a slow spell of the machine hits all of them alike."""
+    of the configurations alternate (in a rotating order), so that a slow spell of the machine hits all of
+    them alike."""
     device = torch.device(configs[0]["device"])
     torch.manual_seed(0)
     steps = [training_step(config, device)[1] for config in configs]
     times = [[] for _ in configs]
     for round_ in range(configs[0]["warmup"] + configs[0]["steps"]):
-        for step, sink in zip(steps, times):
+        # each round starts with the next configuration: none always runs right after the same neighbour
+        order = [(round_ + i) % len(configs) for i in range(len(configs))]
+        for step, sink in ((steps[i], times[i]) for i in order):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             begin = time.perf_counter()
@@ -98,9 +101,15 @@ def memory_worker(config: dict) -> int:
 
 
 def _in_new_process(kind: str, payload):
+    env = dict(os.environ)
+    if kind == "memory":
+        # glibc serves tensors of up to 32 MiB from its heap and keeps them when freed, so the resident peak
+        # would count memory that no tensor holds any more; mapping every block over 1 MiB on its own gives
+        # freed tensors back at once, and the resident peak is the peak of live tensors.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(2**20))
     done = subprocess.run(
         [sys.executable, "-m", "cifarops.bench.models", "--worker", json.dumps({"kind": kind, "payload": payload})],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=env,
     )
     if done.returncode != 0:
         raise RuntimeError(f"model benchmark worker failed ({kind}, {payload}):\n{done.stderr[-4000:]}")

@@ -15,7 +15,8 @@ import sys
 import torch
 
 import cifarops
-from cifarops.bench import fractional_max_pool2d, maxout, report, shake_drop, shake_shake
+from cifarops.bench import chart, fractional_max_pool2d, maxout, report, shake_drop, shake_shake
+from cifarops.bench import models as bench_models
 from cifarops.bench.common import MODES, saved_bytes, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
 
@@ -49,7 +50,14 @@ def parse_args(argv):
     parser.add_argument("--shape", action="append", default=None, help="N,C,H,W (repeatable) instead of the default shapes")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (its compile time is long on CPU)")
-    parser.add_argument("--out", default="bench/out", help="directory for benchmark.csv and benchmark.md")
+    parser.add_argument("--out", default="bench/out", help="directory for the CSVs, Markdown and chart")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated zoo models for the model-level section (default: PyramidNet-272 a=200; "
+                             "with --quick, PyramidNet-110 a=270); 'none' skips it")
+    parser.add_argument("--model-batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU (4 with --quick)")
+    parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 3, 1 with --quick)")
+    parser.add_argument("--autocast", action="store_true", help="model section: bfloat16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="model section: channels_last")
     return parser.parse_args(argv)
 
 
@@ -59,6 +67,18 @@ def choose(value, allowed, what):
     if unknown:
         raise SystemExit(f"unknown {what}: {unknown}; choose from {list(allowed)}")
     return chosen
+
+
+def run_models(args, device: torch.device) -> list[dict]:
+    """The model-level section: python -m cifarops.bench.models with this report's settings."""
+    gpu = device.type == "cuda"
+    default_model = "pyramidnet110-a270-shakedrop" if args.quick else "pyramidnet272-a200-shakedrop"
+    argv = ["--device", str(device), "--models", args.models or default_model, "--out", args.out,
+            "--batch", str(args.model_batch or (128 if gpu else 4 if args.quick else 8)),
+            "--steps", str(args.model_steps or (1 if args.quick else 3))]
+    argv += ["--autocast"] * args.autocast + ["--channels-last"] * args.channels_last
+    print("\nModel level: a training step per configuration (python -m cifarops.bench.models)", flush=True)
+    return bench_models.run(bench_models.parse_args(argv))
 
 
 def main(argv=None) -> int:
@@ -138,7 +158,14 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     report.write_csv(os.path.join(args.out, "benchmark.csv"), rows, env)
     report.write_markdown(os.path.join(args.out, "benchmark.md"), rows, env, checks, NOTES)
-    print(f"\nWrote {args.out}/benchmark.csv and {args.out}/benchmark.md")
+    model_rows = None
+    if args.models != "none":
+        model_rows = run_models(args, device)
+    baselines = {op: OPS[op].BASELINE for op in ops}
+    chart.write_chart(os.path.join(args.out, "benchmark.png"), rows, baselines, model_rows,
+                      f"cifarops on {env['device']}, torch {env['torch']}, {env['date']}")
+    print(f"\nWrote {args.out}/benchmark.csv, benchmark.md and benchmark.png"
+          + (", models.csv and models.md" if model_rows is not None else ""))
     if failed:
         print(f"FAILED correctness checks: {sorted((o, b, str(d)) for o, b, d in failed)}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -222,8 +223,8 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker is not None:
         job = json.loads(args.worker)
-        run = time_worker if job["kind"] == "time" else memory_worker
-        print(json.dumps(run(job["payload"])))
+        work = time_worker if job["kind"] == "time" else memory_worker
+        print(json.dumps(work(job["payload"])))
         return 0
     from cifarops.bench import report
 
@@ -231,6 +232,15 @@ def main(argv=None) -> int:
     print("cifarops model benchmark")
     for key, value in env.items():
         print(f"  {key:10} {value}")
+    run(args, env)
+    return 0
+
+
+def run(args, env: Optional[dict] = None) -> list[dict]:
+    """Measures, prints the table and writes models.csv and models.md under args.out; returns the rows."""
+    from cifarops.bench import report
+
+    env = env or report.environment(torch.device(args.device))
     rows = benchmark(args)
     text = markdown(rows, env, args)
     print()
@@ -240,7 +250,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "models.md"), "w") as f:
         f.write(text)
     print(f"Wrote {args.out}/models.csv and {args.out}/models.md")
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -133,3 +133,15 @@ def test_triton_kernels_compile_for_gpus(arch):
         source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
         assert compiled.asm["cubin"], kernel.__name__
+
+
+def test_setup_lists_every_subpackage():
+    """A wheel holds only the packages setup.py names: an editable install would hide a missing one."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    setup = (root / "setup.py").read_text()
+    subpackages = [p.parent.name for p in (root / "python" / "cifarops").glob("*/__init__.py")]
+    assert subpackages
+    for name in subpackages:
+        assert f'"cifarops.{name}"' in setup, name

@@ -13,14 +13,7 @@ from cifarops.bench.models import training_step
 from conftest import DEVICE, synchronized
 
 FULL = os.environ.get("CIFAROPS_BENCH_FULL") == "1" or DEVICE.type == "cuda"
-SMALL = {
-    "pyramidnet272-a200-shakedrop": dict(depth=20, alpha=24),
-    "pyramidnet110-a270-shakedrop": dict(depth=14, alpha=24),
-    "shake-shake26-2x96d": dict(depth=8, width=16),
-    "wrn28-10": dict(depth=10, widen=2),
-    "fmp-graham-cifar10": dict(filters=8),
-    "maxout-goodfellow-cifar10": dict(channels=(16, 32, 32), fc_units=64),
-}
+SMALL = models.SMALL
 CONFIGS = [("cifarops", "none"), ("reference", "none"), ("cifarops", "full"), ("cifarops", "selective")]
 
 

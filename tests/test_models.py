@@ -11,15 +11,8 @@ import torch.nn.functional as F
 import cifarops.models as models
 from cifarops.models.fmp_net import fmp_sizes
 
-# Small variants of every architecture: the same code paths at a fraction of the cost.
-SMALL = {
-    "pyramidnet272-a200-shakedrop": dict(depth=20, alpha=24),
-    "pyramidnet110-a270-shakedrop": dict(depth=14, alpha=24),
-    "shake-shake26-2x96d": dict(depth=8, width=16),
-    "wrn28-10": dict(depth=10, widen=2),
-    "fmp-graham-cifar10": dict(filters=8),
-    "maxout-goodfellow-cifar10": dict(channels=(16, 32, 32), fc_units=64),
-}
+# Small variants of every architecture (cifarops.models.SMALL): the same code paths at a fraction of the cost.
+SMALL = models.SMALL
 
 
 def test_every_model_has_a_small_variant_here():

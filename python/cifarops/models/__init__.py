@@ -33,6 +33,17 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict, Optional[float]]] = {
     "maxout-goodfellow-cifar10": (GoodfellowMaxoutNet, dict(), None),
 }
 
+# Small variants of every network (the same code paths at a fraction of the cost): `create(name, **SMALL[name])`,
+# used by the tests and by the CPU training-step benchmarks.
+SMALL: dict[str, dict] = {
+    "pyramidnet272-a200-shakedrop": dict(depth=20, alpha=24),
+    "pyramidnet110-a270-shakedrop": dict(depth=14, alpha=24),
+    "shake-shake26-2x96d": dict(depth=8, width=16),
+    "wrn28-10": dict(depth=10, widen=2),
+    "fmp-graham-cifar10": dict(filters=8),
+    "maxout-goodfellow-cifar10": dict(channels=(16, 32, 32), fc_units=64),
+}
+
 
 def names() -> list[str]:
     """The names :func:`create` accepts."""
@@ -51,7 +62,7 @@ def create(name: str, num_classes: int = 10, checkpoint=False, reference: bool =
 
 
 __all__ = [
-    "CheckpointedBlock", "FMPLayer", "GoodfellowMaxoutNet", "GrahamFMPNet", "MODELS", "MaxoutConvLayer", "PyramidBasicBlock",
+    "CheckpointedBlock", "FMPLayer", "GoodfellowMaxoutNet", "GrahamFMPNet", "MODELS", "MaxoutConvLayer", "PyramidBasicBlock", "SMALL",
     "PyramidBottleneckBlock", "PyramidNet", "ShakeShakeBlock", "ShakeShakeResNet", "ShakeShakeShortcut", "WideBasicBlock",
     "WideResNet", "create", "names",
 ]

@@ -26,8 +26,14 @@ def test_chart_shows_cifarops_forward_backward_speedups_only():
 
 def test_chart_memory_ratios():
     savings = chart.memory_savings(ROWS, {"maxout": "view+max"}, MODEL_ROWS)
-    assert savings == [("maxout (128, 384, 32, 32) float32 [cpu] saved for backward", 24.0 / 192.0),
+    assert savings == [("maxout (128, 384, 32, 32) float32 [cpu] saved for backward (24.0 vs 192 MB)", 24.0 / 192.0),
                        ("m batch 8 checkpoint=full peak", 0.47)]
+
+
+def test_chart_skips_baselines_that_keep_next_to_nothing():
+    rows = [_row("shake_drop (8, 8, 8, 8) float32", "cifarops[cpu]", saved_mb=0.01),
+            _row("shake_drop (8, 8, 8, 8) float32", "owruby-style", saved_mb=0.0001)]
+    assert chart.memory_savings(rows, {"shake_drop": "owruby-style"}, None) == []
 
 
 def test_chart_writes_a_png(tmp_path):

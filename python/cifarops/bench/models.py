@@ -7,8 +7,8 @@ A step is forward, cross-entropy, backward and an SGD (momentum) update. Times: 
 model in one process, their steps alternating after a warm-up (side by side, so that the machine's slow
 spells hit all alike); the median per configuration. Memory: each configuration alone in its own process,
 two steps: on a GPU torch.cuda.max_memory_allocated (parameters, gradients, optimiser state and
-activations); on the CPU the process's peak resident set (getrusage) above what it held before the model
-was built, with glibc told to map large blocks on their own (so freed tensors leave the resident set). The largest batch under the budget comes from a straight line through the peaks at
+activations); on the CPU the process's resident high-water mark (VmHWM, reset just before the model is
+built) above what it held then, with glibc told to map large blocks on their own (so freed tensors leave the resident set). The largest batch under the budget comes from a straight line through the peaks at
 the batch and at half of it (memory grows linearly with the batch).
 """
 
@@ -35,6 +35,27 @@ COLUMNS = ["model", "layers", "checkpoint", "batch", "step_ms", "vs_reference", 
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_resident_peak() -> bool:
+    """Starts the process's resident high-water mark afresh (Linux: clear_refs 5), so that a peak reached
+    before the model is built (imports, say) cannot hide the step's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _resident_peak_bytes() -> int:
+    """VmHWM, the resident high-water mark since the last reset (getrusage's if /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def training_step(config: dict, device: torch.device):
@@ -92,13 +113,14 @@ def memory_worker(config: dict) -> int:
         torch.cuda.reset_peak_memory_stats(device)
         start = torch.cuda.memory_allocated(device)
     else:
+        _reset_resident_peak()
         start = _resident_bytes()
     _, step = training_step(config, device)
     for _ in range(2):  # the first step also allocates the gradients and the momentum buffers
         step()
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) - start
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
+    return _resident_peak_bytes() - start
 
 
 def _in_new_process(kind: str, payload):

@@ -55,7 +55,7 @@ def parse_args(argv):
                         help="comma-separated zoo models for the model-level section (default: PyramidNet-272 a=200; "
                              "with --quick, PyramidNet-110 a=270); 'none' skips it")
     parser.add_argument("--model-batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU (4 with --quick)")
-    parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 3, 1 with --quick)")
+    parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 7, 3 with --quick)")
     parser.add_argument("--autocast", action="store_true", help="model section: bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="model section: channels_last")
     return parser.parse_args(argv)
@@ -75,7 +75,7 @@ def run_models(args, device: torch.device) -> list[dict]:
     default_model = "pyramidnet110-a270-shakedrop" if args.quick else "pyramidnet272-a200-shakedrop"
     argv = ["--device", str(device), "--models", args.models or default_model, "--out", args.out,
             "--batch", str(args.model_batch or (128 if gpu else 4 if args.quick else 8)),
-            "--steps", str(args.model_steps or (1 if args.quick else 3))]
+            "--steps", str(args.model_steps or (3 if args.quick else 7))]
     argv += ["--autocast"] * args.autocast + ["--channels-last"] * args.channels_last
     print("\nModel level: a training step per configuration (python -m cifarops.bench.models)", flush=True)
     return bench_models.run(bench_models.parse_args(argv))

@@ -216,7 +216,7 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--layers", default=",".join(LAYERS))
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per configuration (a median of few is noisy)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--autocast", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true")

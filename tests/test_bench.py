@@ -15,7 +15,8 @@ ROWS = [
 ]
 MODEL_ROWS = [
     {"model": "m", "batch": 8, "layers": "cifarops", "checkpoint": "none", "vs_none_memory": 1.0},
-    {"model": "m", "batch": 8, "layers": "cifarops", "checkpoint": "full", "vs_none_memory": 0.47},
+    {"model": "m", "batch": 8, "layers": "cifarops", "checkpoint": "full", "vs_none_memory": 0.47,
+     "vs_none_per_sample": 0.22},
     {"model": "m", "batch": 8, "layers": "reference", "checkpoint": "none", "vs_none_memory": None},
 ]
 
@@ -26,8 +27,8 @@ def test_chart_shows_cifarops_forward_backward_speedups_only():
 
 def test_chart_memory_ratios():
     savings = chart.memory_savings(ROWS, {"maxout": "view+max"}, MODEL_ROWS)
-    assert savings == [("maxout (128, 384, 32, 32) float32 [cpu] saved for backward (24.0 vs 192 MB)", 24.0 / 192.0),
-                       ("m batch 8 checkpoint=full peak", 0.47)]
+    assert savings == [("maxout (128, 384, 32, 32) float32 [cpu] saved (24.0 vs 192 MB)", 24.0 / 192.0),
+                       ("m checkpoint=full: peak at batch 8", 0.47), ("m checkpoint=full: memory per image", 0.22)]
 
 
 def test_chart_skips_baselines_that_keep_next_to_nothing():
@@ -42,3 +43,14 @@ def test_chart_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     chart.write_chart(str(path), [], {}, None, "nothing measured")  # an empty report still draws
     assert path.stat().st_size > 0
+
+
+def test_chart_redraws_from_a_reports_csvs(tmp_path):
+    from cifarops.bench import report
+
+    env = {"device": "test device", "torch": "x", "date": "today"}
+    rows = [{**row, "median_ms": 1.0, "iqr_ms": 0.1, "vs_reference": 1.0, "vs_compile": None, "gb_per_s": 1.0,
+             "of_copy": 0.5} for row in ROWS]
+    report.write_csv(str(tmp_path / "benchmark.csv"), rows, env)
+    path = chart.redraw(str(tmp_path))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,8 @@ from conftest import DEVICE, synchronized
 
 FULL = os.environ.get("CIFAROPS_BENCH_FULL") == "1" or DEVICE.type == "cuda"
 SMALL = models.SMALL
-CONFIGS = [("cifarops", "none"), ("reference", "none"), ("cifarops", "full"), ("cifarops", "selective")]
+CONFIGS = [("cifarops", "none"), ("reference", "none"), ("cifarops", "full"), ("cifarops", "selective"),
+           ("cifarops", "cheap")]
 
 
 @pytest.mark.parametrize("layers, checkpoint", CONFIGS, ids=[f"{l}-{c}" for l, c in CONFIGS])

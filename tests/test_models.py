@@ -76,7 +76,7 @@ def test_full_size_model_trains_and_checkpointing_changes_nothing(name):
 
 
 @pytest.mark.parametrize("autocast", [False, True], ids=["float32", "autocast_bf16"])
-@pytest.mark.parametrize("mode", ["full", "selective"])
+@pytest.mark.parametrize("mode", ["full", "selective", "cheap"])
 @pytest.mark.parametrize("name", models.names())
 def test_checkpointed_model_two_steps_identical(name, mode, autocast):
     torch.manual_seed(0)

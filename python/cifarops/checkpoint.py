@@ -16,7 +16,8 @@ Modes: ``"none"``; ``"full"`` keeps only the block's inputs and recomputes every
 keeps the outputs of the convolutions that are expensive to recompute for their size (3x3 and narrowing
 convolutions, matrix products) and recomputes the cheap layers (BatchNorm, ReLU, ShakeDrop, pooling: the
 memory-efficient DenseNet's trade) and the widening 1x1 convolutions, through torch's selective activation
-checkpointing.
+checkpointing. ``"cheap"`` keeps every convolution's output and recomputes only the cheap layers: the least
+recomputation, the least saving.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.utils import checkpoint as torch_checkpoint
 
 from cifarops import noise
 
-MODES = ("none", "full", "selective")
+MODES = ("none", "full", "selective", "cheap")
 
 # Matrix products whose outputs selective mode keeps; convolutions are decided one by one (_worth_keeping).
 _KEPT_PRODUCTS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
@@ -91,6 +92,15 @@ def _keep_expensive(ctx, op, *args, **kwargs):
     return policy.MUST_SAVE if _worth_keeping(op, args) else policy.PREFER_RECOMPUTE
 
 
+def _keep_products(ctx, op, *args, **kwargs):
+    policy = torch_checkpoint.CheckpointPolicy
+    keep = op in _KEPT_PRODUCTS or op is torch.ops.aten.convolution.default
+    return policy.MUST_SAVE if keep else policy.PREFER_RECOMPUTE
+
+
+_POLICIES = {"selective": _keep_expensive, "cheap": _keep_products}
+
+
 class _Contexts:
     """Several context managers entered as one; each entry makes fresh ones (backward with retain_graph may
     recompute a block twice, and a generator-based context can be entered only once)."""
@@ -116,8 +126,8 @@ def _contexts(modules: tuple[nn.Module, ...], mode: str):
     def context_fn():
         forward = [lambda: noise.record(tape)]
         recompute = [lambda: noise.replay(tape), lambda: _running_stats_kept(modules)]
-        if mode == "selective":
-            keep, reuse = torch_checkpoint.create_selective_checkpoint_contexts(_keep_expensive)
+        if mode in _POLICIES:
+            keep, reuse = torch_checkpoint.create_selective_checkpoint_contexts(_POLICIES[mode])
             forward.append(lambda: keep)
             recompute.append(lambda: reuse)
         return _Contexts(*forward), _Contexts(*recompute)
@@ -148,8 +158,8 @@ def checkpoint(
         # Inside torch.compile the compiled graph recomputes: AOTAutograd's partitioner never recomputes a
         # random op or a buffer update, so the tape and the BatchNorm guard are not needed (and Dynamo takes
         # no context_fn but selective checkpointing's).
-        if mode == "selective":
-            context_fn = functools.partial(torch_checkpoint.create_selective_checkpoint_contexts, _keep_expensive)
+        if mode in _POLICIES:
+            context_fn = functools.partial(torch_checkpoint.create_selective_checkpoint_contexts, _POLICIES[mode])
             return torch_checkpoint.checkpoint(function, *args, use_reentrant=False, context_fn=context_fn,
                                                preserve_rng_state=preserve_rng_state, **kwargs)
         return torch_checkpoint.checkpoint(function, *args, use_reentrant=False,

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 LAYERS = ("cifarops", "reference")
-MODES = ("none", "full", "selective")
+MODES = ("none", "full", "selective", "cheap")
 COLUMNS = ["model", "layers", "checkpoint", "batch", "step_ms", "vs_reference", "vs_none_time", "peak_mb",
            "vs_none_memory", "mb_per_sample", "vs_none_per_sample", "max_batch"]
 

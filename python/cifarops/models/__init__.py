@@ -3,8 +3,9 @@ layers or, with ``reference=True``, from the pure-PyTorch reference layers, and 
 
     model = cifarops.models.create("pyramidnet272-a200-shakedrop", num_classes=10, checkpoint="full")
 
-``checkpoint``: False/"none", True/"full" (keep each block's input only) or "selective" (keep convolution
-outputs too); see :mod:`cifarops.checkpoint`. Extra keyword arguments override the architecture's
+``checkpoint``: False/"none", True/"full" (keep each block's input only), "selective" (also keep the outputs of
+the convolutions that are expensive for their size) or "cheap" (keep every convolution's output); see
+:mod:`cifarops.checkpoint`. Extra keyword arguments override the architecture's
 hyper-parameters (``depth``, ``alpha``, ``width``, ``widen``, ``filters``, ...), for smaller variants.
 """
 

@@ -1,5 +1,5 @@
-"""The residual blocks of the model zoo, each with a ``checkpoint`` option ("none", "full", "selective"; True
-means "full"): PyramidNet's basic and bottleneck blocks with ShakeDrop, the Shake-Shake block with its
+"""The residual blocks of the model zoo, each with a ``checkpoint`` option ("none", "full", "selective",
+"cheap"; True means "full"): PyramidNet's basic and bottleneck blocks with ShakeDrop, the Shake-Shake block with its
 two-path shortcut, and the Wide-ResNet block. ``backend`` pins the cifarops layers' implementation
 ("reference" for the pure-PyTorch network)."""
 

@@ -53,7 +53,8 @@ def parse_args(argv):
     parser.add_argument("--out", default="bench/out", help="directory for the CSVs, Markdown and chart")
     parser.add_argument("--models", default=None,
                         help="comma-separated zoo models for the model-level section (default: PyramidNet-272 a=200; "
-                             "with --quick, PyramidNet-110 a=270); 'none' skips it")
+                             "with --quick, PyramidNet-110 a=270 and checkpoint modes none, full, selective); "
+                             "'none' skips it")
     parser.add_argument("--model-batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU (4 with --quick)")
     parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 7, 3 with --quick)")
     parser.add_argument("--autocast", action="store_true", help="model section: bfloat16 autocast")
@@ -77,6 +78,7 @@ def run_models(args, device: torch.device) -> list[dict]:
             "--batch", str(args.model_batch or (128 if gpu else 4 if args.quick else 8)),
             "--steps", str(args.model_steps or (3 if args.quick else 7))]
     argv += ["--autocast"] * args.autocast + ["--channels-last"] * args.channels_last
+    argv += ["--modes", "none,full,selective"] * args.quick
     print("\nModel level: a training step per configuration (python -m cifarops.bench.models)", flush=True)
     return bench_models.run(bench_models.parse_args(argv))
 

@@ -66,7 +66,7 @@ def write_chart(path: str, rows: list[dict], baselines: dict[str, str], model_ro
     heights = [max(len(items), 1) for items, _, _ in panels]
     fig, axes = plt.subplots(2, 1, figsize=(12, 1.6 + 0.3 * sum(heights)), gridspec_kw={"height_ratios": heights})
     for axis, (items, xlabel, color) in zip(axes, panels):
-        labels = [label for label, _ in items]
+        labels = [label.replace("fractional_max_pool2d", "fmp") for label, _ in items]  # fit the margin
         values = [value for _, value in items]
         axis.barh(range(len(values)), values, color=color)
         axis.set_yticks(range(len(values)), labels, fontsize=7)

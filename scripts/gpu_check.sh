@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (torch 2.11+cu130, triton, nvcc, no network): builds the CUDA
-# extension for this GPU, runs the whole test suite on it, compute-sanitizer over every CUDA kernel, and the
-# benchmark report and the model benchmark. Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
+# extension for this GPU, runs the whole test suite on it, compute-sanitizer over every CUDA kernel, the op
+# benchmark report and the model benchmark (PyramidNet-272, batch 128, bf16 autocast, channels_last, every
+# checkpoint mode). Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
 #   device run: bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ for tool in memcheck racecheck; do
 done
 
 step "benchmark report"
-python -m cifarops.bench --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
+python -m cifarops.bench --models none --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "model benchmark: PyramidNet-272 a=200, batch 128, bf16 autocast, channels_last, each checkpoint mode"

@@ -49,7 +49,8 @@ def parse_args(argv):
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--shape", action="append", default=None, help="N,C,H,W (repeatable) instead of the default shapes")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and shorter timing")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline (its compile time is long on CPU)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile baseline (its compile time is long on CPU; --quick skips it there)")
     parser.add_argument("--out", default="bench/out", help="directory for the CSVs, Markdown and chart")
     parser.add_argument("--models", default=None,
                         help="comma-separated zoo models for the model-level section (default: PyramidNet-272 a=200; "
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     backends = choose(args.backends, available, "backends") if args.backends else available
     shapes = [tuple(int(s) for s in shape.split(",")) for shape in args.shape] if args.shape else None
     min_run_time = 0.2 if args.quick else 0.5
+    if args.quick and device.type == "cpu":
+        args.no_compile = True  # Inductor's CPU compile of every case would take most of a quick run
 
     env = report.environment(device)
     print("cifarops benchmark")

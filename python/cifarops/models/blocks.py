@@ -23,6 +23,13 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+def init_convolutions(model: nn.Module) -> None:
+    """He initialisation (fan-out) of every convolution, as the zoo's ResNet-family codebases do."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class CheckpointedBlock(nn.Module):
     """A block whose ``block_forward`` runs under :func:`cifarops.checkpoint.checkpoint` with the block's mode.
     Subclasses with random layers other than cifarops's (dropout) set ``uses_torch_noise`` so that torch's
@@ -46,34 +53,45 @@ class CheckpointedBlock(nn.Module):
         return f"checkpoint={self.checkpoint!r}"
 
 
-class PyramidBasicBlock(CheckpointedBlock):
-    """PyramidNet's basic block (Han et al., arXiv 1610.02915): BN-conv3x3-BN-ReLU-conv3x3-BN, then ShakeDrop
-    fused with the shortcut, which is average-pooled when the block is strided and zero-padded to the wider
-    branch (without materialising the zeros)."""
+class _PyramidBlock(CheckpointedBlock):
+    """What PyramidNet's two blocks share: the first BatchNorm, the average-pooled shortcut of a strided block
+    and ShakeDrop fused with the shortcut, zero-padded to the wider branch (without materialising the zeros).
+    Subclasses add the convolutions and `residual`."""
 
-    expansion = 1
-
-    def __init__(self, in_channels: int, planes: int, stride: int, p_drop: float, *, checkpoint=False,
-                 backend: Optional[str] = None, **shake_drop) -> None:
+    def __init__(self, in_channels: int, stride: int, p_drop: float, checkpoint, backend, shake_drop) -> None:
         super().__init__(checkpoint)
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = conv3x3(in_channels, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn3 = nn.BatchNorm2d(planes)
         self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else None
         self.shake_drop = ShakeDrop(p_drop, backend=backend, **shake_drop)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(self.bn1(x))
-        return self.bn3(self.conv2(F.relu(self.bn2(h))))
+        raise NotImplementedError
 
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.pool is None else self.pool(x)
         return self.shake_drop(self.residual(x), shortcut)
 
 
-class PyramidBottleneckBlock(PyramidBasicBlock):
+class PyramidBasicBlock(_PyramidBlock):
+    """PyramidNet's basic block (Han et al., arXiv 1610.02915): BN-conv3x3-BN-ReLU-conv3x3-BN, then ShakeDrop
+    fused with the shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, planes: int, stride: int, p_drop: float, *, checkpoint=False,
+                 backend: Optional[str] = None, **shake_drop) -> None:
+        super().__init__(in_channels, stride, p_drop, checkpoint, backend, shake_drop)
+        self.conv1 = conv3x3(in_channels, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn3 = nn.BatchNorm2d(planes)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.bn1(x))
+        return self.bn3(self.conv2(F.relu(self.bn2(h))))
+
+
+class PyramidBottleneckBlock(_PyramidBlock):
     """PyramidNet's bottleneck block: BN-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN (4x wider), then ShakeDrop
     fused with the (pooled, zero-padded) shortcut."""
 
@@ -81,16 +99,13 @@ class PyramidBottleneckBlock(PyramidBasicBlock):
 
     def __init__(self, in_channels: int, planes: int, stride: int, p_drop: float, *, checkpoint=False,
                  backend: Optional[str] = None, **shake_drop) -> None:
-        CheckpointedBlock.__init__(self, checkpoint)
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        super().__init__(in_channels, stride, p_drop, checkpoint, backend, shake_drop)
         self.conv1 = conv1x1(in_channels, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, stride)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * 4)
         self.bn4 = nn.BatchNorm2d(planes * 4)
-        self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else None
-        self.shake_drop = ShakeDrop(p_drop, backend=backend, **shake_drop)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn2(self.conv1(self.bn1(x))))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cifarops.functional import shake_drop_schedule
-from cifarops.models.blocks import PyramidBasicBlock, PyramidBottleneckBlock
+from cifarops.models.blocks import PyramidBasicBlock, PyramidBottleneckBlock, init_convolutions
 
 
 class PyramidNet(nn.Module):
@@ -39,9 +39,7 @@ class PyramidNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn_final = nn.BatchNorm2d(in_channels)
         self.fc = nn.Linear(in_channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convolutions(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.bn1(self.conv1(x)))

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from cifarops.models.blocks import ShakeShakeBlock
+from cifarops.models.blocks import ShakeShakeBlock, init_convolutions
 
 
 class ShakeShakeResNet(nn.Module):
@@ -29,9 +29,7 @@ class ShakeShakeResNet(nn.Module):
                 in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(in_channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convolutions(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(self.blocks(self.bn1(self.conv1(x))))

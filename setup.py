@@ -67,7 +67,8 @@ def extension():
 setup(
     version=VERSION,
     package_dir={"cifarops": "python/cifarops", "cifarops.triton_kernels": "triton_kernels"},
-    packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.triton_kernels"],
+    packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.train",
+              "cifarops.triton_kernels"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

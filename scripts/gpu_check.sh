@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared run for a lent GPU machine (torch 2.11+cu130, triton, nvcc, no network): builds the CUDA
-# extension for this GPU, runs the whole test suite on it, compute-sanitizer over every CUDA kernel, the op
-# benchmark report and the model benchmark (PyramidNet-272, batch 128, bf16 autocast, channels_last, every
-# checkpoint mode). Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
+# extension for this GPU, runs the whole test suite on it, compute-sanitizer over every CUDA kernel, every op
+# past 2^31 elements (scripts/gpu_large_index.py), the op benchmark report and the model benchmark
+# (PyramidNet-272, batch 128, bf16 autocast, channels_last, every checkpoint mode). Everything lands under $OUT (default: gpu_out/). Meant to finish in well under ten minutes.
 #   device run: bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,10 @@ for tool in memcheck racecheck; do
   echo "$tool: exit $rc, $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer-$tool.log") clean summaries"
   [ "$rc" -eq 0 ] || status=1
 done
+
+step "indexing past 2^31 elements: every op on cuda and triton, forward and backward"
+python scripts/gpu_large_index.py 2>&1 | tee "$OUT/large_index.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "benchmark report"
 python -m cifarops.bench --models none --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -7,10 +7,13 @@ a GPU machine adds `cuda` and `triton` on CUDA tensors.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import cifarops
 
@@ -93,3 +96,41 @@ def any_backend(request):
     device, backend = request.param
     with cifarops.use_backend(backend):
         yield device, backend
+
+
+# ------------------------------------------------------------------------------------- hypothesis profiles
+
+# "ci" (the default) runs a fixed number of examples per property test, derived from each test's own source
+# (derandomize), so every CI run checks the same cases and a failure reproduces; "long" runs many more, freshly
+# random, for local runs: CIFAROPS_HYPOTHESIS_PROFILE=long python -m pytest tests/test_properties*.py.
+# No example database: a failure prints its @reproduce_failure blob instead (print_blob).
+settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, deadline=None, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS_PROFILE = os.environ.get("CIFAROPS_HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(HYPOTHESIS_PROFILE)
+
+# Examples run per pytest node id, counted by the property tests themselves (count_hypothesis_example), so the
+# CI log says how many cases ran.
+HYPOTHESIS_EXAMPLES: collections.Counter = collections.Counter()
+
+
+def count_hypothesis_example() -> None:
+    """Called once per example in each property test's body."""
+    node = os.environ.get("PYTEST_CURRENT_TEST", "unknown").split(" ")[0]
+    HYPOTHESIS_EXAMPLES[node] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not HYPOTHESIS_EXAMPLES:
+        return
+    per_file: collections.Counter = collections.Counter()
+    tests: dict = collections.defaultdict(int)
+    for node, count in HYPOTHESIS_EXAMPLES.items():
+        path = node.split("::")[0]
+        per_file[path] += count
+        tests[path] += 1
+    terminalreporter.section(f"hypothesis examples run (profile {HYPOTHESIS_PROFILE})")
+    for path, count in sorted(per_file.items()):
+        terminalreporter.write_line(f"{path}: {count} examples in {tests[path]} tests")

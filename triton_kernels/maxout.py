@@ -39,8 +39,9 @@ def _maxout_fwd_kernel(
     MODE: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = t < outer * groups * inner
     o, j, i = _split(t, groups, inner, CHANNEL_FASTEST)
+    # Not t < outer * groups * inner: Triton passes sizes below 2^31 as int32, whose product wraps past 2^31.
+    mask = o < outer
     base = o * xs_o + i * xs_i
     best = tl.load(x_ptr + base + _channel_of(j, 0, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
     best = best.to(tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
@@ -60,6 +61,8 @@ def _maxout_fwd_kernel(
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
             w = tl.exp(lam * (v - best))
+            if MODE == 1:  # the draw: a piece equal to a +inf maximum weighs 1, not exp(inf - inf) (maxout.h)
+                w = tl.where(v == best, 1.0, w).to(best.dtype)
             total += w
             weighted += w * v
         if MODE == 2:
@@ -71,7 +74,8 @@ def _maxout_fwd_kernel(
             found = tl.zeros([BLOCK], tl.int32)
             for piece in range(0, pieces):
                 v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
-                cumulative += tl.exp(lam * (v.to(best.dtype) - best))
+                v = v.to(best.dtype)
+                cumulative += tl.where(v == best, 1.0, tl.exp(lam * (v - best))).to(best.dtype)
                 hit = (target < cumulative) & (found == 0)
                 drawn = tl.where(hit, piece, drawn).to(tl.int32)
                 found = found | hit.to(tl.int32)
@@ -91,8 +95,8 @@ def _maxout_bwd_kernel(
     EXPECTATION: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = t < outer * channels * inner
     o, c, i = _split(t, channels, inner, CHANNEL_FASTEST)
+    mask = o < outer  # int64, as in the forward kernel
     groups = channels // pieces
     if STRIDED:
         j = c % groups

@@ -2,8 +2,9 @@
 
 Public API: layers (``ShakeDrop``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``, ``FractionalMaxPool2d``),
 ``cifarops.functional``, ``fmp_model_average``, checkpointing (``Checkpoint``, ``cifarops.checkpoint``), the
-model zoo (``cifarops.models``), backend control (``available_backends``, ``use_backend``, ``select_backend``)
-and ``build_info``.
+model zoo (``cifarops.models``), swapping the fused layers into existing models (``swap_layers``), training
+(``python -m cifarops.train``), data and pipeline parallelism (``cifarops.distributed``), backend control
+(``available_backends``, ``use_backend``, ``select_backend``) and ``build_info``.
 """
 
 from cifarops import ops  # noqa: F401  (registers fake kernels, autograd formulas and Triton ops)
@@ -13,7 +14,8 @@ from cifarops.functional import fmp_model_average, shake_drop_schedule
 from cifarops.modules import FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake
 from cifarops import functional  # noqa: E402
 from cifarops.checkpoint import Checkpoint
-from cifarops import checkpoint, models  # noqa: E402  (modules: cifarops.checkpoint.checkpoint, cifarops.models.create)
+from cifarops.swap import swap_layers
+from cifarops import checkpoint, distributed, models  # noqa: E402  (modules: cifarops.checkpoint.checkpoint, ...)
 
 __version__ = "0.1.0"
 
@@ -29,10 +31,12 @@ __all__ = [
     "build_info",
     "checkpoint",
     "default_backend",
+    "distributed",
     "fmp_model_average",
     "functional",
     "models",
     "select_backend",
     "shake_drop_schedule",
+    "swap_layers",
     "use_backend",
 ]

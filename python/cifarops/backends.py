@@ -7,7 +7,8 @@
 
 By default the fastest available backend for the tensor's device is used. Override with the
 `use_backend(name)` context manager or the CIFAROPS_BACKEND environment variable (read at import).
-The override is process-wide, not per thread.
+That override is process-wide. A layer's own ``backend=`` pin (`pinned`) is per thread and wins over it:
+two threads running layers pinned to different backends must not see each other's pins.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 from typing import Iterator
 
 import torch
@@ -24,6 +26,11 @@ from cifarops import _extension
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
 _override: str | None = None
+# Layer pins: per thread, with a module-global count of active pins, so that the usual case (no pinned layer
+# running) costs one comparison and code traced by torch.compile reads a global.
+_pins = threading.local()
+_active_pins = 0
+_pins_lock = threading.Lock()
 _ENV_OVERRIDE = os.environ.get("CIFAROPS_BACKEND") or None
 
 
@@ -68,6 +75,12 @@ def default_backend(device: torch.device | str) -> str:
 
 
 def current_override() -> str | None:
+    """The backend requested for this thread: its innermost layer pin, else `use_backend`'s, else
+    CIFAROPS_BACKEND's; None for the automatic choice."""
+    if _active_pins:
+        stack = getattr(_pins, "stack", None)
+        if stack:
+            return stack[-1]
     return _override if _override is not None else _ENV_OVERRIDE
 
 
@@ -97,3 +110,27 @@ def use_backend(name: str | None) -> Iterator[None]:
         yield
     finally:
         _override = previous
+
+
+@contextlib.contextmanager
+def pinned(name: str) -> Iterator[None]:
+    """Run cifarops ops inside the block on backend `name`, in this thread only (a layer's ``backend=``)."""
+    global _active_pins
+    check_name(name)
+    if torch.compiler.is_compiling():
+        # Dynamo traces neither locks nor thread-locals; the traced graph bakes in the backend chosen here.
+        with use_backend(name):
+            yield
+        return
+    stack = getattr(_pins, "stack", None)
+    if stack is None:
+        stack = _pins.stack = []
+    stack.append(name)
+    with _pins_lock:
+        _active_pins += 1
+    try:
+        yield
+    finally:
+        with _pins_lock:
+            _active_pins -= 1
+        stack.pop()

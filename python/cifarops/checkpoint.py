@@ -152,6 +152,15 @@ def checkpoint(
     (inference, ``torch.no_grad``) or with mode ``"none"``, ``function`` simply runs.
     """
     mode = checkpoint_mode(mode)
+    if not callable(function):
+        raise TypeError(f"cifarops.checkpoint: function must be callable, got {type(function).__name__}")
+    # Checked now: the recomputation would meet a bad entry only in backward.
+    try:
+        modules = tuple(modules)
+    except TypeError:
+        raise TypeError(f"cifarops.checkpoint: modules must be an iterable of nn.Module, got {type(modules).__name__}") from None
+    if not all(isinstance(m, nn.Module) for m in modules):
+        raise TypeError(f"cifarops.checkpoint: modules must be an iterable of nn.Module, got {[type(m).__name__ for m in modules]}")
     if mode == "none" or not torch.is_grad_enabled():
         return function(*args, **kwargs)
     if torch.compiler.is_compiling():
@@ -168,7 +177,7 @@ def checkpoint(
         function,
         *args,
         use_reentrant=False,
-        context_fn=_contexts(tuple(modules), mode),
+        context_fn=_contexts(modules, mode),
         preserve_rng_state=preserve_rng_state,
         **kwargs,
     )
@@ -182,6 +191,8 @@ class Checkpoint(nn.Module):
 
     def __init__(self, block: nn.Module, mode: str = "full", *, preserve_rng_state: bool = True) -> None:
         super().__init__()
+        if not isinstance(block, nn.Module):
+            raise TypeError(f"cifarops.Checkpoint: block must be an nn.Module, got {type(block).__name__}")
         self.block = block
         self.mode = checkpoint_mode(mode)
         self.preserve_rng_state = preserve_rng_state

@@ -95,8 +95,16 @@ def _draw_coefficient(level: str, coef_range: tuple[float, float], h: torch.Tens
     if level == "pixel":
         return None
     shape = {"batch": (1, 1), "sample": (n, 1), "channel": (n, c)}[level]
-    coef = noise.drawn(lambda: torch.empty(shape, dtype=opmath_dtype(h.dtype), device=h.device).uniform_(*coef_range))
-    return coef.expand(n, c)
+    dtype = opmath_dtype(h.dtype)
+
+    def draw():
+        if tuple(coef_range) == (0.0, 1.0):
+            # torch.rand is uniform_(0, 1), draw for draw; torch.export.load (torch 2.13) cannot read back a
+            # uniform_ traced with its default range (its argument `from` is a Python keyword).
+            return torch.rand(shape, dtype=dtype, device=h.device)
+        return torch.empty(shape, dtype=dtype, device=h.device).uniform_(*coef_range)
+
+    return noise.drawn(draw).expand(n, c)
 
 
 def shake_drop(
@@ -140,12 +148,19 @@ def shake_drop(
         zero_gate = torch.zeros((1,), dtype=acc, device=h.device).expand(n)
         return op(h, shortcut, zero_gate, alpha, beta, None, alpha_range, beta_range)
 
+    # Explicit noise is checked before anything is drawn: a bad beta must not move the generator (or a
+    # checkpoint tape) by drawing the gate first.
+    gate = _explicit_gate(gate, h) if gate is not None else None
+    alpha = _explicit_coefficient(alpha, "alpha", h) if alpha is not None else None
+    beta = _explicit_coefficient(beta, "beta", h) if beta is not None else None
     if gate is None:
         gate_shape = (1 if gate_level == "batch" else n,)
         gate = noise.drawn(lambda: torch.empty(gate_shape, dtype=acc, device=h.device).bernoulli_(1.0 - p_drop))
-    gate = _explicit_gate(gate, h)
-    alpha = _explicit_coefficient(alpha, "alpha", h) if alpha is not None else _draw_coefficient(level, alpha_range, h)
-    beta = _explicit_coefficient(beta, "beta", h) if beta is not None else _draw_coefficient(level, beta_range, h)
+        gate = _explicit_gate(gate, h)
+    if alpha is None:
+        alpha = _draw_coefficient(level, alpha_range, h)
+    if beta is None:
+        beta = _draw_coefficient(level, beta_range, h)
     seed = None
     if alpha is None or beta is None:
         seed = draw_seed(h.device)
@@ -156,8 +171,8 @@ def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float
     """The linear-decay rule of the ShakeDrop paper: block l of L (1-based) gets p_drop = l / L * p_drop_last."""
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
         raise ValueError(f"cifarops.shake_drop_schedule: num_blocks must be a non-negative int, got {num_blocks!r}")
-    if not 0.0 <= p_drop_last <= 1.0:
-        raise ValueError(f"cifarops.shake_drop_schedule: p_drop_last must be in [0, 1], got {p_drop_last!r}")
+    if isinstance(p_drop_last, bool) or not isinstance(p_drop_last, (int, float)) or not 0.0 <= p_drop_last <= 1.0:
+        raise ValueError(f"cifarops.shake_drop_schedule: p_drop_last must be a number in [0, 1], got {p_drop_last!r}")
     return [layer / num_blocks * p_drop_last for layer in range(1, num_blocks + 1)]
 
 
@@ -220,15 +235,14 @@ def shake_shake(
     def draw():
         return noise.drawn(lambda: torch.rand((1 if level == "batch" else n,), dtype=acc, device=h1.device)).expand(n)
 
-    if alpha is not None:
-        alpha = _per_sample_coefficient(alpha, "alpha", h1)
-    else:
+    # Explicit coefficients are checked before anything is drawn (a bad beta must not move the generator).
+    alpha = _per_sample_coefficient(alpha, "alpha", h1) if alpha is not None else None
+    beta = _per_sample_coefficient(beta, "beta", h1) if beta is not None else None
+    if alpha is None:
         alpha = draw() if forward_mode == "shake" else constant(0.5)
-    if beta is not None:
-        beta = _per_sample_coefficient(beta, "beta", h1)
-    elif backward_mode == "keep":
+    if beta is None and backward_mode == "keep":
         beta = alpha.clone()  # a separate tensor: torch.compile rejects one passed twice to autograd.Function
-    else:
+    elif beta is None:
         beta = draw() if backward_mode == "shake" else constant(0.5)
     return op(h1, h2, shortcut, alpha, beta)
 

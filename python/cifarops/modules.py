@@ -23,7 +23,7 @@ class _Layer(nn.Module):
         self.backend = backends.check_name(backend) if backend is not None else None
 
     def _pinned(self):
-        return backends.use_backend(self.backend) if self.backend is not None else contextlib.nullcontext()
+        return backends.pinned(self.backend) if self.backend is not None else contextlib.nullcontext()
 
 
 class ShakeDrop(_Layer):

@@ -184,7 +184,9 @@ class _Maxout(torch.autograd.Function):
         best, arg = _first_max(values)
         if temperature is not None:  # probabilistic maxout: a categorical draw per output element
             lam = torch.tensor(1.0 / temperature, dtype=best.dtype).item()  # in the compute type, as the kernels
-            weights = [torch.exp((v - best) * lam) for v in values]
+            # A piece equal to the maximum weighs 1 (exp(inf - inf) would be NaN for a +inf maximum, whose
+            # softmax limit draws it); for finite values exp(0) is 1 anyway.
+            weights = [torch.where(v == best, 1.0, torch.exp((v - best) * lam)) for v in values]
             cumulative = [weights[0]]
             for w in weights[1:]:
                 cumulative.append(cumulative[-1] + w)

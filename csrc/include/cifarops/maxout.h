@@ -82,12 +82,16 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
   }
   acc_t y = best;
   if (p.mode != MaxoutMode::Max && !CIFAROPS_ISNAN(best)) {
-    // softmax(lambda z) with the maximum subtracted: weights in (0, 1], the winner's exactly 1.
+    // softmax(lambda z) with the maximum subtracted: weights in (0, 1], the winner's exactly 1. The draw
+    // gives a piece equal to the maximum weight 1 explicitly: for a +inf maximum, exp(inf - inf) is NaN, and
+    // the limit of the softmax draws the +inf piece (the expectation keeps PyTorch's softmax: NaN).
     const acc_t lambda = static_cast<acc_t>(p.inverse_temperature);
+    const bool draw = p.mode == MaxoutMode::Sample;
+    const auto weight = [&](acc_t v) { return draw && v == best ? acc_t(1) : CIFAROPS_EXP(lambda * (v - best)); };
     acc_t total = 0, weighted = 0;
     for (int64_t piece = 0; piece < p.pieces; ++piece) {
       const acc_t v = piece_value(piece);
-      const acc_t w = CIFAROPS_EXP(lambda * (v - best));
+      const acc_t w = weight(v);
       total += w;
       weighted += w * v;
     }
@@ -100,7 +104,7 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
       acc_t cumulative = 0;
       arg = p.pieces - 1;
       for (int64_t piece = 0; piece < p.pieces; ++piece) {
-        cumulative += CIFAROPS_EXP(lambda * (piece_value(piece) - best));
+        cumulative += weight(piece_value(piece));
         if (target < cumulative) {
           arg = piece;
           break;

@@ -30,6 +30,20 @@ def init_convolutions(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
+def check_block_input(x, channels: int, like: torch.Tensor, owner: str) -> None:
+    """Checks a block's input against its first layer with parameters (`like`) before anything runs: torch's
+    BatchNorm counts the batch (num_batches_tracked) and dropout draws from the generator before the layer that
+    rejects a wrong channel count, dtype or device raises, which would leave a failed call's traces behind."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{owner}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{owner}: x must have shape (N, {channels}, H, W), got {tuple(x.shape)}")
+    if x.device != like.device:
+        raise ValueError(f"{owner}: x is on {x.device} but the block's parameters are on {like.device}")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{owner}: x must have the parameters' dtype {like.dtype} outside autocast, got {x.dtype}")
+
+
 class CheckpointedBlock(nn.Module):
     """A block whose ``block_forward`` runs under :func:`cifarops.checkpoint.checkpoint` with the block's mode.
     Subclasses with random layers other than cifarops's (dropout) set ``uses_torch_noise`` so that torch's
@@ -44,7 +58,11 @@ class CheckpointedBlock(nn.Module):
     def block_forward(self, *args):
         raise NotImplementedError
 
+    def check_input(self, *args) -> None:
+        """Blocks whose first layer changes state before it can fail (BatchNorm, dropout) check here."""
+
     def forward(self, *args):
+        self.check_input(*args)
         return checkpoint(
             self.block_forward, *args, modules=(self,), mode=self.checkpoint, preserve_rng_state=self.uses_torch_noise
         )
@@ -66,6 +84,9 @@ class _PyramidBlock(CheckpointedBlock):
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_input(self, x) -> None:
+        check_block_input(x, self.bn1.num_features, self.conv1.weight, type(self).__name__)
 
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.pool is None else self.pool(x)
@@ -153,6 +174,11 @@ class ShakeShakeBlock(CheckpointedBlock):
             nn.ReLU(inplace=True), conv3x3(out_channels, out_channels), nn.BatchNorm2d(out_channels),
         )
 
+    def check_input(self, x) -> None:
+        # torch's convolution lets a meta input through to the BatchNorm behind it, which counts the batch.
+        conv = self.branch1[1]
+        check_block_input(x, conv.in_channels, conv.weight, type(self).__name__)
+
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
         return self.shake_shake(self.branch1(x), self.branch2(x), shortcut)
@@ -173,6 +199,9 @@ class WideBasicBlock(CheckpointedBlock):
         self.conv2 = conv3x3(out_channels, out_channels)
         same = in_channels == out_channels and stride == 1
         self.shortcut = None if same else conv1x1(in_channels, out_channels, stride)
+
+    def check_input(self, x) -> None:
+        check_block_input(x, self.bn1.num_features, self.conv1.weight, type(self).__name__)
 
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         o = F.relu(self.bn1(x))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarops.models.blocks import CheckpointedBlock
+from cifarops.models.blocks import CheckpointedBlock, check_block_input
 from cifarops.modules import FractionalMaxPool2d
 
 
@@ -34,6 +34,10 @@ class FMPLayer(CheckpointedBlock):
         self.pool = None if pooled is None else FractionalMaxPool2d(
             output_size=pooled, regions="overlapping", sequence="pseudorandom", per_image=True, backend=backend
         )
+
+    def check_input(self, x) -> None:
+        # torch's convolution lets a meta input through to the BatchNorm behind it, which counts the batch.
+        check_block_input(x, self.conv.in_channels, self.conv.weight, type(self).__name__)
 
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.dropout(F.leaky_relu(self.bn(self.conv(x)), 1 / 3))

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from cifarops.models.blocks import CheckpointedBlock
+from cifarops.models.blocks import CheckpointedBlock, check_block_input
 from cifarops.modules import Maxout
 
 
@@ -29,6 +29,9 @@ class MaxoutConvLayer(CheckpointedBlock):
         self.maxout = Maxout(pieces, backend=backend)
         self.pool = nn.MaxPool2d(pool, stride, ceil_mode=True)
 
+    def check_input(self, x) -> None:
+        check_block_input(x, self.conv.in_channels, self.conv.weight, type(self).__name__)
+
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.maxout(self.conv(self.dropout(x))))
 
@@ -37,6 +40,7 @@ class GoodfellowMaxoutNet(nn.Module):
     def __init__(self, num_classes: int = 10, *, channels=(96, 192, 192), fc_units: int = 500, checkpoint=False,
                  backend: Optional[str] = None, image_size: int = 32) -> None:
         super().__init__()
+        self.image_size = image_size
         layers, in_channels, size = [], 3, image_size
         # (units, kernel, padding, pool, pool stride, input dropout) per layer, from the yaml
         for units, kernel, padding, pool, stride, dropout in zip(
@@ -54,4 +58,8 @@ class GoodfellowMaxoutNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The linear layer's width fixes the image size; checked first, as the layers before it would draw dropout.
+        if isinstance(x, torch.Tensor) and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"GoodfellowMaxoutNet: images must be {self.image_size}x{self.image_size}, "
+                             f"got shape {tuple(x.shape)}")
         return self.classifier(self.features(x))

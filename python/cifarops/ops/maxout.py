@@ -26,14 +26,16 @@ def check_args(x, pieces, dim, grouping, op: str, temperature=None, grouped_inpu
         raise ValueError(f"{op}: pieces must be in [1, 255] (the chosen piece is stored in a byte), got {pieces}")
     if x.dim() < 1:
         raise ValueError(f"{op}: x must have at least one dimension")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{op}: dim must be an int, got {type(dim).__name__}")
+    if not -x.dim() <= dim < x.dim():
         raise IndexError(f"{op}: dim {dim!r} is out of range for a {x.dim()}-dimensional x")
     dim %= x.dim()
     if grouping not in GROUPINGS:
         raise ValueError(f"{op}: grouping must be one of {GROUPINGS}, got {grouping!r}")
     if grouped_input and x.shape[dim] % pieces:
         raise ValueError(f"{op}: x.shape[{dim}] = {x.shape[dim]} channels are not divisible by pieces = {pieces}")
-    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+    if temperature is not None and (isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0)):
         raise ValueError(f"{op}: temperature must be a positive number, got {temperature!r}")
     return dim
 
@@ -171,6 +173,9 @@ def _check_seed(seed, x):
 def _fake_forward(x, pieces, dim, grouping, *temperature_and_seed):
     temperature = temperature_and_seed[0] if temperature_and_seed else None
     dim = check_args(x, pieces, dim, grouping, "cifarops.maxout", temperature)
+    if len(temperature_and_seed) == 2:
+        # A seed on another device dispatches here (Meta): without this check the call would return meta outputs.
+        _check_seed(temperature_and_seed[1], x)
     _, y, index = _outputs(x, pieces, dim, True)
     return y, index
 
@@ -188,6 +193,7 @@ def _fake_backward(grad_y, index, pieces, dim, grouping):
 
 def _fake_expectation_backward(grad_y, x, pieces, dim, grouping, temperature):
     dim = check_args(x, pieces, dim, grouping, "cifarops._probabilistic_maxout_expectation_backward", temperature)
+    check_same_device(grad_y, x, "grad_y", "cifarops._probabilistic_maxout_expectation_backward", ref_name="x")
     return torch.empty_like(x, memory_format=layout(x, dim))
 
 

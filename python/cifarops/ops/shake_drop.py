@@ -51,8 +51,8 @@ def _check_coefficient(h, coef, name, seed, coef_range, op=OP):
         )
 
 
-def _check_gate(h, gate, op=OP):
-    check_same_device(gate, h, "gate", op)
+def _check_gate(h, gate, op=OP, h_name="h"):
+    check_same_device(gate, h, "gate", op, h_name)
     if gate.dtype != opmath_dtype(h.dtype):
         raise TypeError(f"{op}: gate must be {opmath_dtype(h.dtype)} for {h.dtype} input, got {gate.dtype}")
     if gate.dim() != 1 or gate.shape[0] != h.shape[0]:
@@ -71,7 +71,7 @@ def check_op_args(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
 def check_backward_args(grad_y, gate, beta, seed, beta_range) -> None:
     op = "cifarops._shake_drop_backward"
     check_nc_input(grad_y, "grad_y", op)
-    _check_gate(grad_y, gate, op)
+    _check_gate(grad_y, gate, op, "grad_y")
     _check_coefficient(grad_y, beta, "beta", seed, beta_range, op)
 
 

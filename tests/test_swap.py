@@ -1,0 +1,244 @@
+"""cifarops.swap_layers: a model from another code base (torch.nn.FractionalMaxPool2d, nested modules, a shared
+module, hooks) computes exactly what it computed before the swap (bitwise: the same generator calls draw the same
+regions, and the fused op equals torch's op for the same draws); a reference zoo model swapped to the fused
+kernels computes what the fused zoo model computes from the same seed (to rounding); the report names every
+replacement; look-alike layers of other code bases are listed and left alone; bad arguments are named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import cifarops
+import cifarops.models as models
+from cifarops.swap import SwapReport, swap_layers
+
+
+class ForeignShakeDrop(nn.Module):
+    """A code base's own ShakeDrop (owruby-style, condensed): swap_layers must leave it alone and list it."""
+
+    def __init__(self, p_drop: float = 0.5) -> None:
+        super().__init__()
+        self.p_drop = p_drop
+
+    def forward(self, x):
+        if not self.training:
+            return (1 - self.p_drop) * x
+        gate = torch.empty(1).bernoulli_(1 - self.p_drop)
+        return x if gate.item() else x * torch.empty(x.shape[0], 1, 1, 1).uniform_(-1, 1)
+
+
+class FractionalStage(nn.Module):
+    """conv - ReLU - FMP, with its FMP a level down, as a user's model nests it."""
+
+    def __init__(self, in_channels: int, out_channels: int, pool: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.pool = pool
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x)))
+
+
+class ForeignNet(nn.Module):
+    """A hand-written network of another code base: torch's FMP by ratio, by size with fixed draws, with
+    indices, one FMP module used in two places, and a look-alike ShakeDrop of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.FractionalMaxPool2d(2, output_ratio=0.75)
+        fixed = nn.FractionalMaxPool2d((2, 3), output_size=(9, 8), _random_samples=torch.rand(2, 4, 2))
+        self.stages = nn.Sequential(FractionalStage(3, 4, nn.FractionalMaxPool2d(3, output_ratio=(0.7, 0.8))),
+                                    FractionalStage(4, 4, fixed))
+        self.more = nn.ModuleList([shared, nn.Conv2d(4, 4, 1), shared])
+        self.indexed = nn.FractionalMaxPool2d(2, output_size=3, return_indices=True)
+        self.shake_drop = ForeignShakeDrop(0.0)  # p_drop 0: the identity, drawing its gate from the CPU generator
+        self.fc = nn.Linear(4 * 3 * 3, 10)
+
+    def forward(self, x):
+        h = self.stages(x)
+        for layer in self.more:
+            h = layer(h)
+        h, index = self.indexed(h)
+        return self.fc(self.shake_drop(h).flatten(1)), index
+
+
+def _run(model, x, seed):
+    """Output, indices, input gradient and parameter gradients of one forward and backward pass."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    out, index = model(x)
+    out.square().sum().backward()
+    return out.detach(), index, x.grad, [p.grad for p in model.parameters()]
+
+
+def test_foreign_model_computes_exactly_what_torch_computed(kernel_backend):
+    device, backend = kernel_backend
+    torch.manual_seed(0)
+    torch_model = ForeignNet().to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    swapped, report = swap_layers(torch_model, inplace=False)
+    assert swapped is not torch_model
+    assert sum(type(m) is nn.FractionalMaxPool2d for m in torch_model.modules()) == 4  # the original is intact
+    assert not any(type(m) is nn.FractionalMaxPool2d for m in swapped.modules())
+    # Twice, so that the regions drawn anew at the second call are compared too.
+    for seed in (1, 2):
+        want, got = _run(torch_model, x, seed), _run(swapped, x, seed)
+        for a, b in zip(got[:3], want[:3]):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        for a, b in zip(got[3], want[3]):
+            assert torch.equal(a, b)
+
+
+def test_report_names_every_replacement_and_the_look_alike():
+    model = ForeignNet()
+    swapped, report = swap_layers(model)
+    assert swapped is model
+    assert isinstance(report, SwapReport) and len(report) == 4
+    old, new = "torch.nn.FractionalMaxPool2d", "cifarops.FractionalMaxPool2d(backend=auto)"
+    assert list(report) == [
+        ("stages.0.pool", old, new), ("stages.1.pool", old, new), ("more.0", old, new), ("indexed", old, new),
+    ]
+    assert report.left_alone == [("shake_drop", f"{__name__}.ForeignShakeDrop")]
+    assert isinstance(model.shake_drop, ForeignShakeDrop)
+    text = str(report)
+    assert text.splitlines()[0] == "cifarops.swap_layers: 4 layer(s) replaced"
+    assert "  more.0: torch.nn.FractionalMaxPool2d -> cifarops.FractionalMaxPool2d(backend=auto)" in text
+    assert "shake_drop" in text.split("left alone")[1]
+    # The shared module became one module, in both of its places.
+    assert model.more[0] is model.more[2]
+    # Nothing left to swap: a second call reports nothing.
+    assert len(swap_layers(model).report) == 0
+
+
+def test_settings_buffers_training_flag_hooks_and_state_dict_are_kept():
+    model = ForeignNet().double().eval()
+    fixed = model.stages[1].pool
+    samples = fixed._random_samples
+    calls = []
+    handle = fixed.register_forward_hook(lambda module, args, out: calls.append(type(module).__name__))
+    grads = []
+    fixed.register_full_backward_hook(lambda module, grad_in, grad_out: grads.append(grad_out[0].shape))
+    keys = list(model.state_dict())
+    swap_layers(model, backend="cpu")
+    new = model.stages[1].pool
+    assert isinstance(new, cifarops.FractionalMaxPool2d) and new.backend == "cpu"
+    assert (new.kernel_size, new.output_size, new.output_ratio, new.return_indices) == ((2, 3), (9, 8), None, False)
+    assert new._random_samples is samples and samples.dtype == torch.float64
+    assert model.stages[0].pool.output_ratio == (0.7, 0.8) and model.indexed.return_indices
+    assert not any(m.training for m in model.modules())
+    assert list(model.state_dict()) == keys
+    model(torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True))[0].sum().backward()
+    assert calls == ["FractionalMaxPool2d"] and grads == [(2, 4, 9, 8)]
+    handle.remove()  # the handle the user holds still removes the hook from the swapped module
+    model(torch.randn(2, 3, 16, 16, dtype=torch.float64))
+    assert calls == ["FractionalMaxPool2d"]
+
+
+def test_a_bare_torch_fmp_is_returned_swapped():
+    pool = nn.FractionalMaxPool2d(2, output_size=5)
+    swapped, report = swap_layers(pool)
+    assert isinstance(swapped, cifarops.FractionalMaxPool2d) and list(report) == [
+        ("", "torch.nn.FractionalMaxPool2d", "cifarops.FractionalMaxPool2d(backend=auto)")
+    ]
+    x = torch.randn(2, 3, 11, 11)
+    torch.manual_seed(3)
+    want = pool(x)
+    torch.manual_seed(3)
+    assert torch.equal(swapped(x), want)
+
+
+# Small variants (all three cifarops layers with a random draw, and maxout), cheap enough for the Triton interpreter.
+SWAP_MODELS = {
+    "pyramidnet110-a270-shakedrop": dict(depth=8, alpha=6),
+    "shake-shake26-2x96d": dict(depth=8, width=4),
+    "fmp-graham-cifar10": dict(filters=4, layers=4, input_size=12),
+    "maxout-goodfellow-cifar10": dict(channels=(4, 4, 4), fc_units=8),
+}
+
+
+@pytest.mark.parametrize("name", SWAP_MODELS)
+def test_reference_zoo_model_swapped_equals_the_fused_model(name, kernel_backend):
+    device, backend = kernel_backend
+    torch.manual_seed(0)
+    fused = models.create(name, **SWAP_MODELS[name]).to(device)
+    reference = models.create(name, reference=True, **SWAP_MODELS[name]).to(device)
+    reference.load_state_dict(fused.state_dict())
+    pinned = [n for n, m in reference.named_modules() if getattr(m, "backend", None) == "reference"]
+    swapped, report = swap_layers(reference)
+    assert [r.name for r in report] == pinned and pinned
+    assert all(r.old.endswith("(backend=reference)") and r.new.endswith("(backend=auto)") for r in report)
+    assert not any(getattr(m, "backend", None) == "reference" for m in swapped.modules())
+    size = 8 if name == "fmp-graham-cifar10" else 32
+    x, y = torch.randn(2, 3, size, size, device=device), torch.tensor([1, 7], device=device)
+    results = []
+    for model in (fused, swapped):
+        torch.manual_seed(5)
+        out = model(x)
+        F.cross_entropy(out, y).backward()
+        results.append((out.detach(), [p.grad for p in model.parameters()]))
+    (out_f, grads_f), (out_s, grads_s) = results
+    torch.testing.assert_close(out_s, out_f, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_s, grads_f):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the name of every op dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def test_swap_changes_which_implementation_runs():
+    """The swap is not cosmetic: the swapped ShakeDrop calls the compiled op, the reference one does not."""
+    model = models.create("pyramidnet110-a270-shakedrop", reference=True, depth=8, alpha=6)
+    x = torch.randn(2, 3, 8, 8)
+    counts = []
+    for swap in (False, True):
+        if swap:
+            swap_layers(model, backend="cpu")
+        with _OpNames() as ops:
+            model(x)
+        counts.append(ops.names.count("cifarops::shake_drop"))
+    assert counts == [0, 3]  # one ShakeDrop per block, three blocks
+
+
+def test_non_reference_pins_and_inplace_copy_are_respected():
+    model = nn.Sequential(cifarops.ShakeDrop(backend="reference"), cifarops.Maxout(2, backend="cpu"),
+                          cifarops.ShakeShake())
+    copy_ = swap_layers(model, inplace=False).model
+    assert [m.backend for m in model] == ["reference", "cpu", None]  # untouched
+    assert [m.backend for m in copy_] == [None, "cpu", None]  # only the reference pin is swapped
+    assert len(swap_layers(copy.deepcopy(model), backend="reference").report) == 0
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: swap_layers(torch.randn(3)), TypeError, "model must be a torch.nn.Module, got Tensor"),
+        (lambda: swap_layers(nn.Linear(2, 2), backend="cuda13"), ValueError, "backend must be None .* got 'cuda13'"),
+        (lambda: swap_layers(nn.Linear(2, 2), inplace=None), TypeError, "inplace must be a bool"),
+    ],
+)
+def test_bad_arguments_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_bad_backend_touches_nothing():
+    model = ForeignNet()
+    with pytest.raises(ValueError, match="backend"):
+        swap_layers(model, backend="fused")
+    assert sum(type(m) is nn.FractionalMaxPool2d for m in model.modules()) == 4

@@ -150,6 +150,15 @@ def check_shake_shake(device, backend, shape, dtype=torch.bfloat16, samples=3) -
         yield compare(f"backward h2 sample {n}", grad_h2[s], want2, exact=False)
 
 
+def check_chosen_backward(ops, y, index, picks) -> Iterator[Check]:
+    """The backward of maxout and of the probabilistic draw (each input gets its group's gradient if chosen),
+    with y standing in for the incoming gradient."""
+    grad_x = ops._maxout_backward(y, index, 2, 1, "contiguous")
+    for n in picks:
+        want = reference.maxout_backward(y[n:n + 1], index[n:n + 1], 2, 1, "contiguous")
+        yield compare(f"backward sample {n}", grad_x[n:n + 1], want, exact=True)
+
+
 def check_maxout(device, backend, shape, dtype=torch.bfloat16, samples=3) -> Iterator[Check]:
     ops = namespace(backend)
     x = fill(shape, dtype, device, 1)
@@ -160,10 +169,7 @@ def check_maxout(device, backend, shape, dtype=torch.bfloat16, samples=3) -> Ite
         yield compare(f"forward sample {n}", y[n:n + 1], want_y, exact=True)
         yield compare(f"index sample {n}", index[n:n + 1], want_index, exact=True)
     del x
-    grad_x = ops._maxout_backward(y, index, 2, 1, "contiguous")  # y stands in for an incoming gradient
-    for n in picks:
-        want = reference.maxout_backward(y[n:n + 1], index[n:n + 1], 2, 1, "contiguous")
-        yield compare(f"backward sample {n}", grad_x[n:n + 1], want, exact=True)
+    yield from check_chosen_backward(ops, y, index, picks)
 
 
 def check_probabilistic_maxout(device, backend, shape, dtype=torch.bfloat16, samples=3) -> Iterator[Check]:
@@ -184,10 +190,7 @@ def check_probabilistic_maxout(device, backend, shape, dtype=torch.bfloat16, sam
                              index[s].long().unsqueeze(0)).squeeze(0)
         yield compare(f"forward sample {n}", y[s], drawn, exact=True)
     del x
-    grad_x = ops._maxout_backward(y, index, 2, 1, "contiguous")
-    for n in picks:
-        want = reference.maxout_backward(y[n:n + 1], index[n:n + 1], 2, 1, "contiguous")
-        yield compare(f"backward sample {n}", grad_x[n:n + 1], want, exact=True)
+    yield from check_chosen_backward(ops, y, index, picks)
 
 
 def check_probabilistic_maxout_expectation(device, backend, shape, dtype=torch.bfloat16, samples=3) -> Iterator[Check]:

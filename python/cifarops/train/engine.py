@@ -230,7 +230,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stats
     model.eval()
     device = images.device
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-    loss_sum, correct = 0.0, 0
+    # Summed on the device and read once at the end, as in training: no host sync per batch.
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss, correct
     part = torch.arange(len(images), device=device)
     if ctx is not None:
         part = part.tensor_split(ctx.world_size)[ctx.rank]
@@ -247,12 +248,10 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stats
                 logits = model(x).float()
                 loss = F.cross_entropy(logits, y, reduction="sum")
                 predicted = logits.argmax(1)
-        loss_sum += loss.item()
-        correct += int((predicted == y).sum())
+        totals += torch.stack([loss.double(), (predicted == y).sum().double()])
     if ctx is not None:
-        totals = torch.tensor([loss_sum, correct], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
-        loss_sum, correct = totals[0].item(), int(totals[1].item())
+    loss_sum, correct = totals[0].item(), int(totals[1].item())
     return {"test_loss": loss_sum / len(images), "test_accuracy": correct / len(images)}
 
 

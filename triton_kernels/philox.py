@@ -1,7 +1,9 @@
 """Philox4x32-10 for Triton kernels, the same stream as csrc/include/cifarops/philox.h and
 python/cifarops/philox.py (all three are checked against Random123's known answers).
 
-Written out here, rather than using tl.rand, so that every backend shares one documented generator.
+Written out here, rather than using tl.rand, so that every backend shares one documented generator:
+u(index, stream) under the RNG state {seed, offset} is word index % 4 of
+Philox(counter = {offset / 4 + stream, index / 4}, key = seed), top 24 bits.
 """
 
 import triton
@@ -24,14 +26,33 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
-def philox_uniform(seed, index, stream):
-    """float32 in [0, 1): top 24 bits of word 0 of Philox(counter={index, stream, 0}, key=seed).
-    seed: int64 scalar; index: int64 tensor; stream: int."""
-    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    c2 = tl.zeros(index.shape, tl.uint32) + stream
-    c3 = tl.zeros(index.shape, tl.uint32)
+def load_state(state_ptr):
+    """The call's RNG state {seed, offset}, read from the 2-element int64 tensor the op returns."""
+    return tl.load(state_ptr), tl.load(state_ptr + 1)
+
+
+@triton.jit
+def philox_quad(seed, offset, quad, stream):
+    """The four words of Philox for logical indices 4 * quad .. 4 * quad + 3 (quad: an int64 tensor)."""
+    o = (offset >> 2) + stream
+    c0 = tl.zeros(quad.shape, tl.uint32) + (o & 0xFFFFFFFF).to(tl.uint32)
+    c1 = tl.zeros(quad.shape, tl.uint32) + ((o >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c2 = (quad & 0xFFFFFFFF).to(tl.uint32)
+    c3 = ((quad >> 32) & 0xFFFFFFFF).to(tl.uint32)
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    w0, _, _, _ = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    return (w0 >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    return philox4x32_10(c0, c1, c2, c3, k0, k1)
+
+
+@triton.jit
+def bits_to_uniform(word):
+    return (word >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def philox_uniform(seed, offset, index, stream):
+    """float32 u(index, stream) in [0, 1). seed, offset: int64 scalars; index: int64 tensor; stream: int."""
+    w0, w1, w2, w3 = philox_quad(seed, offset, index >> 2, stream)
+    lane = index & 3
+    word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+    return bits_to_uniform(word)

@@ -134,3 +134,35 @@ def pinned(name: str) -> Iterator[None]:
         with _pins_lock:
             _active_pins -= 1
         stack.pop()
+
+
+# Op lookup, cached: a call costs a dict read when no override or pin is active (the usual case), instead of
+# listing backends and building names on every call.
+_default_cache: dict[str, str] = {}
+_op_cache: dict[tuple[str, str], object] = {}
+
+
+def _op_for_backend(name: str, backend: str):
+    fn = _op_cache.get((name, backend))
+    if fn is None:
+        if backend == "reference":
+            from cifarops import reference
+
+            fn = getattr(reference, name)
+        else:
+            namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+            fn = getattr(namespace, name).default
+        _op_cache[(name, backend)] = fn
+    return fn
+
+
+def op(name: str, device: torch.device):
+    """The callable that runs op `name` on `device`'s tensors under the current choice of backend: the
+    reference function, or the OpOverload `torch.ops.cifarops(_triton).<name>.default`."""
+    if _active_pins == 0 and _override is None and _ENV_OVERRIDE is None:
+        backend = _default_cache.get(device.type)
+        if backend is None:
+            backend = _default_cache[device.type] = default_backend(device)
+    else:
+        backend = select_backend(device)
+    return _op_for_backend(name, backend)

@@ -63,6 +63,17 @@ def drawn(make: Callable[[], torch.Tensor]) -> torch.Tensor:
     return value
 
 
+def rng_state(device: torch.device, streams: int):
+    """The RNG state {seed, offset} an op of ``streams`` streams passes explicitly, or None (the usual case:
+    the op takes it from the generator itself, inside the kernel). Inside a checkpointed block the state is
+    drawn here, exactly as the op would draw it, and recorded, so that the recomputation replays it."""
+    if _active_tapes == 0:
+        return None
+    from cifarops.philox import draw_state
+
+    return drawn(lambda: draw_state(device, streams))
+
+
 @contextlib.contextmanager
 def _on(tape: Tape, replaying: bool) -> Iterator[Tape]:
     global _active_tapes

@@ -1,6 +1,13 @@
 """Philox4x32-10 in pure PyTorch: the oracle for the C++/CUDA (csrc/include/cifarops/philox.h) and Triton
 (triton_kernels/philox.py) versions, and the noise source of the reference backend.
 
+A call's noise comes from an RNG state ``(seed, offset)`` taken from torch's generator of the device by
+:func:`draw_state`, exactly as the compiled kernels take it: on CUDA the generator's Philox seed and offset
+(the offset advanced by 4 per stream, as ``philox_cuda_state`` does); on the CPU one ``random64()`` of the
+mt19937 generator as the seed, offset 0. Uniform u(index, stream) is word ``index % 4`` of
+Philox(counter = {offset / 4 + stream, index / 4}, key = seed), top 24 bits: four consecutive indices share
+one call (curand's counter layout: 64-bit offset words first, then the 64-bit subsequence).
+
 uint32 values are held in int64 tensors; products are split into 16-bit halves so that nothing overflows.
 """
 
@@ -34,12 +41,42 @@ def philox4x32_10(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, to
     return [c0, c1, c2, c3]
 
 
-def philox_uniform(seed: torch.Tensor, index: torch.Tensor, stream: int) -> torch.Tensor:
-    """float32 uniforms in [0, 1) for int64 element indices: word 0 of Philox(counter={index, stream, 0},
-    key=seed), top 24 bits. `seed` is a one-element int64 tensor (read on its device, no host sync)."""
-    seed = seed.reshape(()).to(index.device)
-    key = (seed & MASK32, (seed >> 32) & MASK32)
-    zero = torch.zeros((), dtype=torch.int64, device=index.device)
-    counter = (index & MASK32, (index >> 32) & MASK32, zero + stream, zero)
-    word = philox4x32_10(counter, key)[0]
+def _words(state: torch.Tensor, index: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    state = state.reshape(2).to(index.device)
+    seed, offset = state[0], state[1]
+    return (seed & MASK32, (seed >> 32) & MASK32), offset
+
+
+def philox_uniform(state: torch.Tensor, index: torch.Tensor, stream: int) -> torch.Tensor:
+    """float32 uniforms in [0, 1) for int64 logical indices under an RNG state {seed, offset} (a 2-element
+    int64 tensor, read on its device: no host sync)."""
+    key, offset = _words(state, index)
+    o = (offset >> 2) + stream  # the offsets torch hands out stay far below 2^62
+    quad = index >> 2
+    counter = (o & MASK32, (o >> 32) & MASK32, quad & MASK32, (quad >> 32) & MASK32)
+    w0, w1, w2, w3 = philox4x32_10(counter, key)
+    lane = index & 3
+    word = torch.where(lane == 0, w0, torch.where(lane == 1, w1, torch.where(lane == 2, w2, w3)))
     return (word >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def to_signed(value: int) -> int:
+    """A uint64 as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def draw_state(device: torch.device, streams: int) -> torch.Tensor:
+    """The RNG state {seed, offset} (int64, on ``device``) of one call that uses ``streams`` streams, taken from
+    torch's default generator of ``device`` and advancing it exactly as the compiled kernels do."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generator = torch.cuda.default_generators[index]
+        seed, offset = generator.initial_seed(), generator.get_offset()
+        generator.set_offset(offset + 4 * streams)
+        return torch.tensor([to_signed(seed), offset], dtype=torch.int64, device=device)
+    if device.type != "cpu":
+        raise RuntimeError(f"cifarops: no generator for {device} tensors")
+    # One random64() of the CPU generator: random_ over the full int64 range reads exactly that.
+    seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None)
+    return torch.cat([seed, torch.zeros((1,), dtype=torch.int64)])

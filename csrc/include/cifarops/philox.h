@@ -1,10 +1,17 @@
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), the one
-// counter-based generator behind every per-element noise in cifarops.
+// counter-based generator behind every random number in cifarops.
 //
-// The same function is written in triton_kernels/philox.py and python/cifarops/philox.py (pure
-// PyTorch, the oracle). All three are tested against Random123's known-answer vectors, so every
-// backend draws the same stream: element `index` of noise `stream` under key `seed` is
-// philox(counter = {index.lo, index.hi, stream, 0}, key = {seed.lo, seed.hi}).word0.
+// The same function is written in triton_kernels/philox.py and python/cifarops/philox.py (pure PyTorch,
+// the oracle). All three are tested against Random123's known-answer vectors, so every backend draws the
+// same stream. A call's noise comes from an RNG state (seed, offset) taken from torch's generator of the
+// device (see PhiloxState), and uniform u(index, stream) is
+//
+//   word (index % 4) of philox(counter = {lo(o), hi(o), lo(index / 4), hi(index / 4)}, key = {lo(seed), hi(seed)}),
+//   o = offset / 4 + stream, top 24 bits as a float in [0, 1),
+//
+// which is the counter layout of curand's Philox (offset / 4 in the first two words, the subsequence in the
+// last two): an op that reserves 4 * streams of the CUDA generator's offset never meets another op's counters.
+// Four consecutive logical indices share one Philox call, so all four words are used.
 #pragma once
 
 #include <stdint.h>
@@ -37,11 +44,32 @@ CIFAROPS_INLINE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   return ctr;
 }
 
-// A uniform float in [0, 1) with 24 random bits: exact in float32, so every backend gets the same value.
-CIFAROPS_INLINE float philox_uniform(uint64_t seed, uint64_t index, uint32_t stream) {
-  const Philox4 ctr{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), stream, 0u}};
-  const Philox4 out = philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  return static_cast<float>(out.v[0] >> 8) * (1.0f / 16777216.0f);
+// The RNG state of one call: the generator's seed and offset (CUDA: its Philox offset, reserved with
+// philox_cuda_state(4 * streams); CPU: seed = the mt19937 generator's random64(), offset 0). Ops return it
+// as an int64 tensor {seed, offset} for their backward and take it back for checkpoint replays.
+struct PhiloxState {
+  uint64_t seed = 0, offset = 0;
+};
+
+// 24 random bits as a float in [0, 1): exact in float32, so every backend gets the same value.
+CIFAROPS_INLINE float philox_bits_to_uniform(uint32_t word) {
+  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
 }
+
+// The four uniforms of logical indices 4 * quad .. 4 * quad + 3 of `stream`, in one Philox call.
+CIFAROPS_INLINE Philox4 philox_quad(PhiloxState s, uint64_t quad, uint32_t stream) {
+  const uint64_t o = s.offset / 4 + stream;
+  const Philox4 ctr{{static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), static_cast<uint32_t>(quad),
+                     static_cast<uint32_t>(quad >> 32)}};
+  return philox4x32_10(ctr, static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
+}
+
+// u(index, stream): one uniform. Loops that need consecutive indices call philox_quad once per four.
+CIFAROPS_INLINE float philox_uniform(PhiloxState s, uint64_t index, uint32_t stream) {
+  return philox_bits_to_uniform(philox_quad(s, index / 4, stream).v[index % 4]);
+}
+
+// Bernoulli(1 - p_drop) from one uniform: exactly 1 for p_drop = 0 and 0 for p_drop = 1.
+CIFAROPS_INLINE bool philox_keep(float u, float keep_probability) { return u < keep_probability; }
 
 }  // namespace cifarops

@@ -24,7 +24,7 @@ import torch
 
 import cifarops
 from cifarops import reference
-from cifarops.philox import philox_uniform
+from cifarops.philox import legacy_philox_uniform
 
 BIG = 2**31
 
@@ -75,7 +75,7 @@ def philox_coefficient(seed: torch.Tensor, first: int, shape, coef_range, stream
         count *= s
     index = torch.arange(first, first + count, dtype=torch.int64, device=seed.device).reshape(shape)
     lo, hi = coef_range
-    return lo + (hi - lo) * philox_uniform(seed, index, stream)
+    return lo + (hi - lo) * legacy_philox_uniform(seed, index, stream)
 
 
 def expected_probabilistic_maxout(x: torch.Tensor, pieces: int, temperature: float, seed: torch.Tensor,

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cifarops.triton_kernels.philox import philox_uniform
+from cifarops.triton_kernels.philox import legacy_philox_uniform
 
 BLOCK = 512
 MODE_MAX, MODE_SAMPLE, MODE_EXPECTATION = 0, 1, 2
@@ -68,7 +68,7 @@ def _maxout_fwd_kernel(
         if MODE == 2:
             y = tl.where(best == best, weighted / total, best)
         else:
-            target = philox_uniform(tl.load(seed_ptr), (o * groups + j) * inner + i, 0).to(best.dtype) * total
+            target = legacy_philox_uniform(tl.load(seed_ptr), (o * groups + j) * inner + i, 0).to(best.dtype) * total
             cumulative = tl.zeros([BLOCK], best.dtype)
             drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
             found = tl.zeros([BLOCK], tl.int32)

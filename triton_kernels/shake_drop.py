@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from cifarops.ops.common import dense_format
-from cifarops.triton_kernels.philox import philox_uniform
+from cifarops.triton_kernels.philox import legacy_philox_uniform
 
 COEF_PER_CHANNEL, COEF_PER_ELEMENT, COEF_PHILOX = 0, 1, 2
 BLOCK = 1024
@@ -39,7 +39,7 @@ def _shake_drop_kernel(
     elif COEF_SOURCE == 1:
         coef = tl.load(coef_ptr + m, mask=mask, other=0)
     else:
-        u = philox_uniform(tl.load(seed_ptr), (n * channels + c) * spatial + s, stream)
+        u = legacy_philox_uniform(tl.load(seed_ptr), (n * channels + c) * spatial + s, stream)
         coef = (lo + (hi - lo) * u).to(gate.dtype)
     scale = gate + (1 - gate) * coef
     y = scale * tl.load(h_ptr + m, mask=mask, other=0).to(gate.dtype)

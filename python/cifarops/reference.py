@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops.ops.common import dense_format
-from cifarops.philox import philox_uniform
+from cifarops.philox import legacy_philox_uniform
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -37,7 +37,7 @@ def _coefficient(
     if coef is None:
         index = torch.arange(h.numel(), dtype=torch.int64, device=h.device).reshape(h.shape)
         lo, hi = torch.tensor([float(coef_range[0]), float(coef_range[1])], dtype=torch.float32, device=h.device)
-        return (lo + (hi - lo) * philox_uniform(seed, index, stream)).to(opmath_dtype(h.dtype))
+        return (lo + (hi - lo) * legacy_philox_uniform(seed, index, stream)).to(opmath_dtype(h.dtype))
     if coef.dim() == 2 and h.dim() != 2:
         return coef.reshape(*coef.shape, *([1] * (h.dim() - 2)))
     return coef
@@ -190,7 +190,7 @@ class _Maxout(torch.autograd.Function):
             cumulative = [weights[0]]
             for w in weights[1:]:
                 cumulative.append(cumulative[-1] + w)
-            u = philox_uniform(seed, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
+            u = legacy_philox_uniform(seed, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
             target = u * cumulative[-1]
             drawn = torch.full_like(arg, pieces - 1)
             for p in reversed(range(pieces)):

@@ -100,7 +100,7 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
     } else {
       // Inverse CDF of the categorical distribution with one Philox uniform per output element.
       const int64_t logical = (o * p.groups() + j) * p.inner + i;
-      const acc_t target = static_cast<acc_t>(philox_uniform(static_cast<uint64_t>(*p.seed), logical, 0)) * total;
+      const acc_t target = static_cast<acc_t>(legacy_philox_uniform(static_cast<uint64_t>(*p.seed), logical, 0)) * total;
       acc_t cumulative = 0;
       arg = p.pieces - 1;
       for (int64_t piece = 0; piece < p.pieces; ++piece) {

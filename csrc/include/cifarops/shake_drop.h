@@ -17,7 +17,7 @@ namespace cifarops {
 enum class CoefSource : int {
   PerChannel = 0,  // coef[n * coef_stride_n + c * coef_stride_c]: batch, sample and channel levels
   PerElement = 1,  // coef[m]: an explicit tensor with h's shape, laid out like h
-  Philox = 2,      // lo + (hi - lo) * philox_uniform(*seed, logical NCHW index, stream): pixel level
+  Philox = 2,      // lo + (hi - lo) * legacy_philox_uniform(*seed, logical NCHW index, stream): pixel level
 };
 
 // Everything a kernel needs, as plain pointers and sizes. Tensors h, shortcut, out (and a PerElement
@@ -83,7 +83,7 @@ CIFAROPS_INLINE acc_t shake_drop_coefficient(const ShakeDropParams& p, Position 
     case CoefSource::PerElement:
       return static_cast<const acc_t*>(p.coef)[m];
     default: {
-      const float u = philox_uniform(static_cast<uint64_t>(*p.seed),
+      const float u = legacy_philox_uniform(static_cast<uint64_t>(*p.seed),
                                      static_cast<uint64_t>(logical_index(p, q)), p.stream);
       return static_cast<acc_t>(p.lo + (p.hi - p.lo) * u);
     }

@@ -17,37 +17,50 @@ void expect(bool ok, const char* what) {
 }  // namespace
 
 int main() {
+  using OptTensor = std::optional<at::Tensor>;
   auto shake_drop = c10::Dispatcher::singleton()
                         .findSchemaOrThrow("cifarops::shake_drop", "")
-                        .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-                                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                                          const std::optional<at::Tensor>&, at::ArrayRef<double>, at::ArrayRef<double>)>();
+                        .typed<std::tuple<at::Tensor, at::Tensor>(
+                            const at::Tensor&, const OptTensor&, double, at::ArrayRef<double>, at::ArrayRef<double>,
+                            c10::string_view, c10::string_view, bool, const OptTensor&, const OptTensor&,
+                            const OptTensor&, const OptTensor&)>();
   auto backward = c10::Dispatcher::singleton()
                       .findSchemaOrThrow("cifarops::_shake_drop_backward", "")
-                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                        const std::optional<at::Tensor>&, at::ArrayRef<double>)>();
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, at::ArrayRef<double>,
+                                        at::ArrayRef<double>, c10::string_view, c10::string_view, bool,
+                                        const OptTensor&, const OptTensor&)>();
 
   // Two samples of two channels of one pixel; the shortcut has one channel.
   const at::Tensor h = torch::tensor({1.0f, 2.0f, 3.0f, 4.0f}).reshape({2, 2, 1, 1});
   const at::Tensor x = torch::tensor({10.0f, 20.0f}).reshape({2, 1, 1, 1});
   const at::Tensor gate = torch::tensor({1.0f, 0.0f});
-  const at::Tensor alpha = torch::tensor({0.5f, -0.5f}).reshape({2, 1}).expand({2, 2});
-  const at::Tensor beta = torch::tensor({0.25f, 0.75f}).reshape({2, 1}).expand({2, 2});
+  const at::Tensor alpha = torch::tensor({0.5f, -0.5f});
+  const at::Tensor beta = torch::tensor({0.25f, 0.75f});
   const std::vector<double> alpha_range{-1.0, 1.0}, beta_range{0.0, 1.0};
 
   // Sample 0: gate 1, y = h + x; sample 1: gate 0, y = -0.5 h + x (first channel only).
-  const at::Tensor y = shake_drop.call(h, x, gate, alpha, beta, std::nullopt, alpha_range, beta_range);
+  const auto [y, state] = shake_drop.call(h, x, 0.5, alpha_range, beta_range, "batch", "sample", true, gate, alpha,
+                                          beta, std::nullopt);
   expect(at::equal(y, torch::tensor({11.0f, 2.0f, 18.5f, -2.0f}).reshape({2, 2, 1, 1})), "shake_drop forward");
 
   // grad_h: gate 1 -> grad; gate 0 -> beta * grad.
   const at::Tensor grad = torch::ones({2, 2, 1, 1});
-  const at::Tensor dh = backward.call(grad, gate, beta, std::nullopt, beta_range);
+  const at::Tensor dh = backward.call(grad, state, 0.5, alpha_range, beta_range, "batch", "sample", true, gate, beta);
   expect(at::equal(dh, torch::tensor({1.0f, 1.0f, 0.75f, 0.75f}).reshape({2, 2, 1, 1})), "shake_drop backward");
+
+  // Noise from the CPU generator: the same seed, the same draw; the state returned replays it.
+  torch::manual_seed(3);
+  const auto [y1, s1] = shake_drop.call(h, std::nullopt, 0.5, alpha_range, beta_range, "batch", "pixel", true,
+                                        std::nullopt, std::nullopt, std::nullopt, std::nullopt);
+  const auto [y2, s2] = shake_drop.call(h, std::nullopt, 0.5, alpha_range, beta_range, "batch", "pixel", true,
+                                        std::nullopt, std::nullopt, std::nullopt, s1);
+  expect(at::equal(y1, y2) && at::equal(s1, s2), "shake_drop replays its RNG state");
 
   // A bad argument is an error naming it, not a crash.
   bool threw = false;
   try {
-    shake_drop.call(h, x, torch::ones({3}), alpha, beta, std::nullopt, alpha_range, beta_range);
+    shake_drop.call(h, x, 0.5, alpha_range, beta_range, "batch", "sample", true, torch::ones({3}), alpha, beta,
+                    std::nullopt);
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("gate must have shape") != std::string::npos;
   }

@@ -1,19 +1,28 @@
 // Every cifarops op schema, declared once. Kernels register per dispatch key in csrc/cpu and csrc/cuda;
 // fake (meta) and autograd formulas are registered from python/cifarops/ops.
 //
-// Noise is always an input: gate/alpha/beta tensors, or a Philox `seed` tensor (int64, one element, on
-// the input's device) when a coefficient is None. The kernels themselves draw nothing.
+// Ops that draw take their noise from the device generator's Philox state inside the kernel (tagged
+// nondeterministic_seeded, so that no compiler merges or reorders two calls) and return the state they used
+// for their backward op; see csrc/include/cifarops/philox.h.
 #include <torch/library.h>
 
 TORCH_LIBRARY(cifarops, m) {
-  // y = shortcut + (gate + alpha - gate * alpha) * h. gate: (N,); alpha, beta: (N, C), h's shape, or None
-  // for per-element Philox noise in alpha_range / beta_range. beta is only saved for the backward pass.
-  // A shortcut may have fewer channels than h: the missing channels count as zeros (PyramidNet).
+  // y = shortcut + (b + alpha - b * alpha) * h; backward scales grad_y by b + beta - b * beta (SPEC.md).
+  // Training: b ~ Bernoulli(1 - p_drop) per batch or sample (gate_level), alpha ~ U[alpha_range] and
+  // beta ~ U[beta_range] per batch, sample, channel or pixel (level), drawn in the kernel from the
+  // generator's Philox state (streams 0, 1, 2), unless given: gate (1,) or (N,); alpha, beta (1,), (N,),
+  // (N, C) or h's shape. Evaluation: y = shortcut + E[b + alpha - b * alpha] * h. A shortcut may have fewer
+  // channels than h: the missing channels count as zeros (PyramidNet). rng_state: an explicit {seed, offset}
+  // (int64, 2 elements) instead of the generator's; the second output is the state used (zeros if none).
   m.def(
-      "shake_drop(Tensor h, Tensor? shortcut, Tensor gate, Tensor? alpha, Tensor? beta, Tensor? seed, "
-      "float[] alpha_range, float[] beta_range) -> Tensor");
-  // grad_h = (gate + beta - gate * beta) * grad_y.
-  m.def("_shake_drop_backward(Tensor grad_y, Tensor gate, Tensor? beta, Tensor? seed, float[] beta_range) -> Tensor");
+      "shake_drop(Tensor h, Tensor? shortcut, float p_drop, float[] alpha_range, float[] beta_range, "
+      "str gate_level, str level, bool training, Tensor? gate, Tensor? alpha, Tensor? beta, Tensor? rng_state) "
+      "-> (Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // grad_h = (b + beta - b * beta) * grad_y, with the forward's noise regenerated from its rng_state.
+  m.def(
+      "_shake_drop_backward(Tensor grad_y, Tensor rng_state, float p_drop, float[] alpha_range, float[] beta_range, "
+      "str gate_level, str level, bool training, Tensor? gate, Tensor? beta) -> Tensor");
 
   // y = shortcut + alpha * h1 + (1 - alpha) * h2. alpha, beta: (N,), one per sample (expanded for batch level);
   // beta is only saved for the backward pass. h2 and the shortcut have h1's shape.

@@ -24,7 +24,7 @@ import torch
 
 import cifarops
 from cifarops import reference
-from cifarops.philox import legacy_philox_uniform
+from cifarops.philox import legacy_philox_uniform, philox_uniform
 
 BIG = 2**31
 
@@ -68,8 +68,19 @@ def compare(label: str, got: torch.Tensor, want: torch.Tensor, exact: bool) -> t
         return label, False, str(error).splitlines()[0]
 
 
-def philox_coefficient(seed: torch.Tensor, first: int, shape, coef_range, stream: int) -> torch.Tensor:
-    """lo + (hi - lo) u for the elements of logical (NCHW) indices first, first + 1, ... laid out in `shape`."""
+def philox_coefficient(state: torch.Tensor, first: int, shape, coef_range, stream: int) -> torch.Tensor:
+    """lo + (hi - lo) u for the elements of logical (NCHW) indices first, first + 1, ... laid out in `shape`,
+    under the RNG state {seed, offset}."""
+    count = 1
+    for s in shape:
+        count *= s
+    index = torch.arange(first, first + count, dtype=torch.int64, device=state.device).reshape(shape)
+    lo, hi = coef_range
+    return lo + (hi - lo) * philox_uniform(state, index, stream)
+
+
+def legacy_philox_coefficient(seed: torch.Tensor, first: int, shape, coef_range, stream: int) -> torch.Tensor:
+    """TEMPORARY (issue 16 in progress): philox_coefficient on the old one-word stream."""
     count = 1
     for s in shape:
         count *= s
@@ -88,7 +99,7 @@ def expected_probabilistic_maxout(x: torch.Tensor, pieces: int, temperature: flo
     best = torch.stack(values).amax(0)
     lam = torch.tensor(1.0 / temperature, dtype=torch.float32).item()
     cumulative = torch.cumsum(torch.stack([torch.exp((v - best) * lam) for v in values]), 0)
-    target = philox_coefficient(seed, first, best.shape, (0.0, 1.0), 0).to(best.device) * cumulative[-1]
+    target = legacy_philox_coefficient(seed, first, best.shape, (0.0, 1.0), 0).to(best.device) * cumulative[-1]
     index = (target >= cumulative).sum(0).clamp(max=pieces - 1).to(torch.uint8)
     near_boundary = ((target - cumulative[:-1]).abs() <= 1e-5 * cumulative[-1]).any(0)
     y = torch.gather(torch.stack(values), 0, index.long().unsqueeze(0)).squeeze(0).to(x.dtype)
@@ -113,20 +124,21 @@ def check_shake_drop(device, backend, shape, dtype=torch.bfloat16, samples=3) ->
     h = fill(shape, dtype, device, 1)
     shortcut = fill((shape[0], shape[1] // 2, *shape[2:]), dtype, device, 2)
     gate = (torch.arange(shape[0], device=device) % 3 == 0).float()
-    seed = torch.tensor([0x1234_5678_9ABC_DEF], dtype=torch.int64, device=device)
+    state = torch.tensor([0x1234_5678_9ABC_DEF, 16], dtype=torch.int64, device=device)
     ranges = ((-1.0, 1.0), (0.0, 1.0))
-    y = ops.shake_drop(h, shortcut, gate, None, None, seed, *ranges)
+    common = (0.5, *ranges, "batch", "pixel", True)
+    y, _ = ops.shake_drop(h, shortcut, *common, gate, None, None, state)
     per_sample = h[0].numel()
     picks = checked_samples(shape[0], samples, torch.Generator().manual_seed(0))
     for n in picks:
-        alpha = philox_coefficient(seed, n * per_sample, h[n:n + 1].shape, ranges[0], 0)
-        want = reference.shake_drop(h[n:n + 1], shortcut[n:n + 1], gate[n:n + 1], alpha, None, None, *ranges)
+        alpha = philox_coefficient(state, n * per_sample, h[n:n + 1].shape, ranges[0], 1)
+        want, _ = reference.shake_drop(h[n:n + 1], shortcut[n:n + 1], *common, gate[n:n + 1], alpha, alpha, state)
         yield compare(f"forward sample {n}", y[n:n + 1], want, exact=False)
     del y
-    grad_h = ops._shake_drop_backward(h, gate, None, seed, ranges[1])  # h stands in for an incoming gradient
+    grad_h = ops._shake_drop_backward(h, state, *common, gate, None)  # h stands in for an incoming gradient
     for n in picks:
-        beta = philox_coefficient(seed, n * per_sample, h[n:n + 1].shape, ranges[1], 1)
-        want = reference.shake_drop_backward(h[n:n + 1], gate[n:n + 1], beta, None, ranges[1])
+        beta = philox_coefficient(state, n * per_sample, h[n:n + 1].shape, ranges[1], 2)
+        want = reference.shake_drop_backward(h[n:n + 1], state, *common, gate[n:n + 1], beta)
         yield compare(f"backward sample {n}", grad_h[n:n + 1], want, exact=False)
 
 

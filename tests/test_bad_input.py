@@ -289,8 +289,8 @@ def test_bad_input(backend, case):
 # The compiled ops check their own arguments too (csrc/args/), for callers of torch.ops.cifarops directly.
 def op_call(**changes):
     args = dict(
-        h=randn(*H), shortcut=None, gate=torch.ones(4), alpha=rand(4, 6), beta=rand(4, 6),
-        seed=None, alpha_range=[-1.0, 1.0], beta_range=[0.0, 1.0],
+        h=randn(*H), shortcut=None, p_drop=0.5, alpha_range=[-1.0, 1.0], beta_range=[0.0, 1.0], gate_level="batch",
+        level="sample", training=True, gate=torch.ones(4), alpha=rand(4, 6), beta=rand(4, 6), rng_state=None,
     )
     args.update(changes)
     return lambda ns: ns.shake_drop(*args.values())
@@ -298,13 +298,16 @@ def op_call(**changes):
 
 OP_CASES = [
     ("integer h", op_call(h=torch.ones(*H, dtype=torch.int32)), "h must be float32"),
-    ("gate dtype", op_call(gate=torch.ones(4, dtype=torch.float64)), "gate must be"),
-    ("gate shape", op_call(gate=torch.ones(3)), "gate must have shape (N,)"),
-    ("alpha shape", op_call(alpha=torch.ones(4, 5)), "alpha must have shape (N, C)"),
-    ("beta dtype", op_call(beta=torch.ones(4, 6, dtype=torch.float16)), "beta must be"),
-    ("no seed", op_call(alpha=None), "alpha is None, so seed is required"),
-    ("seed dtype", op_call(alpha=None, seed=torch.ones(1)), "seed must be an int64 tensor of one element"),
-    ("range size", op_call(alpha_range=[1.0]), "alpha_range must have two values"),
+    ("gate dtype", op_call(gate=torch.ones(4, dtype=torch.int64)), "gate must be a floating-point tensor"),
+    ("gate shape", op_call(gate=torch.ones(3)), "gate must have shape (1,) or (N,)"),
+    ("alpha shape", op_call(alpha=torch.ones(4, 5)), "alpha must have shape (1,), (N,)"),
+    ("beta dtype", op_call(beta=torch.ones(4, 6, dtype=torch.int16)), "beta must be a floating-point tensor"),
+    ("rng_state dtype", op_call(alpha=None, rng_state=torch.ones(2)), "rng_state must be an int64 tensor"),
+    ("rng_state size", op_call(alpha=None, rng_state=torch.ones(1, dtype=torch.int64)), "rng_state must have two elements"),
+    ("range size", op_call(alpha_range=[1.0]), "alpha_range must be a pair"),
+    ("p_drop", op_call(p_drop=2.0), "p_drop must be a number in [0, 1]"),
+    ("level", op_call(level="image"), "level must be one of"),
+    ("noise in evaluation", op_call(training=False), "training noise"),
     ("shortcut wider", op_call(shortcut=randn(4, 8, 3, 3)), "shortcut has 8 channels"),
     ("shortcut spatial", op_call(shortcut=randn(4, 6, 2, 3)), "shortcut must match h"),
 ]
@@ -371,7 +374,7 @@ OP_CASES += [
 @pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
 def test_compiled_op_checks(case):
     _, call, fragment = case
-    with pytest.raises(RuntimeError, match=None) as raised:
+    with pytest.raises((RuntimeError, TypeError, ValueError), match=None) as raised:
         call(torch.ops.cifarops)
     assert fragment in str(raised.value)
 
@@ -393,8 +396,8 @@ def meta(t):
 # return meta outputs for CPU inputs.
 DEVICE_CASES = [
     ("shake_drop gate", op_call(gate=meta(torch.ones(4))), "gate is on meta but h is on cpu"),
-    ("shake_drop seed", op_call(alpha=None, seed=meta(torch.ones(1, dtype=torch.int64))), "seed is on meta but h is on cpu"),
-    ("shake_drop backward gate", lambda ns: ns._shake_drop_backward(randn(*H), meta(torch.ones(4)), None, torch.ones(1, dtype=torch.int64), [0.0, 1.0]), "gate is on meta"),
+    ("shake_drop rng_state", op_call(alpha=None, rng_state=meta(torch.ones(2, dtype=torch.int64))), "rng_state is on meta but the input is on cpu"),
+    ("shake_drop backward gate", lambda ns: ns._shake_drop_backward(randn(*H), torch.ones(2, dtype=torch.int64), 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "sample", True, meta(torch.ones(4)), None), "gate is on meta"),
     ("shake_shake beta", shake_shake_call(beta=meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
     ("shake_shake backward beta", lambda ns: ns._shake_shake_backward(randn(*H), meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
     ("maxout backward index", lambda ns: ns._maxout_backward(randn(4, 3), meta(torch.zeros(4, 3, dtype=torch.uint8)), 2, 1, "contiguous"), "index is on meta but grad_y is on cpu"),

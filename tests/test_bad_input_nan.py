@@ -68,11 +68,11 @@ def test_shake_drop_pixel_noise_places_specials_like_the_reference(backend):
     """Philox per-pixel coefficients: the signs of inf * alpha, and NaN, land where the reference puts them."""
     h = with_specials((4, 6, 5, 5), seed=4)
     shortcut = with_specials((4, 6, 5, 5), seed=5)
-    gate, seed = torch.zeros(4), torch.tensor([77], dtype=torch.int64)
-    args = (h, shortcut, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
+    gate, state = torch.zeros(4), torch.tensor([77, 0], dtype=torch.int64)
+    args = (h, shortcut, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "pixel", True, gate, None, None, state)
     with cifarops.use_backend(backend):
-        got = _op("shake_drop", h.device)(*args)
-    want = cifarops.reference.shake_drop(*args)
+        got = cifarops.backends.op("shake_drop", h.device)(*args)[0]
+    want = cifarops.reference.shake_drop(*args)[0]
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
 

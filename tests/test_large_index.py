@@ -105,11 +105,13 @@ def tail_of(t: torch.Tensor, count: int = TAIL) -> torch.Tensor:
 
 
 SEED = torch.tensor([0x0123_4567_89AB_CDEF], dtype=torch.int64)
+STATE = torch.tensor([0x0123_4567_89AB_CDEF, 12], dtype=torch.int64)  # an RNG state {seed, offset}
+SHAKE_DROP_PIXEL = (0.5, (-1.0, 1.0), (0.0, 1.0), "batch", "pixel", True)
 
 
 def philox_tail(numel: int, coef_range, stream: int) -> torch.Tensor:
     """ShakeDrop's pixel coefficients of the last TAIL logical indices, from the Philox oracle."""
-    return gpu_large_index.philox_coefficient(SEED, numel - TAIL, (1, 1, 1, TAIL), coef_range, stream)
+    return gpu_large_index.philox_coefficient(STATE, numel - TAIL, (1, 1, 1, TAIL), coef_range, stream)
 
 
 # ------------------------------------------------------------------------------------- Triton, interpreted
@@ -123,12 +125,12 @@ if INTERPRETED_TRITON:
         x = torch.arange(10 * 1024, dtype=torch.float32).view(1, 1, 10, 1024)
         gate, alpha = torch.ones(1), torch.zeros(1, 1)
         with interpreted_tail_programs(3):
-            y = torch.ops.cifarops_triton.shake_drop(x, None, gate, alpha, alpha, None, (0.0, 1.0), (0.0, 1.0))
+            y = torch.ops.cifarops_triton.shake_drop(x, None, *SHAKE_DROP_PIXEL, gate, alpha, alpha, None)[0]
         # Scale 1: the last 3 programs of 1024 elements copy x; torch.empty's other elements are untouched.
         assert torch.equal(y.reshape(-1)[-3 * 1024:], x.reshape(-1)[-3 * 1024:])
         with interpreted_tail_programs(10):  # as many as the grid: the whole launch
             assert torch.equal(
-                torch.ops.cifarops_triton.shake_drop(x, None, gate, alpha, alpha, None, (0.0, 1.0), (0.0, 1.0)), x)
+                torch.ops.cifarops_triton.shake_drop(x, None, *SHAKE_DROP_PIXEL, gate, alpha, alpha, None)[0], x)
 
 
     def test_triton_shake_drop_pixel_past_2_32():
@@ -142,13 +144,14 @@ if INTERPRETED_TRITON:
                 randn_(tail_of(t), i)
             gate = torch.tensor([1.0, 0.0])  # the tail is in sample 1, gate 0: the scale is the noise itself
             with interpreted_tail_programs(TAIL_PROGRAMS):
-                y = ops.shake_drop(h, shortcut, gate, None, None, SEED, *ranges)
-                grad_h = ops._shake_drop_backward(grad_y, gate, None, SEED, ranges[1])
+                y = ops.shake_drop(h, shortcut, *SHAKE_DROP_PIXEL, gate, None, None, STATE)[0]
+                grad_h = ops._shake_drop_backward(grad_y, STATE, *SHAKE_DROP_PIXEL, gate, None)
             view = (1, 1, 1, TAIL)
-            want_y = reference.shake_drop(tail_of(h).view(view), tail_of(shortcut).view(view), gate[1:],
-                                          philox_tail(numel, ranges[0], 0), None, None, *ranges)
-            want_grad = reference.shake_drop_backward(tail_of(grad_y).view(view), gate[1:],
-                                                      philox_tail(numel, ranges[1], 1), None, ranges[1])
+            alpha, beta = philox_tail(numel, ranges[0], 1), philox_tail(numel, ranges[1], 2)
+            want_y = reference.shake_drop(tail_of(h).view(view), tail_of(shortcut).view(view), *SHAKE_DROP_PIXEL,
+                                          gate[1:], alpha, beta, STATE)[0]
+            want_grad = reference.shake_drop_backward(tail_of(grad_y).view(view), STATE, *SHAKE_DROP_PIXEL, gate[1:],
+                                                      beta)
             assert_close(tail_of(y), want_y.reshape(-1))
             assert_close(tail_of(grad_h), want_grad.reshape(-1))
 
@@ -284,9 +287,10 @@ if LARGE_REQUESTED and ("cpu", "cpu") in KERNEL_BACKENDS:
         numel = shape[2] * shape[3]
         h = lazy_zeros(shape, torch.bfloat16)
         randn_(tail_of(h), 0)
-        y = torch.ops.cifarops.shake_drop(h, None, torch.zeros(1), None, None, SEED, *ranges)
-        want = reference.shake_drop(tail_of(h).view(1, 1, 1, TAIL), None, torch.zeros(1),
-                                    philox_tail(numel, ranges[0], 0), None, None, *ranges)
+        y = torch.ops.cifarops.shake_drop(h, None, *SHAKE_DROP_PIXEL, torch.zeros(1), None, None, STATE)[0]
+        alpha = philox_tail(numel, ranges[0], 1)
+        want = reference.shake_drop(tail_of(h).view(1, 1, 1, TAIL), None, *SHAKE_DROP_PIXEL, torch.zeros(1),
+                                    alpha, alpha, STATE)[0]
         assert_close(tail_of(y), want.reshape(-1))
 
     def test_cpu_maxout_offsets_past_2_31():

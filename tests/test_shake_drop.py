@@ -63,16 +63,59 @@ def test_known_answer_evaluation(any_backend, alpha_range, expected):
 
 
 def test_known_answer_pixel_level_uses_philox(any_backend):
-    """Pixel-level alpha is lo + (hi - lo) * u with u from Philox; with the gate closed y = alpha * h."""
+    """Pixel-level alpha is lo + (hi - lo) * u with u = u(logical index, stream 1) of the call's RNG state (the
+    four words of each Philox call used in turn); with the gate closed y = alpha * h."""
     device, _ = any_backend
     h = torch.ones(2, 3, 4, 5, device=device)
-    seed = torch.tensor([0x0123456789ABCDEF], device=device)
+    state = torch.tensor([0x0123456789ABCDEF, 8], device=device)
     gate = torch.zeros(2, device=device)
-    y = cifarops.functional._op("shake_drop", torch.device(device))(h, None, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
+    op = cifarops.backends.op("shake_drop", torch.device(device))
+    y, used = op(h, None, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "pixel", True, gate, None, None, state)
+    assert torch.equal(used, state)
     index = torch.arange(h.numel(), device=device).reshape(h.shape)
-    u = cifarops.philox.legacy_philox_uniform(seed, index, stream=0)
+    u = cifarops.philox.philox_uniform(state, index, stream=1)
     # Equal up to one rounding: GPU kernels may fuse lo + (hi - lo) * u into one multiply-add.
     torch.testing.assert_close(y, -1.0 + 2.0 * u, rtol=0, atol=3e-7)
+
+
+def test_known_answer_noise_from_the_generator(any_backend):
+    """After torch.manual_seed, a training call takes the state draw_state takes from the same generator state,
+    and derives gate (stream 0, per sample), alpha (stream 1) and beta (stream 2, per channel) from it."""
+    device, _ = any_backend
+    h = torch.randn(3, 4, 2, 3, device=device, requires_grad=True)
+    x = torch.randn(3, 2, 2, 3, device=device)
+    torch.manual_seed(11)
+    if device != "cpu":
+        torch.cuda.manual_seed(11)
+    y = F.shake_drop(h, x, p_drop=0.4, gate_level="sample", level="channel", alpha_range=(-1, 1), beta_range=(0, 1))
+    y.backward(torch.ones_like(y))
+    torch.manual_seed(11)
+    if device != "cpu":
+        torch.cuda.manual_seed(11)
+    state = cifarops.philox.draw_state(torch.device(device), 3)
+    u = cifarops.philox.philox_uniform
+    gate = (u(state, torch.arange(3, device=device), 0) < 0.6).float().reshape(3, 1, 1, 1)
+    alpha = (-1.0 + 2.0 * u(state, torch.arange(12, device=device), 1)).reshape(3, 4, 1, 1)
+    beta = u(state, torch.arange(12, device=device), 2).reshape(3, 4, 1, 1)
+    expected = (gate + (1 - gate) * alpha) * h.detach()
+    expected[:, :2] += x
+    torch.testing.assert_close(y, expected, rtol=0, atol=3e-7)
+    torch.testing.assert_close(h.grad, (gate + (1 - gate) * beta).expand_as(h), rtol=0, atol=3e-7)
+
+
+def test_the_generator_moves_once_per_call(any_backend):
+    """Two calls draw different noise; the state a call used is what draw_state would have taken."""
+    device, _ = any_backend
+    h = torch.ones(2, 3, 4, 4, device=device)
+    torch.manual_seed(5)
+    op = cifarops.backends.op("shake_drop", torch.device(device))
+    args = (h, None, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "pixel", True, None, None, None, None)
+    first, state1 = op(*args)
+    second, state2 = op(*args)
+    torch.manual_seed(5)
+    assert torch.equal(state1, cifarops.philox.draw_state(torch.device(device), 3))
+    assert torch.equal(state2, cifarops.philox.draw_state(torch.device(device), 3))
+    assert not torch.equal(first, second)
 
 
 def test_fp16_output_dtype_for_every_gate(any_backend):
@@ -192,7 +235,7 @@ def test_only_noise_is_saved_for_backward(kernel_backend):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         F.shake_drop(h, x, level="channel")
-    assert sum(saved) <= 3 * 8 * 16  # gate, beta (an expanded (N, C) view at most), seed; never h, x or y
+    assert sum(saved) <= 2  # the RNG state {seed, offset} alone; never the noise, h, x or y
 
 
 # ------------------------------------------------------------------------------- library and compiler
@@ -203,19 +246,24 @@ def op_samples(device):
     x = torch.randn(3, 2, 5, 5, device=device, requires_grad=True)
     gate = torch.tensor([1.0, 0.0, 1.0], device=device)
     coef = torch.rand(3, 4, device=device)
-    seed = torch.tensor([42], device=device)
-    yield (h, x, gate, coef, coef * 0.5, None, [-1.0, 1.0], [0.0, 1.0])
-    yield (h, None, gate, None, None, seed, [-1.0, 1.0], [0.0, 1.0])
-    yield (in_layout(h.detach(), "channels_last").requires_grad_(), x, gate, None, coef, seed, [-1.0, 1.0], [0.0, 1.0])
-    yield (h.detach()[:0].requires_grad_(), None, gate[:0], coef[:0], coef[:0], None, [-1.0, 1.0], [0.0, 1.0])
+    state = torch.tensor([42, 4], device=device)
+    common = (0.5, [-1.0, 1.0], [0.0, 1.0])
+    yield (h, x, *common, "batch", "sample", True, gate, coef, coef * 0.5, None)
+    yield (h, None, *common, "sample", "pixel", True, gate, None, None, state)
+    yield (in_layout(h.detach(), "channels_last").requires_grad_(), x, *common, "batch", "pixel", True, None, None, coef, state)
+    yield (h, x, *common, "batch", "channel", False, None, None, None, None)
+    yield (h.detach()[:0].requires_grad_(), None, *common, "batch", "sample", True, gate[:0], coef[:0], coef[:0], None)
 
 
 def test_opcheck(kernel_backend):
     device, backend = kernel_backend
     ns = namespace_for(backend)
     for args in op_samples(device):
+        # The generator moves with every call, so opcheck's repeated calls get an explicit state.
+        state = args[-1] if args[-1] is not None else torch.tensor([7, 0], device=device)
+        args = (*args[:-1], state)
         torch.library.opcheck(ns.shake_drop, args)
-        torch.library.opcheck(ns._shake_drop_backward, (args[0].detach(), args[2], args[4], args[5], args[7]))
+        torch.library.opcheck(ns._shake_drop_backward, (args[0].detach(), state, *args[2:9], args[10]))
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))

@@ -20,7 +20,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops import noise
+from cifarops import backends, noise
 from cifarops.functional import _op
 from cifarops.models import PyramidBasicBlock
 
@@ -91,8 +91,9 @@ def shake_drop_explicit():
 def shake_drop_pixel():
     h, shortcut = tensors(2, (N, C, HW, HW), (N, C, HW, HW))
     gate = torch.zeros(N)
-    return forward_backward([h, shortcut], lambda h, s: _op("shake_drop", h.device)(
-        h, s, gate, None, None, SEED, [-1.0, 1.0], [0.0, 1.0]))
+    state = torch.tensor([20240601, 4], dtype=torch.int64)
+    return forward_backward([h, shortcut], lambda h, s: backends.op("shake_drop", h.device)(
+        h, s, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "pixel", True, gate, None, None, state)[0])
 
 
 def shake_shake():

@@ -1,6 +1,6 @@
-"""ShakeDrop in Triton: out = shortcut + (gate + (1 - gate) * coef) * h in one pass (math of SPEC.md,
-same form as csrc/include/cifarops/shake_drop.h). The backward pass is the same kernel with no shortcut
-and beta as the coefficient.
+"""ShakeDrop in Triton: out = shortcut + (gate + (1 - gate) * coef) * h in one pass (math of SPEC.md, same
+form and the same Philox noise as csrc/include/cifarops/shake_drop.h). The backward pass is the same kernel
+with no shortcut and beta as the coefficient.
 """
 
 import torch
@@ -8,17 +8,34 @@ import triton
 import triton.language as tl
 
 from cifarops.ops.common import dense_format
-from cifarops.triton_kernels.philox import legacy_philox_uniform
+from cifarops.triton_kernels.philox import load_state, philox_uniform
 
-COEF_PER_CHANNEL, COEF_PER_ELEMENT, COEF_PHILOX = 0, 1, 2
+# Noise sources (as the C++ Noise enum) and levels.
+CONSTANT, PER_CHANNEL, PER_ELEMENT, DRAWN = 0, 1, 2, 3
+LEVEL = {"batch": 0, "sample": 1, "channel": 2, "pixel": 3}
 BLOCK = 1024
 
 
 @triton.jit
+def _noise_index(level: tl.constexpr, n, c, logical, channels):
+    if level == 0:
+        return n * 0
+    elif level == 1:
+        return n
+    elif level == 2:
+        return n * channels + c
+    else:
+        return logical
+
+
+@triton.jit
 def _shake_drop_kernel(
-    h_ptr, shortcut_ptr, out_ptr, gate_ptr, gate_stride, coef_ptr, coef_stride_n, coef_stride_c, seed_ptr,
-    lo, hi, stream, numel, channels, spatial, shortcut_channels,
-    HAS_SHORTCUT: tl.constexpr, CHANNELS_LAST: tl.constexpr, COEF_SOURCE: tl.constexpr, BLOCK: tl.constexpr,
+    h_ptr, shortcut_ptr, out_ptr, state_ptr,
+    gate_ptr, gate_stride, keep, gate_value,
+    coef_ptr, coef_stride_n, coef_stride_c, lo, hi, coef_value, coef_stream,
+    numel, channels, spatial, shortcut_channels,
+    HAS_SHORTCUT: tl.constexpr, CHANNELS_LAST: tl.constexpr, GATE_SOURCE: tl.constexpr, GATE_LEVEL: tl.constexpr,
+    COEF_SOURCE: tl.constexpr, COEF_LEVEL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # 64-bit memory indices: correct past 2^31 elements.
     m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -33,50 +50,78 @@ def _shake_drop_kernel(
         row = m // spatial
         n = row // channels
         c = row % channels
-    gate = tl.load(gate_ptr + n * gate_stride, mask=mask, other=0)
-    if COEF_SOURCE == 0:
-        coef = tl.load(coef_ptr + n * coef_stride_n + c * coef_stride_c, mask=mask, other=0)
-    elif COEF_SOURCE == 1:
-        coef = tl.load(coef_ptr + m, mask=mask, other=0)
+    logical = (n * channels + c) * spatial + s
+    seed, offset = load_state(state_ptr)
+    if GATE_SOURCE == 0:
+        gate = tl.zeros([BLOCK], ACC) + gate_value
+    elif GATE_SOURCE == 1:
+        gate = tl.load(gate_ptr + n * gate_stride, mask=mask, other=0).to(ACC)
     else:
-        u = legacy_philox_uniform(tl.load(seed_ptr), (n * channels + c) * spatial + s, stream)
-        coef = (lo + (hi - lo) * u).to(gate.dtype)
+        u = philox_uniform(seed, offset, _noise_index(GATE_LEVEL, n, c, logical, channels), 0)
+        gate = tl.where(u < keep, 1.0, 0.0).to(ACC)
+    if COEF_SOURCE == 0:
+        coef = tl.zeros([BLOCK], ACC) + coef_value
+    elif COEF_SOURCE == 1:
+        coef = tl.load(coef_ptr + n * coef_stride_n + c * coef_stride_c, mask=mask, other=0).to(ACC)
+    elif COEF_SOURCE == 2:
+        coef = tl.load(coef_ptr + m, mask=mask, other=0).to(ACC)
+    else:
+        u = philox_uniform(seed, offset, _noise_index(COEF_LEVEL, n, c, logical, channels), coef_stream)
+        coef = (lo + (hi - lo) * u).to(ACC)
     scale = gate + (1 - gate) * coef
-    y = scale * tl.load(h_ptr + m, mask=mask, other=0).to(gate.dtype)
+    y = scale * tl.load(h_ptr + m, mask=mask, other=0).to(ACC)
     if HAS_SHORTCUT:
         if CHANNELS_LAST:
-            offset = (n * spatial + s) * shortcut_channels + c
+            x_offset = (n * spatial + s) * shortcut_channels + c
         else:
-            offset = (n * shortcut_channels + c) * spatial + s
-        y += tl.load(shortcut_ptr + offset, mask=mask & (c < shortcut_channels), other=0).to(gate.dtype)
+            x_offset = (n * shortcut_channels + c) * spatial + s
+        y += tl.load(shortcut_ptr + x_offset, mask=mask & (c < shortcut_channels), other=0).to(ACC)
     tl.store(out_ptr + m, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def shake_drop_apply(h, shortcut, gate, coef, seed, coef_range, stream):
-    """Launches the kernel; arguments were checked by the caller (cifarops.ops.shake_drop)."""
+def shake_drop_apply(h, shortcut, p_drop, alpha_range, coef_range, gate_level, level, training, gate, coef, state,
+                     stream):
+    """Launches the kernel; arguments were checked by the caller (cifarops.ops.shake_drop). `state` is the call's
+    RNG state tensor; `stream` 1 (alpha, forward) or 2 (beta, backward)."""
     fmt = dense_format(h)
     h = h.contiguous(memory_format=fmt)
     out = torch.empty_like(h, memory_format=fmt)
     if h.numel() == 0:
         return out
     batch, channels = h.shape[0], h.shape[1]
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     if shortcut is not None:
         shortcut = shortcut.contiguous(memory_format=fmt)
-    if coef is None:
-        source, coef_strides = COEF_PHILOX, (0, 0)
-    elif coef.dim() == 2:
-        source, coef_strides = COEF_PER_CHANNEL, (coef.stride(0), coef.stride(1))
+    gate_source, gate_stride, gate_value = DRAWN, 0, 0.0
+    coef_source, coef_strides, coef_value = DRAWN, (0, 0), 0.0
+    if not training:
+        gate_source, coef_source = CONSTANT, CONSTANT
+        coef_value = (1.0 - p_drop) + p_drop * (alpha_range[0] + alpha_range[1]) / 2
     else:
-        source, coef_strides, coef = COEF_PER_ELEMENT, (0, 0), coef.contiguous(memory_format=fmt)
+        if gate is not None:
+            gate = gate.to(acc)
+            gate_source, gate_stride = PER_CHANNEL, 0 if gate.shape[0] == 1 else gate.stride(0)
+        if coef is not None:
+            coef = coef.to(acc)
+            if tuple(coef.shape) == tuple(h.shape) and coef.dim() != 2:
+                coef_source, coef = PER_ELEMENT, coef.contiguous(memory_format=fmt)
+            elif coef.dim() == 1:
+                coef_source, coef_strides = PER_CHANNEL, (0 if coef.shape[0] == 1 else coef.stride(0), 0)
+            else:
+                coef_source, coef_strides = PER_CHANNEL, (coef.stride(0), coef.stride(1))
     grid = (triton.cdiv(h.numel(), BLOCK),)
-    _shake_drop_kernel[grid](
-        h, shortcut if shortcut is not None else h, out, gate, gate.stride(0),
-        coef if coef is not None else gate, *coef_strides,
-        seed if seed is not None else gate,
-        float(coef_range[0]), float(coef_range[1]), stream,
-        h.numel(), channels, h.numel() // (batch * channels),
-        shortcut.shape[1] if shortcut is not None else 0,
-        HAS_SHORTCUT=shortcut is not None, CHANNELS_LAST=fmt == torch.channels_last,
-        COEF_SOURCE=source, BLOCK=BLOCK,
+    launch = lambda: _shake_drop_kernel[grid](  # noqa: E731
+        h, shortcut if shortcut is not None else h, out, state,
+        gate if gate is not None else h, gate_stride, 1.0 - p_drop, gate_value,
+        coef if coef is not None else h, *coef_strides, float(coef_range[0]), float(coef_range[1]), coef_value, stream,
+        h.numel(), channels, h.numel() // (batch * channels), shortcut.shape[1] if shortcut is not None else 0,
+        HAS_SHORTCUT=shortcut is not None, CHANNELS_LAST=fmt == torch.channels_last, GATE_SOURCE=gate_source,
+        GATE_LEVEL=LEVEL[gate_level], COEF_SOURCE=coef_source, COEF_LEVEL=LEVEL[level],
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK,
     )
+    if h.is_cuda:
+        with torch.cuda.device(h.device):  # the launch goes to h's device, also when another one is current
+            launch()
+    else:
+        launch()
     return out

@@ -138,7 +138,6 @@ def pinned(name: str) -> Iterator[None]:
 
 # Op lookup, cached: a call costs a dict read when no override or pin is active (the usual case), instead of
 # listing backends and building names on every call.
-_default_cache: dict[str, str] = {}
 _op_cache: dict[tuple[str, str], object] = {}
 
 
@@ -147,8 +146,12 @@ def _op_for_backend(name: str, backend: str):
     if fn is None:
         if backend == "reference":
             from cifarops import reference
+            from cifarops.ops.common import PYTHON_CHECKS
 
             fn = getattr(reference, name)
+            check = PYTHON_CHECKS.get(name)
+            if check is not None:  # the reference checks nothing itself: run the C++ checks' Python twin first
+                fn = _checked(check, fn)
         else:
             namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
             fn = getattr(namespace, name).default
@@ -156,13 +159,25 @@ def _op_for_backend(name: str, backend: str):
     return fn
 
 
+def _checked(check, fn):
+    def checked(*args):
+        check(*args)
+        return fn(*args)
+
+    checked.__name__ = fn.__name__
+    return checked
+
+
 def op(name: str, device: torch.device):
     """The callable that runs op `name` on `device`'s tensors under the current choice of backend: the
     reference function, or the OpOverload `torch.ops.cifarops(_triton).<name>.default`."""
-    if _active_pins == 0 and _override is None and _ENV_OVERRIDE is None:
-        backend = _default_cache.get(device.type)
-        if backend is None:
-            backend = _default_cache[device.type] = default_backend(device)
-    else:
-        backend = select_backend(device)
-    return _op_for_backend(name, backend)
+    if _active_pins or _override is not None or _ENV_OVERRIDE is not None:
+        return _op_for_backend(name, select_backend(device))
+    key = (name, device.type)
+    fn = _automatic.get(key)
+    if fn is None:
+        fn = _automatic[key] = _op_for_backend(name, default_backend(device))
+    return fn
+
+
+_automatic: dict[tuple[str, str], object] = {}  # (op, device type) -> the automatic choice's callable

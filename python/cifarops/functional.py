@@ -62,51 +62,6 @@ def check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level) 
     return alpha_range, beta_range
 
 
-def _explicit_gate(gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    op = "cifarops.shake_drop"
-    check_floating(gate, "gate", op)
-    check_same_device(gate, h, "gate", op)
-    n = h.shape[0]
-    if tuple(gate.shape) not in ((1,), (n,)):
-        raise ValueError(f"{op}: gate must have shape (1,) or (N,) = ({n},), got {tuple(gate.shape)}")
-    return gate.to(opmath_dtype(h.dtype)).expand(n)
-
-
-def _explicit_coefficient(coef: torch.Tensor, name: str, h: torch.Tensor) -> torch.Tensor:
-    """(1,), (N,), (N, C) or h-shaped coefficients, as the op's (N, C) view or h-shaped tensor."""
-    op = "cifarops.shake_drop"
-    check_floating(coef, name, op)
-    check_same_device(coef, h, name, op)
-    n, c = h.shape[0], h.shape[1]
-    coef = coef.to(opmath_dtype(h.dtype))
-    if tuple(coef.shape) in ((1,), (n,)):
-        return coef.reshape(-1, 1).expand(n, c)
-    if tuple(coef.shape) in ((n, c), tuple(h.shape)):
-        return coef
-    raise ValueError(
-        f"{op}: {name} must have shape (1,), (N,) = ({n},), (N, C) = ({n}, {c}) or h's shape {tuple(h.shape)}, "
-        f"got {tuple(coef.shape)}"
-    )
-
-
-def _draw_coefficient(level: str, coef_range: tuple[float, float], h: torch.Tensor) -> Optional[torch.Tensor]:
-    """U[coef_range] at `level`, as the op's (N, C) view; None for pixel level (Philox in the kernel)."""
-    n, c = h.shape[0], h.shape[1]
-    if level == "pixel":
-        return None
-    shape = {"batch": (1, 1), "sample": (n, 1), "channel": (n, c)}[level]
-    dtype = opmath_dtype(h.dtype)
-
-    def draw():
-        if tuple(coef_range) == (0.0, 1.0):
-            # torch.rand is uniform_(0, 1), draw for draw; torch.export.load (torch 2.13) cannot read back a
-            # uniform_ traced with its default range (its argument `from` is a Python keyword).
-            return torch.rand(shape, dtype=dtype, device=h.device)
-        return torch.empty(shape, dtype=dtype, device=h.device).uniform_(*coef_range)
-
-    return noise.drawn(draw).expand(n, c)
-
-
 def shake_drop(
     h: torch.Tensor,
     shortcut: Optional[torch.Tensor] = None,
@@ -125,46 +80,33 @@ def shake_drop(
 
     Training: ``y = shortcut + (b + alpha - b*alpha) * h``, and the gradient to ``h`` is scaled by
     ``b + beta - b*beta`` instead; b ~ Bernoulli(1 - p_drop) per batch or sample (``gate_level``), alpha ~
-    U[alpha_range] and beta ~ U[beta_range] per batch, sample, channel or pixel (``level``; pixel noise comes
-    from a Philox stream, regenerated in backward rather than stored). Evaluation: ``y = shortcut +
-    E[b + alpha - b*alpha] * h``. ``shortcut`` may have fewer channels than ``h``: it is added to the first
-    channels (PyramidNet's zero-padded shortcut, without materialising the padding); None returns the scaled
-    branch alone. ``gate`` ((1,) or (N,)), ``alpha`` and ``beta`` ((1,), (N,), (N, C) or h's shape) replace
-    the random draws. The output has h's dtype (under autocast, that of ``shortcut + h``).
+    U[alpha_range] and beta ~ U[beta_range] per batch, sample, channel or pixel (``level``). The noise is drawn
+    inside the kernel from the device generator's Philox state (regenerated in backward, never stored), so
+    ``torch.manual_seed`` reproduces it on every backend. Evaluation: ``y = shortcut + E[b + alpha - b*alpha] * h``.
+    ``shortcut`` may have fewer channels than ``h``: it is added to the first channels (PyramidNet's
+    zero-padded shortcut, without materialising the padding); None returns the scaled branch alone. ``gate``
+    ((1,) or (N,)), ``alpha`` and ``beta`` ((1,), (N,), (N, C) or h's shape) replace the random draws. The output
+    has h's dtype (under autocast, that of ``shortcut + h``).
     """
     alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
-    h, shortcut = _autocast_common_dtype(h, shortcut)
-    check_nc_input(h, "h", "cifarops.shake_drop")
-    _shake_drop_ops.check_shortcut(h, shortcut)
-    op = _op("shake_drop", h.device)
-    n, c, acc = h.shape[0], h.shape[1], opmath_dtype(h.dtype)
-    if not training:
-        if gate is not None or alpha is not None or beta is not None:
-            raise ValueError("cifarops.shake_drop: gate, alpha and beta are training noise; pass training=True")
-        expected = (1.0 - p_drop) + p_drop * (alpha_range[0] + alpha_range[1]) / 2
-        # gate 0 makes the scale exactly the coefficient: y = x + E * h, and the gradient is E * dy.
-        # Two tensors, not one passed twice: torch.compile rejects duplicate autograd.Function inputs.
-        alpha, beta = (torch.full((1, 1), expected, dtype=acc, device=h.device).expand(n, c) for _ in range(2))
-        zero_gate = torch.zeros((1,), dtype=acc, device=h.device).expand(n)
-        return op(h, shortcut, zero_gate, alpha, beta, None, alpha_range, beta_range)
+    return _shake_drop(h, shortcut, float(p_drop), alpha_range, beta_range, gate_level, level, training, gate, alpha,
+                       beta)
 
-    # Explicit noise is checked before anything is drawn: a bad beta must not move the generator (or a
-    # checkpoint tape) by drawing the gate first.
-    gate = _explicit_gate(gate, h) if gate is not None else None
-    alpha = _explicit_coefficient(alpha, "alpha", h) if alpha is not None else None
-    beta = _explicit_coefficient(beta, "beta", h) if beta is not None else None
-    if gate is None:
-        gate_shape = (1 if gate_level == "batch" else n,)
-        gate = noise.drawn(lambda: torch.empty(gate_shape, dtype=acc, device=h.device).bernoulli_(1.0 - p_drop))
-        gate = _explicit_gate(gate, h)
-    if alpha is None:
-        alpha = _draw_coefficient(level, alpha_range, h)
-    if beta is None:
-        beta = _draw_coefficient(level, beta_range, h)
-    seed = None
-    if alpha is None or beta is None:
-        seed = draw_seed(h.device)
-    return op(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
+
+def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate=None, alpha=None,
+                beta=None):
+    """The op call behind F.shake_drop and the ShakeDrop module, with validated hyper-parameters: the op checks
+    the tensors (in C++ for the compiled backends) before it draws anything."""
+    if not isinstance(h, torch.Tensor) or gate is not None or alpha is not None or beta is not None or (
+        shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype)
+    ):  # the rare cases, off the fast path: Python objects the schema would reject with a vaguer message
+        for name, value in (("h", h), ("shortcut", shortcut), ("gate", gate), ("alpha", alpha), ("beta", beta)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"cifarops.shake_drop: {name} must be a torch.Tensor, got {type(value).__name__}")
+        h, shortcut = _autocast_common_dtype(h, shortcut)
+    rng = noise.rng_state(h.device, _shake_drop_ops.STREAMS) if noise._active_tapes and training else None
+    return backends.op("shake_drop", h.device)(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
+                                               training, gate, alpha, beta, rng)[0]
 
 
 def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float]:

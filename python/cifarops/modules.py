@@ -52,17 +52,13 @@ class ShakeDrop(_Layer):
         self.level = level
 
     def forward(self, h: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # Hyper-parameters were validated in __init__ (the op checks their values again, in C++).
+        if self.backend is None:
+            return F._shake_drop(h, shortcut, self.p_drop, self.alpha_range, self.beta_range, self.gate_level,
+                                 self.level, self.training)
         with self._pinned():
-            return F.shake_drop(
-                h,
-                shortcut,
-                p_drop=self.p_drop,
-                alpha_range=self.alpha_range,
-                beta_range=self.beta_range,
-                gate_level=self.gate_level,
-                level=self.level,
-                training=self.training,
-            )
+            return F._shake_drop(h, shortcut, self.p_drop, self.alpha_range, self.beta_range, self.gate_level,
+                                 self.level, self.training)
 
     def extra_repr(self) -> str:
         return (

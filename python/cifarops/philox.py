@@ -69,6 +69,11 @@ def draw_state(device: torch.device, streams: int) -> torch.Tensor:
     """The RNG state {seed, offset} (int64, on ``device``) of one call that uses ``streams`` streams, taken from
     torch's default generator of ``device`` and advancing it exactly as the compiled kernels do."""
     device = torch.device(device)
+    if torch.compiler.is_compiling():
+        # Traced code cannot read the generator's offset; a key drawn by the graph's own RNG gives the same
+        # distributions (the compiled ops themselves still take the generator's state in the kernel).
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+        return torch.cat([seed, torch.zeros((1,), dtype=torch.int64, device=device)])
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         generator = torch.cuda.default_generators[index]

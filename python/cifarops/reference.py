@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops.ops.common import dense_format
-from cifarops.philox import legacy_philox_uniform
+from cifarops.philox import draw_state, legacy_philox_uniform, philox_uniform
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -30,67 +30,99 @@ def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], *([1] * (like.dim() - 1)))
 
 
-def _coefficient(
-    h: torch.Tensor, coef: Optional[torch.Tensor], seed: Optional[torch.Tensor], coef_range: Sequence[float], stream: int
-) -> torch.Tensor:
-    """alpha or beta, broadcastable to h: (N, C) or h-shaped tensors as given, Philox noise for None."""
+SHAKE_DROP_STREAMS = 3  # the gate, alpha and beta (csrc/include/cifarops/shake_drop.h)
+
+
+def _uniform_at(state: torch.Tensor, shape: tuple, like: torch.Tensor, stream: int) -> torch.Tensor:
+    """u(index, stream) for the logical indices of a (broadcastable) `shape` of h: batch (1, 1), sample (N, 1),
+    channel (N, C) or pixel (h's shape), as float32 shaped to broadcast against h."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    index = torch.arange(numel, dtype=torch.int64, device=like.device).reshape(*shape, *([1] * (like.dim() - len(shape))))
+    return philox_uniform(state, index, stream)
+
+
+_LEVEL_SHAPES = {"batch": lambda h: (1, 1), "sample": lambda h: (h.shape[0], 1),
+                 "channel": lambda h: tuple(h.shape[:2]), "pixel": lambda h: tuple(h.shape)}
+
+
+def _shake_drop_noise(h, p_drop, alpha_range, coef_range, gate_level, level, training, gate, coef, state, stream):
+    """(gate, coefficient) broadcastable to h in the compute type: explicit, drawn from `state`, or evaluation's
+    constants (gate 0, coefficient E[b + alpha - b alpha])."""
+    acc = opmath_dtype(h.dtype)
+    if not training:
+        expected = (1.0 - p_drop) + p_drop * (alpha_range[0] + alpha_range[1]) / 2
+        return torch.zeros((), dtype=acc, device=h.device), torch.full((), expected, dtype=acc, device=h.device)
+    if gate is None:
+        u = _uniform_at(state, (1,) if gate_level == "batch" else (h.shape[0],), h, stream=0)
+        gate = (u < torch.tensor(1.0 - p_drop, dtype=torch.float32)).to(acc)
+    else:
+        gate = _per_sample(gate.to(acc).expand(h.shape[0]), h)
     if coef is None:
-        index = torch.arange(h.numel(), dtype=torch.int64, device=h.device).reshape(h.shape)
         lo, hi = torch.tensor([float(coef_range[0]), float(coef_range[1])], dtype=torch.float32, device=h.device)
-        return (lo + (hi - lo) * legacy_philox_uniform(seed, index, stream)).to(opmath_dtype(h.dtype))
-    if coef.dim() == 2 and h.dim() != 2:
-        return coef.reshape(*coef.shape, *([1] * (h.dim() - 2)))
-    return coef
+        coef = (lo + (hi - lo) * _uniform_at(state, _LEVEL_SHAPES[level](h), h, stream)).to(acc)
+    else:
+        coef = coef.to(acc)
+        if coef.dim() == 1:
+            coef = _per_sample(coef.expand(h.shape[0]), h)
+        elif coef.dim() == 2 and h.dim() != 2:
+            coef = coef.reshape(*coef.shape, *([1] * (h.dim() - 2)))
+    return gate, coef
 
 
-def shake_drop_backward(
-    grad_y: torch.Tensor,
-    gate: torch.Tensor,
-    beta: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
-    beta_range: Sequence[float],
-) -> torch.Tensor:
-    """grad_h = (gate + beta - gate * beta) * grad_y (the `_shake_drop_backward` op)."""
-    scale = shake_drop_scale(_per_sample(gate, grad_y), _coefficient(grad_y, beta, seed, beta_range, stream=1))
+def _draws(training, *noise) -> bool:
+    return training and any(t is None for t in noise)
+
+
+def shake_drop_backward(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level, training, gate, beta):
+    """grad_h = (b + beta - b * beta) * grad_y, the noise regenerated from rng_state (the `_shake_drop_backward` op)."""
+    b, c = _shake_drop_noise(grad_y, p_drop, alpha_range, beta_range, gate_level, level, training, gate, beta,
+                             rng_state, stream=2)
+    scale = shake_drop_scale(b, c)
     return (scale * grad_y.to(scale.dtype)).to(grad_y.dtype)
 
 
 class _ShakeDrop(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range):
-        scale = shake_drop_scale(_per_sample(gate, h), _coefficient(h, alpha, seed, alpha_range, stream=0))
+    def forward(ctx, h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta,
+                rng_state):
+        b, c = _shake_drop_noise(h, p_drop, alpha_range, alpha_range, gate_level, level, training, gate, alpha,
+                                 rng_state, stream=1)
+        scale = shake_drop_scale(b, c)
         y = scale * h.to(scale.dtype)
         if shortcut is not None:
             y[:, : shortcut.shape[1]] += shortcut.to(scale.dtype)
-        ctx.save_for_backward(gate, beta, seed)
-        ctx.beta_range = beta_range
+        state = rng_state.clone()
+        ctx.save_for_backward(state, gate, beta)
+        ctx.args = (p_drop, alpha_range, beta_range, gate_level, level, training)
         ctx.shortcut_channels = None if shortcut is None else shortcut.shape[1]
-        return y.to(h.dtype)
+        ctx.mark_non_differentiable(state)
+        return y.to(h.dtype), state
 
     @staticmethod
-    def backward(ctx, grad_y):
-        gate, beta, seed = ctx.saved_tensors
-        grad_h = shake_drop_backward(grad_y, gate, beta, seed, ctx.beta_range)
+    def backward(ctx, grad_y, _grad_state):
+        state, gate, beta = ctx.saved_tensors
+        p_drop, alpha_range, beta_range, gate_level, level, training = ctx.args
+        grad_h = shake_drop_backward(grad_y, state, p_drop, alpha_range, beta_range, gate_level, level, training,
+                                     gate, beta)
         grad_shortcut = None if ctx.shortcut_channels is None else grad_y[:, : ctx.shortcut_channels]
-        return grad_h, grad_shortcut, None, None, None, None, None, None
+        return (grad_h, grad_shortcut) + (None,) * 10
 
 
-def shake_drop(
-    h: torch.Tensor,
-    shortcut: Optional[torch.Tensor],
-    gate: torch.Tensor,
-    alpha: Optional[torch.Tensor],
-    beta: Optional[torch.Tensor],
-    seed: Optional[torch.Tensor],
-    alpha_range: Sequence[float],
-    beta_range: Sequence[float],
-) -> torch.Tensor:
-    """y = shortcut + (gate + alpha - gate * alpha) * h; backward uses beta (the `shake_drop` op).
+def shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta, rng_state):
+    """The `shake_drop` op: y = shortcut + (b + alpha - b * alpha) * h; backward uses beta. Returns (y, rng_state).
 
-    gate: (N,); alpha, beta: (N, C), h's shape, or None for Philox noise from `seed` in the given range.
-    A shortcut with fewer channels than h is added to h's first channels (PyramidNet's zero padding).
+    Training noise is drawn from `rng_state` (or, when None, from the state draw_state takes from torch's
+    generator, as the compiled kernels do) unless given: gate (1,) or (N,); alpha, beta (1,), (N,), (N, C) or h's
+    shape. Evaluation uses gate 0 and E[b + alpha - b alpha]. A shortcut with fewer channels than h is added to
+    h's first channels (PyramidNet's zero padding).
     """
-    return _ShakeDrop.apply(h, shortcut, gate, alpha, beta, seed, alpha_range, beta_range)
+    if rng_state is None:
+        draws = _draws(training, gate, alpha, beta)
+        rng_state = draw_state(h.device, SHAKE_DROP_STREAMS) if draws else torch.zeros(2, dtype=torch.int64, device=h.device)
+    return _ShakeDrop.apply(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha,
+                            beta, rng_state)
 
 
 # --------------------------------------------------------------------------------------------- Shake-Shake

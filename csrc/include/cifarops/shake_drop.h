@@ -13,33 +13,42 @@
 
 namespace cifarops {
 
-// Where the per-element coefficient c comes from.
-enum class CoefSource : int {
-  PerChannel = 0,  // coef[n * coef_stride_n + c * coef_stride_c]: batch, sample and channel levels
-  PerElement = 1,  // coef[m]: an explicit tensor with h's shape, laid out like h
-  Philox = 2,      // lo + (hi - lo) * legacy_philox_uniform(*seed, logical NCHW index, stream): pixel level
+// Philox streams of one call: the gate, alpha and beta (python/cifarops/reference.py uses the same numbers).
+constexpr uint32_t kShakeDropGateStream = 0, kShakeDropAlphaStream = 1, kShakeDropBetaStream = 2;
+constexpr uint32_t kShakeDropStreams = 3;
+
+// Where one noise value comes from. A drawn value is u(index, stream) with the index given by its level.
+enum class Noise : int {
+  Constant = 0,    // `value` (evaluation: gate 0, coefficient E[b + alpha - b*alpha])
+  PerChannel = 1,  // data[n * stride_n + c * stride_c]: an explicit (1,), (N,) or (N, C) tensor (strides 0 to expand)
+  PerElement = 2,  // data[m]: an explicit tensor with h's shape, laid out like h
+  Drawn = 3,       // from Philox at `level`: the gate is Bernoulli(keep), a coefficient lo + (hi - lo) u
+};
+enum class Level : int { Batch = 0, Sample = 1, Channel = 2, Pixel = 3 };
+
+struct NoiseSource {
+  Noise kind = Noise::Constant;
+  Level level = Level::Batch;
+  const void* data = nullptr;  // explicit values in the compute type (float, or double for double tensors)
+  int64_t stride_n = 0, stride_c = 0;
+  double value = 0.0;
+  float lo = 0.f, hi = 0.f;  // coefficient range; for the gate, hi is the keep probability 1 - p_drop
+  uint32_t stream = 0;
 };
 
 // Everything a kernel needs, as plain pointers and sizes. Tensors h, shortcut, out (and a PerElement
-// coef) are dense in the same memory format: NCHW-contiguous or channels_last. gate and coef hold the
-// OpMath type of `dtype` (float, or double for double tensors).
+// coefficient) are dense in the same memory format: NCHW-contiguous or channels_last.
 struct ShakeDropParams {
   const void* h = nullptr;
   const void* shortcut = nullptr;  // nullptr: no shortcut; else (N, shortcut_channels, spatial...)
   void* out = nullptr;
-  const void* gate = nullptr;  // gate[n * gate_stride]
-  int64_t gate_stride = 0;
-  const void* coef = nullptr;
-  int64_t coef_stride_n = 0, coef_stride_c = 0;
-  const int64_t* seed = nullptr;  // Philox key, read where the kernel runs (a device pointer on CUDA)
-  float lo = 0.f, hi = 0.f;       // Philox coefficient range
-  uint32_t stream = 0;            // Philox stream: 0 for alpha, 1 for beta
+  NoiseSource gate, coef;          // coef: alpha forward, beta backward
+  PhiloxState rng;                 // CPU: set on the host; CUDA: resolved in the kernel
   int64_t batch = 0, channels = 0, spatial = 0, shortcut_channels = 0;
   bool channels_last = false;
-  DType dtype = DType::Float32;
-  CoefSource coef_source = CoefSource::PerChannel;
 
   CIFAROPS_INLINE int64_t numel() const { return batch * channels * spatial; }
+  CIFAROPS_INLINE bool pixel_noise() const { return coef.kind == Noise::PerElement || (coef.kind == Noise::Drawn && coef.level == Level::Pixel); }
 };
 
 // Logical coordinates of an element: sample, channel, flattened spatial position.
@@ -47,18 +56,19 @@ struct Position {
   int64_t n, c, s;
 };
 
-CIFAROPS_INLINE Position locate(const ShakeDropParams& p, int64_t m) {
+template <typename index_t>
+CIFAROPS_INLINE Position locate(const ShakeDropParams& p, index_t m) {
   if (p.channels_last) {
-    const int64_t c = m % p.channels;
-    const int64_t row = m / p.channels;
-    return Position{row / p.spatial, c, row % p.spatial};
+    const index_t channels = static_cast<index_t>(p.channels), spatial = static_cast<index_t>(p.spatial);
+    const index_t row = m / channels;
+    return Position{row / spatial, m - row * channels, row % spatial};
   }
-  const int64_t s = m % p.spatial;
-  const int64_t row = m / p.spatial;
-  return Position{row / p.channels, row % p.channels, s};
+  const index_t channels = static_cast<index_t>(p.channels), spatial = static_cast<index_t>(p.spatial);
+  const index_t row = m / spatial;
+  return Position{row / channels, row % channels, m - row * spatial};
 }
 
-// The element's position in the layout-independent NCHW order: the Philox counter.
+// The element's position in the layout-independent NCHW order: the Philox index at pixel level.
 CIFAROPS_INLINE int64_t logical_index(const ShakeDropParams& p, Position q) {
   return (q.n * p.channels + q.c) * p.spatial + q.s;
 }
@@ -75,27 +85,51 @@ CIFAROPS_INLINE acc_t shake_drop_scale(acc_t gate, acc_t coef) {
   return gate + (acc_t(1) - gate) * coef;
 }
 
+// The Philox index of a per-batch, per-sample or per-channel value (pixel level uses logical_index).
+CIFAROPS_INLINE uint64_t noise_index(const NoiseSource& src, const ShakeDropParams& p, int64_t n, int64_t c) {
+  switch (src.level) {
+    case Level::Batch: return 0;
+    case Level::Sample: return static_cast<uint64_t>(n);
+    default: return static_cast<uint64_t>(n * p.channels + c);
+  }
+}
+
+template <typename acc_t>
+CIFAROPS_INLINE acc_t shake_drop_gate(const ShakeDropParams& p, int64_t n) {
+  const NoiseSource& g = p.gate;
+  switch (g.kind) {
+    case Noise::Constant: return static_cast<acc_t>(g.value);
+    case Noise::Drawn:
+      return philox_keep(philox_uniform(p.rng, noise_index(g, p, n, 0), g.stream), g.hi) ? acc_t(1) : acc_t(0);
+    default: return static_cast<const acc_t*>(g.data)[n * g.stride_n];
+  }
+}
+
+// A drawn coefficient from its uniform.
+template <typename acc_t>
+CIFAROPS_INLINE acc_t coefficient_from_uniform(const NoiseSource& src, float u) {
+  return static_cast<acc_t>(src.lo + (src.hi - src.lo) * u);
+}
+
+// The coefficient of element (q, memory index m); `u_pixel` is the pixel-level uniform when the level is Pixel.
 template <typename acc_t>
 CIFAROPS_INLINE acc_t shake_drop_coefficient(const ShakeDropParams& p, Position q, int64_t m) {
-  switch (p.coef_source) {
-    case CoefSource::PerChannel:
-      return static_cast<const acc_t*>(p.coef)[q.n * p.coef_stride_n + q.c * p.coef_stride_c];
-    case CoefSource::PerElement:
-      return static_cast<const acc_t*>(p.coef)[m];
+  const NoiseSource& src = p.coef;
+  switch (src.kind) {
+    case Noise::Constant: return static_cast<acc_t>(src.value);
+    case Noise::PerChannel: return static_cast<const acc_t*>(src.data)[q.n * src.stride_n + q.c * src.stride_c];
+    case Noise::PerElement: return static_cast<const acc_t*>(src.data)[m];
     default: {
-      const float u = legacy_philox_uniform(static_cast<uint64_t>(*p.seed),
-                                     static_cast<uint64_t>(logical_index(p, q)), p.stream);
-      return static_cast<acc_t>(p.lo + (p.hi - p.lo) * u);
+      const uint64_t index = src.level == Level::Pixel ? static_cast<uint64_t>(logical_index(p, q))
+                                                      : noise_index(src, p, q.n, q.c);
+      return coefficient_from_uniform<acc_t>(src, philox_uniform(p.rng, index, src.stream));
     }
   }
 }
 
-// out[m] for memory index m, with q = locate(p, m).
-template <typename scalar_t>
-CIFAROPS_INLINE void shake_drop_element(const ShakeDropParams& p, Position q, int64_t m) {
-  using acc_t = typename OpMath<scalar_t>::type;
-  const acc_t gate = static_cast<const acc_t*>(p.gate)[q.n * p.gate_stride];
-  const acc_t scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m));
+// out[m] = shortcut + scale * h[m], for one element whose scale is known.
+template <typename scalar_t, typename acc_t>
+CIFAROPS_INLINE void shake_drop_store(const ShakeDropParams& p, Position q, int64_t m, acc_t scale) {
   acc_t y = scale * to_acc<acc_t>(static_cast<const scalar_t*>(p.h)[m]);
   if (p.shortcut != nullptr && q.c < p.shortcut_channels) {
     y += to_acc<acc_t>(static_cast<const scalar_t*>(p.shortcut)[shortcut_offset(p, q)]);

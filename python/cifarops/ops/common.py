@@ -64,3 +64,19 @@ def check_choice(value, name: str, choices: tuple[str, ...], op: str) -> str:
     if value not in choices:
         raise ValueError(f"{op}: {name} must be one of {choices}, got {value!r}")
     return value
+
+
+# The Python twins of the C++ checks, by op name, for the kernels written in Python: backends.op runs the
+# reference backend's functions behind them (the compiled ops check in C++, the Triton ops call them).
+PYTHON_CHECKS: dict = {}
+
+
+def check_rng_state(state, ref: torch.Tensor, name: str, op: str) -> None:
+    """An explicit RNG state: an int64 tensor {seed, offset} on the input's device (as csrc/args/rng.h)."""
+    check_tensor(state, name, op)
+    if state.device != ref.device:
+        raise ValueError(f"{op}: {name} is on {state.device} but the input is on {ref.device}")
+    if state.dtype != torch.int64:
+        raise TypeError(f"{op}: {name} must be an int64 tensor {{seed, offset}}, got {state.dtype}")
+    if state.numel() != 2:
+        raise ValueError(f"{op}: {name} must have two elements {{seed, offset}}, got {state.numel()}")

@@ -148,3 +148,16 @@ def test_section_runs_and_reports(tmp_path):
     text = (tmp_path / "benchmark.md").read_text()
     assert "## Host time per call and device kernels per call (issue 16)" in text
     assert "owruby-style + add" in text and "threshold_backward" in text
+
+
+def test_probabilistic_maxout_peer():
+    """The softmax+multinomial peer: one drawn piece per group, with the gradient; maxout as temperature -> 0."""
+    from cifarops.bench.baselines import softmax_multinomial_maxout
+
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    y = softmax_multinomial_maxout(x, 2)
+    groups = x.unflatten(1, (4, 2))
+    assert ((groups == y.unsqueeze(2)).sum(2) >= 1).all()
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(grad.unflatten(1, (4, 2)).sum(2), torch.ones_like(y))
+    assert torch.equal(softmax_multinomial_maxout(x, 2, temperature=1e-4), groups.max(2).values)

@@ -29,7 +29,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.baselines import hysts_shake_shake, owruby_shake_drop
+from cifarops.bench.baselines import hysts_shake_shake, owruby_shake_drop, softmax_multinomial_maxout
 from cifarops.bench.kernels import CallKernels, call_kernels
 
 TRAINING, NO_GRAD = "forward+backward", "forward, no_grad"
@@ -149,24 +149,6 @@ def _leaves(device, *shapes):
     return [torch.randn(s, generator=generator).to(device).requires_grad_() for s in shapes]
 
 
-class _PeerProbabilisticMaxout(torch.nn.Module):
-    """The honest 30-line probabilistic maxout (Springenberg & Riedmiller's section 3) in plain PyTorch:
-    softmax over each group's pieces, one piece drawn per output with torch.multinomial, gathered (so the
-    gradient reaches the drawn piece)."""
-
-    def __init__(self, pieces: int, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.pieces, self.temperature = pieces, temperature
-
-    def forward(self, x):
-        z = x.unflatten(1, (x.shape[1] // self.pieces, self.pieces)).movedim(2, -1)  # (N, C/k, ..., k)
-        if not self.training:
-            return (torch.softmax(z / self.temperature, -1) * z).sum(-1)
-        p = torch.softmax(z.detach() / self.temperature, -1)
-        choice = torch.multinomial(p.reshape(-1, self.pieces), 1).view(*z.shape[:-1], 1)
-        return z.gather(-1, choice).squeeze(-1)
-
-
 def rows(device: torch.device) -> list[Row]:
     """The section's rows, at issue 16's shapes: ShakeDrop and Shake-Shake (2, 4, 4, 4) with a shortcut,
     maxout and probabilistic maxout k = 2 on (2, 8, 4, 4), FMP 8x8 -> 6x6 on (2, 4, 8, 8)."""
@@ -202,8 +184,7 @@ def rows(device: torch.device) -> list[Row]:
 
     def softmax_multinomial():
         (x,) = _leaves(device, wide)
-        layer = _PeerProbabilisticMaxout(2)
-        return Impl(lambda: layer(x), (x,))
+        return Impl(lambda: softmax_multinomial_maxout(x, 2), (x,))
 
     def fmp():
         (x,) = _leaves(device, plane)

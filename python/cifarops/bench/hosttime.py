@@ -313,7 +313,8 @@ back-to-back calls, each implementation of a call alternating with its peer in t
 are `torch.autograd.grad(forward(), inputs, grad)`, no_grad rows the forward alone (training mode). Ratio =
 cifarops / peer, targets from issue 16. Kernels: dispatcher ops seen by a TorchDispatchMode below autograd,
 forward and backward counted separately, views and allocations left out (the lists are in
-`cifarops.bench.kernels`)."""
+`cifarops.bench.kernels`); owruby-style's ops depend on the gate the counted call drew (a closed gate adds
+uniform_ and mul, forward and backward)."""
 
 
 def markdown(rows_: list[dict]) -> str:

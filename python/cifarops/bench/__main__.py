@@ -3,7 +3,8 @@
 First every available backend is checked against the reference (a wrong backend is reported as FAIL and
 never timed); then each case is timed in forward, backward and both, side by side with the eager reference,
 the popular implementation's style and torch.compile of the reference, in one run. Writes a CSV and a
-Markdown summary next to the terminal table.
+Markdown summary next to the terminal table. Then host time per call at tiny shapes beside the peer layers,
+with the device kernels each call runs (`hosttime.csv`, a section of the Markdown), and the model level.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import torch
 
 import cifarops
-from cifarops.bench import chart, fractional_max_pool2d, maxout, report, shake_drop, shake_shake
+from cifarops.bench import chart, fractional_max_pool2d, hosttime, maxout, report, shake_drop, shake_shake
 from cifarops.bench import models as bench_models
 from cifarops.bench.common import MODES, saved_bytes, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
@@ -58,6 +59,8 @@ def parse_args(argv):
                              "'none' skips it")
     parser.add_argument("--model-batch", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU (4 with --quick)")
     parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 7, 3 with --quick)")
+    parser.add_argument("--no-host-time", action="store_true",
+                        help="skip the host-time section (host time and kernels per call at tiny shapes)")
     parser.add_argument("--autocast", action="store_true", help="model section: bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="model section: channels_last")
     return parser.parse_args(argv)
@@ -160,9 +163,18 @@ def main(argv=None) -> int:
     for (numel, dtype), gbs in copy_gbs.items():
         print(f"  copy of {numel} {str(dtype)[6:]} elements: {gbs:.1f} GB/s")
 
+    host_rows = None
+    if not args.no_host_time:
+        skip = [(op, backend) for op, backend, _ in failed]
+        host_rows = hosttime.run(device, backends, ops=ops, quick=args.quick, skip=skip)
+        print(hosttime.NOTES)
+
     os.makedirs(args.out, exist_ok=True)
     report.write_csv(os.path.join(args.out, "benchmark.csv"), rows, env)
-    report.write_markdown(os.path.join(args.out, "benchmark.md"), rows, env, checks, NOTES)
+    sections = [hosttime.markdown(host_rows)] if host_rows is not None else []
+    if host_rows is not None:
+        hosttime.write_csv(os.path.join(args.out, "hosttime.csv"), host_rows, env)
+    report.write_markdown(os.path.join(args.out, "benchmark.md"), rows, env, checks, NOTES, sections)
     model_rows = None
     if args.models != "none":
         model_rows = run_models(args, device)
@@ -170,6 +182,7 @@ def main(argv=None) -> int:
     chart.write_chart(os.path.join(args.out, "benchmark.png"), rows, baselines, model_rows,
                       f"cifarops on {env['device']}, torch {env['torch']}, {env['date']}")
     print(f"\nWrote {args.out}/benchmark.csv, benchmark.md and benchmark.png"
+          + (", hosttime.csv" if host_rows is not None else "")
           + (", models.csv and models.md" if model_rows is not None else ""))
     if failed:
         print(f"FAILED correctness checks: {sorted((o, b, str(d)) for o, b, d in failed)}", file=sys.stderr)

@@ -6,6 +6,9 @@
 back to the host with `.item()` in forward and again in backward, three eager kernels, and the shortcut added
 by the caller (zero-padded with torch.cat when it is narrower). Made device-agnostic so it runs on the CPU;
 otherwise unchanged, including its float32 coefficients.
+
+`softmax_multinomial_maxout` is the 30-line probabilistic maxout one writes in plain PyTorch (no popular
+implementation exists to copy).
 """
 
 from __future__ import annotations
@@ -68,3 +71,13 @@ def hysts_shake_shake(h1: torch.Tensor, h2: torch.Tensor, shortcut: torch.Tensor
     beta = torch.rand(n).view(n, 1, 1, 1).to(h1.device)
     y = _HystsShakeFunction.apply(h1, h2, alpha, beta)
     return y if shortcut is None else shortcut + y
+
+
+def softmax_multinomial_maxout(x: torch.Tensor, pieces: int, temperature: float = 1.0) -> torch.Tensor:
+    """Probabilistic maxout in training (Springenberg & Riedmiller, arXiv 1312.6116, section 3), contiguous
+    groups along dim 1: softmax(z / temperature) over each group's pieces, one piece drawn per output with
+    torch.multinomial, gathered (so the gradient reaches the drawn piece)."""
+    z = x.unflatten(1, (x.shape[1] // pieces, pieces)).movedim(2, -1)  # (N, C/k, ..., k)
+    p = torch.softmax(z.detach() / temperature, -1)
+    choice = torch.multinomial(p.reshape(-1, pieces), 1).view(*z.shape[:-1], 1)
+    return z.gather(-1, choice).squeeze(-1)

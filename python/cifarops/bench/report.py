@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import subprocess
+from typing import Sequence
 
 import torch
 
@@ -99,7 +100,9 @@ def write_csv(path: str, rows: list[dict], env: dict, columns: list[str] = COLUM
             writer.writerow({**{k: row[k] for k in columns}, **env})
 
 
-def write_markdown(path: str, rows: list[dict], env: dict, checks: list[tuple[str, str, str, str]], notes: str = "") -> None:
+def write_markdown(path: str, rows: list[dict], env: dict, checks: list[tuple[str, str, str, str]], notes: str = "",
+                   sections: Sequence[str] = ()) -> None:
+    """The report's Markdown; `sections` (Markdown, each with its own heading) follow the timing table."""
     lines = ["# cifarops benchmark", ""]
     lines += [f"- **{k}**: {v}" for k, v in env.items()]
     lines += ["", "## Correctness (each backend against the reference)", "", "| op | backend | dtype | result |", "|---|---|---|---|"]
@@ -107,5 +110,7 @@ def write_markdown(path: str, rows: list[dict], env: dict, checks: list[tuple[st
     lines += ["", "## Timing (medians after warm-up)", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
     lines += ["", notes.strip()]
+    for section in sections:
+        lines += ["", section.strip()]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

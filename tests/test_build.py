@@ -81,21 +81,28 @@ def test_missing_extension_falls_back_with_one_warning(tmp_path):
 def _triton_variants():
     """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
     and each option in float32."""
+    import triton.language as tl
+
     from cifarops.triton_kernels.maxout import _maxout_bwd_kernel, _maxout_fwd_kernel
     from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
     from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
 
     for element in ("fp32", "fp64", "fp16", "bf16"):
         acc = "fp64" if element == "fp64" else "fp32"
-        sources = (0, 1, 2) if element == "fp32" else (2,)
+        sources = (0, 1, 2, 3) if element == "fp32" else (3,)
         widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
         for source, channels_last, width in itertools.product(sources, (False, True), widths):
-            yield _shake_drop_kernel, {
-                "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
-                "gate_ptr": f"*{acc}", "gate_stride": width, "coef_ptr": f"*{acc}", "coef_stride_n": width,
-                "coef_stride_c": width, "seed_ptr": "*i64", "lo": "fp32", "hi": "fp32", "stream": "i32",
-                "numel": width, "channels": width, "spatial": width, "shortcut_channels": width,
-            }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "COEF_SOURCE": source, "BLOCK": 1024}
+            levels = (0, 1, 2, 3) if source == 3 else (0,)
+            for level in levels:
+                yield _shake_drop_kernel, {
+                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
+                    "state_ptr": "*i64", "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32",
+                    "gate_value": "fp32", "coef_ptr": f"*{acc}", "coef_stride_n": width, "coef_stride_c": width,
+                    "lo": "fp32", "hi": "fp32", "coef_value": "fp32", "coef_stream": "i32", "numel": width,
+                    "channels": width, "spatial": width, "shortcut_channels": width,
+                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
+                    "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level,
+                    "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
         for width in widths:
             yield _shake_shake_fwd_kernel, {
                 "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",

@@ -207,7 +207,7 @@ def test_checkpointed_blocks_in_two_threads_match_one(backend):
                                iterations=1)
         for k in range(THREADS):
             for tape, got in results[k][0]:
-                assert len(tape.draws) == 3  # gate, alpha, beta of the block's ShakeDrop
+                assert len(tape.draws) == 1  # the RNG state of the block's ShakeDrop
                 leaf = inputs[k].detach().requires_grad_()
                 with noise.replay(tape):
                     y = plain[k](leaf)
@@ -219,9 +219,11 @@ def test_checkpointed_blocks_in_two_threads_match_one(backend):
 
 def test_a_tape_records_only_its_own_threads_draws():
     """Thread A records a tape while thread B draws from the same generator without one, and then while B
-    records a tape of its own: each tape holds exactly its thread's draws, in its thread's shapes."""
+    records a tape of its own: each tape holds exactly its thread's draws (one RNG state per call), which
+    replayed in the main thread give that thread's outputs bitwise."""
     h_a, h_b = tensors(11, (3, 4, 2, 2), (5, 4, 2, 2))
     tapes = [noise.Tape(), noise.Tape()]
+    outputs = [[], []]
     calls = 40
 
     def draw(k, record):
@@ -229,19 +231,24 @@ def test_a_tape_records_only_its_own_threads_draws():
             h = (h_a, h_b)[k]
             with noise.record(tapes[k]) if record else contextlib.nullcontext():
                 for _ in range(calls):
-                    F.shake_drop(h, level="sample", gate_level="sample")
+                    outputs[k].append(F.shake_drop(h, level="pixel", gate_level="sample"))
         return task
 
+    def replayed(k):
+        with noise.replay(tapes[k]):
+            return [F.shake_drop((h_a, h_b)[k], level="pixel", gate_level="sample") for _ in range(calls)]
+
     run_together([draw(0, True), draw(1, False)], iterations=1)
-    assert len(tapes[0].draws) == 3 * calls  # gate, alpha, beta per call
-    assert all(t.shape[0] == 3 for t in tapes[0].draws)
+    assert len(tapes[0].draws) == calls  # one RNG state per call
+    assert all(torch.equal(a, b) for a, b in zip(replayed(0), outputs[0]))
     assert tapes[1].draws == []
 
     tapes[0] = noise.Tape()
+    outputs = [[], []]
     run_together([draw(0, True), draw(1, True)], iterations=1)
-    for k, batch in enumerate((3, 5)):
-        assert len(tapes[k].draws) == 3 * calls
-        assert all(t.shape[0] == batch for t in tapes[k].draws)
+    for k in (0, 1):
+        assert len(tapes[k].draws) == calls
+        assert all(torch.equal(a, b) for a, b in zip(replayed(k), outputs[k]))
     assert noise._active_tapes == 0
 
 

@@ -88,9 +88,20 @@ def shake_drop(
     ((1,) or (N,)), ``alpha`` and ``beta`` ((1,), (N,), (N, C) or h's shape) replace the random draws. The output
     has h's dtype (under autocast, that of ``shortcut + h``).
     """
-    alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
-    return _shake_drop(h, shortcut, float(p_drop), alpha_range, beta_range, gate_level, level, training, gate, alpha,
-                       beta)
+    key = (type(p_drop), p_drop, alpha_range, beta_range, gate_level, level)  # the type: True == 1
+    try:
+        p_drop, alpha_range, beta_range = _VALIDATED_SHAKE_DROP[key]
+    except (KeyError, TypeError):  # new (or unhashable) hyper-parameters: validated once
+        alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
+        p_drop = float(p_drop)
+        if len(_VALIDATED_SHAKE_DROP) < 1024:
+            _VALIDATED_SHAKE_DROP[key] = (p_drop, alpha_range, beta_range)
+    return _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta)
+
+
+# Hyper-parameters already validated, as the op takes them: a model calls the functional API with the same
+# few settings every step, and validating them in Python costs more than the rest of the call.
+_VALIDATED_SHAKE_DROP: dict = {}
 
 
 def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate=None, alpha=None,

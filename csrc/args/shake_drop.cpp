@@ -340,6 +340,13 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_autograd(
     at::ArrayRef<double> beta_range, c10::string_view gate_level, c10::string_view level, bool training,
     const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& alpha,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& rng_state) {
+  const bool records = at::GradMode::is_enabled() &&
+                       (h.requires_grad() || (shortcut.has_value() && shortcut->requires_grad()));
+  if (!records) {  // inference, or nothing to differentiate: no autograd node to build
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_forward(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta,
+                        rng_state);
+  }
   auto out = ShakeDropFunction::apply(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate,
                                       alpha, beta, rng_state);
   return {out[0], out[1]};

@@ -363,8 +363,16 @@ class MaxoutBackwardFunction : public torch::autograd::Function<MaxoutBackwardFu
   }
 };
 
+// Without a graph to record (grad mode off, as in the engine's backward pass without create_graph, or an
+// input that requires no gradient) the op runs directly below autograd: no node, no saved state.
+bool records(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
+
 std::tuple<at::Tensor, at::Tensor> maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
                                                    c10::string_view grouping) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return maxout_op().call(x, pieces, dim, grouping);
+  }
   const auto out = MaxoutFunction::apply(x, pieces, dim, grouping);
   return {out[0], out[1]};
 }
@@ -372,17 +380,29 @@ std::tuple<at::Tensor, at::Tensor> maxout_autograd(const at::Tensor& x, int64_t 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> probabilistic_maxout_autograd(
     const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping, double temperature,
     const std::optional<at::Tensor>& rng_state) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return sample_op().call(x, pieces, dim, grouping, temperature, rng_state);
+  }
   const auto out = SampleFunction::apply(x, pieces, dim, grouping, temperature, rng_state);
   return {out[0], out[1], out[2]};
 }
 
 at::Tensor probabilistic_maxout_expectation_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
                                                      c10::string_view grouping, double temperature) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return expectation_op().call(x, pieces, dim, grouping, temperature);
+  }
   return ExpectationFunction::apply(x, pieces, dim, grouping, temperature);
 }
 
 at::Tensor maxout_backward_autograd(const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces, int64_t dim,
                                     c10::string_view grouping) {
+  if (!records(grad_y)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad_y, index, pieces, dim, grouping);
+  }
   return MaxoutBackwardFunction::apply(grad_y, index, pieces, dim, grouping);
 }
 

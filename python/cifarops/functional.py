@@ -247,15 +247,16 @@ def shake_shake(
     return op(h1, h2, shortcut, alpha, beta)
 
 
+_OpOverload = torch._ops.OpOverload
+
+
 def _maxout_checks(fn, x, pieces, dim, grouping, op, temperature=None) -> None:
     """What the op itself cannot check: hyper-parameters of the wrong Python type (a bool or float for an int,
-    a str for a float), and everything on the reference backend (a plain function). The compiled and Triton
-    ops check the rest themselves, with the same exception types and messages."""
+    a str for a float), and everything on the reference backend (a plain function, not an OpOverload). The
+    compiled and Triton ops check the rest themselves, with the same exception types and messages."""
     if (
-        type(pieces) is not int or type(dim) is not int or type(grouping) is not str
+        type(pieces) is not int or type(dim) is not int or type(grouping) is not str or type(fn) is not _OpOverload
         or (temperature is not None and type(temperature) is not float and type(temperature) is not int)
-        or fn is reference.maxout or fn is reference.probabilistic_maxout
-        or fn is reference.probabilistic_maxout_expectation
     ):
         _maxout_ops.check_args(x, pieces, dim, grouping, op, temperature)
 

@@ -36,10 +36,13 @@ TORCH_LIBRARY(cifarops, m) {
   // grad_x: each input gets grad_y of its group if it is the group's chosen piece, else 0.
   m.def("_maxout_backward(Tensor grad_y, Tensor index, int pieces, int dim, str grouping) -> Tensor");
   // Probabilistic maxout in training: y = z_i with i ~ softmax(z / temperature) per output element, drawn
-  // from Philox(seed); returns y and i (uint8). Its backward is _maxout_backward.
+  // inside the kernel with u = philox_uniform(rng_state, logical output index, stream 0); rng_state: the
+  // explicit {seed, offset} (int64 (2,) on x's device), or None for the generator's. Returns y, i (uint8)
+  // and the state used. Its backward is _maxout_backward (the drawn piece needs no noise again).
   m.def(
-      "probabilistic_maxout(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor seed) "
-      "-> (Tensor, Tensor)");
+      "probabilistic_maxout(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor? rng_state) "
+      "-> (Tensor, Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
   // Probabilistic maxout at test time: y = sum_i softmax(z / temperature)_i z_i.
   m.def("probabilistic_maxout_expectation(Tensor x, int pieces, int dim, str grouping, float temperature) -> Tensor");
   m.def(

@@ -24,7 +24,7 @@ import torch
 
 import cifarops
 from cifarops import reference
-from cifarops.philox import legacy_philox_uniform, philox_uniform
+from cifarops.philox import philox_uniform
 
 BIG = 2**31
 
@@ -79,27 +79,18 @@ def philox_coefficient(state: torch.Tensor, first: int, shape, coef_range, strea
     return lo + (hi - lo) * philox_uniform(state, index, stream)
 
 
-def legacy_philox_coefficient(seed: torch.Tensor, first: int, shape, coef_range, stream: int) -> torch.Tensor:
-    """TEMPORARY (issue 16 in progress): philox_coefficient on the old one-word stream."""
-    count = 1
-    for s in shape:
-        count *= s
-    index = torch.arange(first, first + count, dtype=torch.int64, device=seed.device).reshape(shape)
-    lo, hi = coef_range
-    return lo + (hi - lo) * legacy_philox_uniform(seed, index, stream)
-
-
-def expected_probabilistic_maxout(x: torch.Tensor, pieces: int, temperature: float, seed: torch.Tensor,
+def expected_probabilistic_maxout(x: torch.Tensor, pieces: int, temperature: float, rng_state: torch.Tensor,
                                   first: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, index, near_boundary) of probabilistic maxout over dim 1 (contiguous groups) of a slice whose first
-    output has logical index `first`: the inverse CDF of softmax(z / temperature) at the Philox uniform of
-    each output. near_boundary marks draws within 1e-5 of a step of the CDF, where a last-bit difference in
+    output has logical index `first`: the inverse CDF of softmax(z / temperature) at the Philox uniform
+    u(rng_state, logical index, stream 0) of each output. near_boundary marks draws within 1e-5 of a step of the CDF, where a last-bit difference in
     exp (a GPU's approximate exp2, say) may pick the neighbouring piece."""
     values = [v.float() for v in reference.maxout_pieces(x, pieces, 1, "contiguous")]
     best = torch.stack(values).amax(0)
     lam = torch.tensor(1.0 / temperature, dtype=torch.float32).item()
     cumulative = torch.cumsum(torch.stack([torch.exp((v - best) * lam) for v in values]), 0)
-    target = legacy_philox_coefficient(seed, first, best.shape, (0.0, 1.0), 0).to(best.device) * cumulative[-1]
+    logical = torch.arange(first, first + best.numel(), dtype=torch.int64, device=rng_state.device).reshape(best.shape)
+    target = philox_uniform(rng_state, logical, 0).to(best.device) * cumulative[-1]
     index = (target >= cumulative).sum(0).clamp(max=pieces - 1).to(torch.uint8)
     near_boundary = ((target - cumulative[:-1]).abs() <= 1e-5 * cumulative[-1]).any(0)
     y = torch.gather(torch.stack(values), 0, index.long().unsqueeze(0)).squeeze(0).to(x.dtype)
@@ -188,13 +179,13 @@ def check_probabilistic_maxout(device, backend, shape, dtype=torch.bfloat16, sam
     """Training-mode draws: one Philox uniform per output, whose logical index passes 2^31 (full size)."""
     ops = namespace(backend)
     x = fill(shape, dtype, device, 1)
-    seed = torch.tensor([-0x0FED_CBA9_8765_4321], dtype=torch.int64, device=device)
-    y, index = ops.probabilistic_maxout(x, 2, 1, "contiguous", 0.5, seed)
+    rng_state = torch.tensor([-0x0FED_CBA9_8765_4321, 12], dtype=torch.int64, device=device)
+    y, index, _ = ops.probabilistic_maxout(x, 2, 1, "contiguous", 0.5, rng_state)
     per_sample = y[0].numel()
     picks = checked_samples(shape[0], samples, torch.Generator().manual_seed(0))
     for n in picks:
         s = slice(n, n + 1)
-        _, want_index, near_boundary = expected_probabilistic_maxout(x[s], 2, 0.5, seed, n * per_sample)
+        _, want_index, near_boundary = expected_probabilistic_maxout(x[s], 2, 0.5, rng_state, n * per_sample)
         differ = int(((index[s] != want_index) & ~near_boundary).sum())
         yield f"index sample {n}", differ == 0, f"{differ} draws differ away from a CDF step" if differ else ""
         # y is the piece the kernel drew (wherever the draw itself was a tie within rounding)

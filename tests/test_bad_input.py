@@ -335,7 +335,8 @@ OP_CASES += [
     ("maxout grouping", lambda ns: ns.maxout(randn(*H), 2, 1, "other"), "grouping must be"),
     ("maxout index dtype", lambda ns: ns._maxout_backward(randn(4, 3), torch.zeros(4, 3), 2, 1, "contiguous"), "index must be uint8"),
     ("maxout index shape", lambda ns: ns._maxout_backward(randn(4, 3), torch.zeros(4, 2, dtype=torch.uint8), 2, 1, "contiguous"), "index must have grad_y's shape"),
-    ("prob seed", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, torch.ones(2, dtype=torch.int64)), "seed must be an int64 tensor of one element"),
+    ("prob rng_state size", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, torch.ones(3, dtype=torch.int64)), "rng_state must have two elements"),
+    ("prob rng_state dtype", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, torch.ones(2, dtype=torch.int32)), "rng_state must be an int64 tensor"),
     ("prob temperature", lambda ns: ns.probabilistic_maxout_expectation(randn(*H), 2, 1, "contiguous", -1.0), "temperature must be a positive number"),
 ]
 
@@ -374,7 +375,9 @@ OP_CASES += [
 @pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
 def test_compiled_op_checks(case):
     _, call, fragment = case
-    with pytest.raises((RuntimeError, TypeError, ValueError), match=None) as raised:
+    # RuntimeError (TORCH_CHECK), or the Python types of TORCH_CHECK_VALUE / _TYPE / _INDEX (issue 16: the
+    # same types as the Python checks).
+    with pytest.raises((RuntimeError, ValueError, TypeError, IndexError), match=None) as raised:
         call(torch.ops.cifarops)
     assert fragment in str(raised.value)
 
@@ -401,7 +404,7 @@ DEVICE_CASES = [
     ("shake_shake beta", shake_shake_call(beta=meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
     ("shake_shake backward beta", lambda ns: ns._shake_shake_backward(randn(*H), meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
     ("maxout backward index", lambda ns: ns._maxout_backward(randn(4, 3), meta(torch.zeros(4, 3, dtype=torch.uint8)), 2, 1, "contiguous"), "index is on meta but grad_y is on cpu"),
-    ("probabilistic_maxout seed", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, meta(torch.ones(1, dtype=torch.int64))), "seed is on meta but x is on cpu"),
+    ("probabilistic_maxout rng_state", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, meta(torch.ones(2, dtype=torch.int64))), "rng_state is on meta but the input is on cpu"),
     ("expectation backward grad_y", lambda ns: ns._probabilistic_maxout_expectation_backward(meta(randn(4, 3, 3, 3)), randn(*H), 2, 1, "contiguous", 1.0), "grad_y is on meta but x is on cpu"),
     ("fmp samples", fmp_call(samples=meta(rand(2, 3, 2))), "samples is on meta but x is on cpu"),
     ("fmp boundaries", fmp_call(regions="disjoint", kernel_size=[], samples=None, boundaries=meta(torch.zeros(2, 3, 2, 8, dtype=torch.int64))), "boundaries is on meta but x is on cpu"),

@@ -152,11 +152,11 @@ def test_probabilistic_maxout_nan_in_a_group_gives_nan(backend):
 @pytest.mark.parametrize("training", [True, False])
 def test_probabilistic_maxout_specials_agree_with_the_reference(backend, training):
     x = with_specials((4, 8, 3, 3), seed=14, fraction=0.4).requires_grad_()
-    seed = torch.tensor([5], dtype=torch.int64)
+    rng_state = torch.tensor([5, 0], dtype=torch.int64)
 
     def run():
         if training:
-            return _op("probabilistic_maxout", x.device)(x, 2, 1, "contiguous", 0.5, seed)[0]
+            return _op("probabilistic_maxout", x.device)(x, 2, 1, "contiguous", 0.5, rng_state)[0]
         return _op("probabilistic_maxout_expectation", x.device)(x, 2, 1, "contiguous", 0.5)
 
     with cifarops.use_backend(backend):
@@ -187,8 +187,8 @@ def test_probabilistic_maxout_draws_a_positive_infinity(backend, dtype):
     for s in range(8):  # several uniforms
         with cifarops.use_backend(backend):
             xs = x.clone().requires_grad_()
-            y, piece = _op("probabilistic_maxout", x.device)(xs, pieces, 1, "contiguous", 0.7,
-                                                             torch.tensor([s], dtype=torch.int64))
+            y, piece, _ = _op("probabilistic_maxout", x.device)(xs, pieces, 1, "contiguous", 0.7,
+                                                                torch.tensor([s, 4 * s], dtype=torch.int64))
         y = y.view(-1)
         assert torch.equal(y.isnan(), torch.tensor(want_y).isnan())
         assert torch.equal(y.nan_to_num(0.0), torch.tensor(want_y, dtype=dtype).nan_to_num(0.0)), (s, y)

@@ -116,13 +116,13 @@ def _triton_variants():
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
             for mode in (0, 1, 2) if element == "fp32" else (1,):
                 yield _maxout_fwd_kernel, {
-                    "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "seed_ptr": "*i64",
-                    "lambda_ptr": f"*{acc}", "groups": width, **sizes,
+                    "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "state_ptr": "*i64",
+                    "lambda_bits": "i64", "groups": width, **sizes,
                 }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512}
             for expectation in (False, True):
                 yield _maxout_bwd_kernel, {
                     "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
-                    "grad_x_ptr": f"*{element}", "lambda_ptr": f"*{acc}", "channels": width, **sizes,
+                    "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
                 }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
 
 

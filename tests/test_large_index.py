@@ -107,6 +107,7 @@ def tail_of(t: torch.Tensor, count: int = TAIL) -> torch.Tensor:
 SEED = torch.tensor([0x0123_4567_89AB_CDEF], dtype=torch.int64)
 STATE = torch.tensor([0x0123_4567_89AB_CDEF, 12], dtype=torch.int64)  # an RNG state {seed, offset}
 SHAKE_DROP_PIXEL = (0.5, (-1.0, 1.0), (0.0, 1.0), "batch", "pixel", True)
+MAXOUT_STATE = torch.tensor([0x0123_4567_89AB_CDEF, 20], dtype=torch.int64)  # probabilistic maxout {seed, offset}
 
 
 def philox_tail(numel: int, coef_range, stream: int) -> torch.Tensor:
@@ -189,7 +190,7 @@ if INTERPRETED_TRITON:
                     grad_x = ops._probabilistic_maxout_expectation_backward(grad_y, x, 2, 1, "contiguous", 0.5)
                 else:
                     y, index = (ops.maxout(x, 2, 1, "contiguous") if mode == "maxout"
-                                else ops.probabilistic_maxout(x, 2, 1, "contiguous", 0.5, SEED))
+                                else ops.probabilistic_maxout(x, 2, 1, "contiguous", 0.5, MAXOUT_STATE)[:2])
                     grad_x = ops._maxout_backward(grad_y, index, 2, 1, "contiguous")
             part, grad_part = x[-1:, :, -TAIL:], grad_y[-1:, :, -TAIL:]
             if mode == "expectation":
@@ -203,7 +204,7 @@ if INTERPRETED_TRITON:
                 else:
                     first = outer * inner - TAIL  # logical index of the first output compared
                     assert first > 2**32
-                    want_y, want_index, _ = gpu_large_index.expected_probabilistic_maxout(part, 2, 0.5, SEED, first)
+                    want_y, want_index, _ = gpu_large_index.expected_probabilistic_maxout(part, 2, 0.5, MAXOUT_STATE, first)
                 assert torch.equal(index[-1:, :, -TAIL:], want_index)
                 want_grad = reference.maxout_backward(grad_part, want_index, 2, 1, "contiguous")
             assert_close(y[-1:, :, -TAIL:], want_y)

@@ -186,10 +186,10 @@ def test_gradcheck(kernel_backend, grouping):
     assert torch.autograd.gradgradcheck(lambda x: F.maxout(x, 3, grouping=grouping), (x,))
     expectation = lambda x: F.probabilistic_maxout(x, 3, grouping=grouping, temperature=0.5, training=False)  # noqa: E731
     assert torch.autograd.gradcheck(expectation, (x,))
-    # A fixed Philox seed fixes the draws: the sampled layer is then piecewise linear in x.
+    # A fixed RNG state fixes the draws: the sampled layer is then piecewise linear in x.
     ns = namespace_for(backend)
-    seed = torch.tensor([11], device=device)
-    assert torch.autograd.gradcheck(lambda x: ns.probabilistic_maxout(x, 3, 1, grouping, 0.5, seed)[0], (x,))
+    rng_state = torch.tensor([11, 4], device=device)
+    assert torch.autograd.gradcheck(lambda x: ns.probabilistic_maxout(x, 3, 1, grouping, 0.5, rng_state)[0], (x,))
 
 
 def test_saved_bytes_are_an_eighth_of_view_max(kernel_backend):
@@ -223,7 +223,7 @@ def test_deterministic_algorithms(kernel_backend):
 def test_opcheck(kernel_backend):
     device, backend = kernel_backend
     ns = namespace_for(backend)
-    seed = torch.tensor([3], device=device)
+    rng_state = torch.tensor([3, 8], device=device)
     for x, dim, grouping in [
         (distinct(3, 6, 4, 4, device=device), 1, "contiguous"),
         (in_layout(distinct(3, 6, 4, 4, device=device), "channels_last"), 1, "strided"),
@@ -232,7 +232,7 @@ def test_opcheck(kernel_backend):
     ]:
         x.requires_grad_()
         torch.library.opcheck(ns.maxout, (x, 3, dim, grouping))
-        torch.library.opcheck(ns.probabilistic_maxout, (x, 3, dim, grouping, 0.5, seed))
+        torch.library.opcheck(ns.probabilistic_maxout, (x, 3, dim, grouping, 0.5, rng_state))
         torch.library.opcheck(ns.probabilistic_maxout_expectation, (x, 3, dim, grouping, 0.5))
         y, index = ns.maxout(x.detach(), 3, dim, grouping)
         torch.library.opcheck(ns._maxout_backward, (torch.randn_like(y), index, 3, dim, grouping))
@@ -296,3 +296,167 @@ def test_modules(any_backend):
     probabilistic.eval()
     z = torch.stack([x[:, 0::2], x[:, 1::2]])
     torch.testing.assert_close(probabilistic(x), (torch.softmax(z / 0.25, 0) * z).sum(0))
+
+
+# ------------------------------------------------------------- noise drawn inside the kernels (issue 16)
+
+CPU_BACKENDS = cifarops.available_backends("cpu")  # reference, cpu, and triton under TRITON_INTERPRET=1
+
+
+def test_same_generator_state_same_pieces_on_every_backend():
+    """torch.manual_seed(s) then one call: the same drawn pieces on the reference, the C++ kernel and Triton
+    (interpreted), for NCHW, channels_last and a last-dim layout; and the state each returns is the same."""
+    cases = [((3, 12, 5, 7), 1, "contiguous", "contiguous"), ((3, 12, 5, 7), 1, "strided", "channels_last"),
+             ((4, 9, 12), -1, "contiguous", "contiguous"), ((2, 6, 1, 3), 1, "strided", "contiguous")]
+    for shape, dim, grouping, layout in cases:
+        x = in_layout(torch.randn(*shape), layout)
+        results = {}
+        for backend in CPU_BACKENDS:
+            torch.manual_seed(7)
+            with cifarops.use_backend(backend):
+                y, index, state = cifarops.backends.op("probabilistic_maxout", x.device)(x, 3, dim, grouping, 0.8, None)
+            results[backend] = (y, index, state)
+        want = results["reference"]
+        for backend, got in results.items():
+            for a, b in zip(got, want):
+                assert torch.equal(a, b), (backend, shape, dim, grouping, layout)
+
+
+def test_manual_seed_reproduces_and_the_next_call_draws_anew(kernel_backend):
+    device, backend = kernel_backend
+    x = torch.randn(4, 12, 6, 6, device=device)
+    op = namespace_for(backend).probabilistic_maxout
+    torch.manual_seed(123)
+    first = op(x, 3, 1, "contiguous", 1.0, None)
+    second = op(x, 3, 1, "contiguous", 1.0, None)
+    torch.manual_seed(123)
+    again = op(x, 3, 1, "contiguous", 1.0, None)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[1], second[1]) and not torch.equal(first[2], second[2])
+    # The returned state replays the call exactly, drawing nothing from the generator.
+    generator_state = torch.get_rng_state()
+    replay = op(x, 3, 1, "contiguous", 1.0, first[2])
+    assert torch.equal(torch.get_rng_state(), generator_state)
+    assert all(torch.equal(a, b) for a, b in zip(first, replay))
+
+
+def test_draw_hand_worked_oracle(any_backend):
+    """The draw worked out by hand: with a known state, u of output (o, j, i) is Philox word
+    (logical % 4) of logical // 4 at stream 0 (cifarops.philox.philox_uniform), logical = (o * groups + j) *
+    inner + i; the piece drawn is the first whose cumulative softmax weight (maximum subtracted) exceeds
+    u * total."""
+    from cifarops.philox import philox_uniform
+
+    device, backend = any_backend
+    state = torch.tensor([0x1234_5678_9ABC_DEF0 - 2**63, 40], dtype=torch.int64)
+    temperature = 0.6
+    x = torch.tensor([[[[0.3, -1.0]], [[0.2, 0.5]], [[1.5, 0.4]], [[-0.7, 0.0]], [[0.9, 0.9]], [[0.1, -2.0]]],
+                      [[[2.0, 0.0]], [[1.0, 1.0]], [[0.5, -0.5]], [[0.0, 0.3]], [[-1.0, 0.8]], [[0.6, 0.6]]]],
+                     dtype=torch.float64)  # (2, 6, 1, 2): contiguous groups of 3 -> (2, 2, 1, 2)
+    pieces, groups, inner = 3, 2, 2
+    op = cifarops.backends.op("probabilistic_maxout", torch.device(device))
+    y, index, used = op(x.to(device), pieces, 1, "contiguous", temperature, state.to(device))
+    y, index = y.cpu(), index.cpu()
+    assert torch.equal(used.cpu(), state)
+    lam = 1.0 / temperature
+    flat = x.reshape(2, 6, 2)
+    for o in range(2):
+        for j in range(groups):
+            for i in range(inner):
+                z = [flat[o, j * pieces + p, i].item() for p in range(pieces)]
+                logical = (o * groups + j) * inner + i
+                u = philox_uniform(state, torch.tensor([logical]), 0).item()
+                weights = [math.exp(lam * (v - max(z))) for v in z]
+                target, cumulative, want = u * sum(weights), 0.0, pieces - 1
+                for p, w in enumerate(weights):
+                    cumulative += w
+                    if target < cumulative:
+                        want = p
+                        break
+                assert index[o, j, 0, i].item() == want, (o, j, i, u)
+                assert y[o, j, 0, i].item() == z[want]
+
+
+def test_uniforms_are_philox_words_in_logical_order():
+    """A single piece per group with two pieces of equal value but one: pieces = 2 and z = (0, 0) gives
+    piece 1 exactly when u >= 1/2, so the drawn pieces read the uniforms back, for 37 outputs (quads, a
+    ragged tail, and rows that start inside a quad)."""
+    from cifarops.philox import philox_uniform
+
+    state = torch.tensor([987654321, 4], dtype=torch.int64)
+    x = torch.zeros(1, 2, 37)  # outer 1, groups 1, inner 37
+    want = (philox_uniform(state, torch.arange(37), 0) >= 0.5).to(torch.uint8)
+    for backend in CPU_BACKENDS:
+        with cifarops.use_backend(backend):
+            _, index, _ = cifarops.backends.op("probabilistic_maxout", x.device)(x, 2, 1, "contiguous", 1.0, state)
+        assert torch.equal(index.view(-1), want), backend
+    x = torch.zeros(3, 6, 5)  # rows of 5: each row starts at a different lane of its quad
+    want = (philox_uniform(state, torch.arange(3 * 3 * 5), 0) >= 0.5).to(torch.uint8).view(3, 3, 5)
+    for backend in CPU_BACKENDS:
+        with cifarops.use_backend(backend):
+            _, index, _ = cifarops.backends.op("probabilistic_maxout", x.device)(x, 2, 1, "contiguous", 1.0, state)
+        assert torch.equal(index, want), backend
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_failing_call_advances_no_generator(backend):
+    x = torch.randn(2, 6, 3, 3)
+    bad_calls = [
+        lambda op: op(x, 4, 1, "contiguous", 1.0, None),  # indivisible
+        lambda op: op(x, 2, 1, "contiguous", -1.0, None),  # temperature
+        lambda op: op(x, 2, 1, "other", 1.0, None),  # grouping
+        lambda op: op(x, 2, 1, "contiguous", 1.0, torch.zeros(3, dtype=torch.int64)),
+        lambda op: op(torch.ones(2, 6, 3, 3, dtype=torch.int32), 2, 1, "contiguous", 1.0, None),
+    ]
+    with cifarops.use_backend(backend):
+        op = cifarops.backends.op("probabilistic_maxout", torch.device("cpu"))
+        # The reference function itself checks nothing: the functional checks for it (below).
+        for call in bad_calls if backend != "reference" else []:
+            before = torch.get_rng_state()
+            with pytest.raises((ValueError, TypeError, IndexError)):
+                call(op)
+            assert torch.equal(torch.get_rng_state(), before)
+        before = torch.get_rng_state()
+        with pytest.raises(ValueError):
+            F.probabilistic_maxout(x, 4)
+        assert torch.equal(torch.get_rng_state(), before)
+
+
+def _dispatched(fn):
+    """The ops below autograd that fn runs (a TorchDispatchMode), views and detach left out."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:  # detach (AccumulateGrad's) and views launch nothing
+                seen.append(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        out = fn()
+    return seen, out
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("layer", ["maxout", "probabilistic"])
+def test_one_op_forward_one_op_backward(kernel_backend, layer, training):
+    """Training and evaluation: one dispatcher op forward and one backward, and no zeros() for the index's
+    undefined gradient."""
+    device, backend = kernel_backend
+    module = cifarops.Maxout(2) if layer == "maxout" else cifarops.ProbabilisticMaxout(2, temperature=0.5)
+    module.train(training)
+    x = torch.randn(2, 8, 4, 4, device=device, requires_grad=True)
+    forward, y = _dispatched(lambda: module(x))
+    grad = torch.ones_like(y)
+    backward, _ = _dispatched(lambda: y.backward(grad))
+    names = {("maxout", True): ("maxout", "_maxout_backward"), ("maxout", False): ("maxout", "_maxout_backward"),
+             ("probabilistic", True): ("probabilistic_maxout", "_maxout_backward"),
+             ("probabilistic", False): ("probabilistic_maxout_expectation",
+                                        "_probabilistic_maxout_expectation_backward")}[(layer, training)]
+    assert forward == [names[0]], forward
+    assert backward == [names[1]], backward
+    with torch.no_grad():
+        no_grad, _ = _dispatched(lambda: module(x))
+    assert no_grad == [names[0]], no_grad

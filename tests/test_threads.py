@@ -78,6 +78,7 @@ def forward_backward(inputs, forward):
 
 
 SEED = torch.tensor([20240601], dtype=torch.int64)
+MAXOUT_STATE = torch.tensor([20240601, 8], dtype=torch.int64)  # probabilistic maxout's {seed, offset}
 N, C, HW = 8, 16, 12
 
 
@@ -109,7 +110,7 @@ def maxout(grouping):
 
 def probabilistic_maxout_training():
     (x,) = tensors(5, (N, C * 2, HW, HW))
-    return forward_backward([x], lambda x: _op("probabilistic_maxout", x.device)(x, 2, 1, "strided", 0.5, SEED))
+    return forward_backward([x], lambda x: _op("probabilistic_maxout", x.device)(x, 2, 1, "strided", 0.5, MAXOUT_STATE))
 
 
 def probabilistic_maxout_expectation():

@@ -1,12 +1,19 @@
 """Maxout and probabilistic maxout in Triton (math of csrc/include/cifarops/maxout.h): forward over output
 elements, backward over input elements, on the (outer, C, inner) view of the tensor. CHANNEL_FASTEST orders
-the elements so that neighbouring lanes touch neighbouring addresses in channels_last."""
+the elements so that neighbouring lanes touch neighbouring addresses in channels_last.
+
+The probabilistic draw is the compiled kernels': u = philox_uniform(state, logical output index in
+(outer, groups, inner) order, stream 0), with the state {seed, offset} read from a 2-element int64 tensor in
+the kernel. lambda = 1 / temperature comes as the bits of a float64 (Triton's float scalars are float32), so a
+launch builds no tensor."""
+
+import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from cifarops.triton_kernels.philox import legacy_philox_uniform
+from cifarops.triton_kernels.philox import load_state, philox_uniform
 
 BLOCK = 512
 MODE_MAX, MODE_SAMPLE, MODE_EXPECTATION = 0, 1, 2
@@ -34,7 +41,7 @@ def _channel_of(j, piece, groups, pieces, STRIDED: tl.constexpr):
 
 @triton.jit
 def _maxout_fwd_kernel(
-    x_ptr, y_ptr, index_ptr, seed_ptr, lambda_ptr, outer, groups, inner, pieces,
+    x_ptr, y_ptr, index_ptr, state_ptr, lambda_bits, outer, groups, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     MODE: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -54,7 +61,7 @@ def _maxout_fwd_kernel(
         arg = tl.where(take, piece, arg).to(tl.int32)  # piece is i32 or i64, as Triton specialises pieces
     y = best
     if MODE != 0:
-        lam = tl.load(lambda_ptr).to(best.dtype)
+        lam = lambda_bits.to(tl.int64).to(tl.float64, bitcast=True).to(best.dtype)
         total = tl.zeros([BLOCK], best.dtype)
         weighted = tl.zeros([BLOCK], best.dtype)
         for piece in range(0, pieces):
@@ -68,7 +75,8 @@ def _maxout_fwd_kernel(
         if MODE == 2:
             y = tl.where(best == best, weighted / total, best)
         else:
-            target = legacy_philox_uniform(tl.load(seed_ptr), (o * groups + j) * inner + i, 0).to(best.dtype) * total
+            seed, offset = load_state(state_ptr)
+            target = philox_uniform(seed, offset, (o * groups + j) * inner + i, 0).to(best.dtype) * total
             cumulative = tl.zeros([BLOCK], best.dtype)
             drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
             found = tl.zeros([BLOCK], tl.int32)
@@ -90,7 +98,7 @@ def _maxout_fwd_kernel(
 
 @triton.jit
 def _maxout_bwd_kernel(
-    grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, lambda_ptr, outer, channels, inner, pieces,
+    grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, lambda_bits, outer, channels, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     EXPECTATION: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -115,7 +123,7 @@ def _maxout_bwd_kernel(
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(acc_dtype)
             best = tl.where((v > best) | (v != v), v, best)
-        lam = tl.load(lambda_ptr).to(acc_dtype)
+        lam = lambda_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc_dtype)
         total = tl.zeros([BLOCK], acc_dtype)
         weighted = tl.zeros([BLOCK], acc_dtype)
         for piece in range(0, pieces):
@@ -150,24 +158,34 @@ def _view3(t: torch.Tensor, dim: int):
     return (outer, t.shape[dim], inner), (so, t.stride(dim), si)
 
 
-def _inverse(temperature, like):
-    """lambda = 1 / temperature as a one-element tensor in the compute type (Triton's float scalars are fp32)."""
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.full((1,), 1.0 / temperature if temperature else 1.0, dtype=dtype, device=like.device)
+def _lambda_bits(temperature):
+    """lambda = 1 / temperature as the int64 with its float64 bits (the kernel bitcasts it back and rounds it to
+    the compute type, as the reference does)."""
+    return struct.unpack("<q", struct.pack("<d", 1.0 / temperature if temperature else 1.0))[0]
 
 
-def maxout_fwd(x, y, index, seed, pieces, dim, strided, mode, temperature):
-    """Launches the forward kernel into y (and index); tensors are laid out by cifarops.ops.maxout."""
+def _guard(t):
+    """The device of t current during a launch (tensors on cuda:1 while cuda:0 is current)."""
+    import contextlib
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def maxout_fwd(x, y, index, state, pieces, dim, strided, mode, temperature):
+    """Launches the forward kernel into y (and index); tensors are laid out by cifarops.ops.maxout. state: the
+    {seed, offset} int64 tensor of the draw (MODE_SAMPLE)."""
     if y.numel() == 0:
         return
     (outer, _, inner), x_strides = _view3(x, dim)
     _, y_strides = _view3(y, dim)
     groups = y.shape[dim]
     grid = (triton.cdiv(outer * groups * inner, BLOCK),)
-    _maxout_fwd_kernel[grid](
-        x, y, index if index is not None else y, seed if seed is not None else y, _inverse(temperature, x), outer, groups, inner, pieces, *x_strides, *y_strides,
-        MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
-    )
+    with _guard(x):
+        _maxout_fwd_kernel[grid](
+            x, y, index if index is not None else y, state if state is not None else y, _lambda_bits(temperature),
+            outer, groups, inner, pieces, *x_strides, *y_strides,
+            MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+        )
 
 
 def maxout_bwd(grad_y, index, x, grad_x, pieces, dim, strided, temperature):
@@ -178,8 +196,9 @@ def maxout_bwd(grad_y, index, x, grad_x, pieces, dim, strided, temperature):
     (outer, channels, inner), x_strides = _view3(grad_x, dim)
     _, y_strides = _view3(grad_y, dim)
     grid = (triton.cdiv(outer * channels * inner, BLOCK),)
-    _maxout_bwd_kernel[grid](
-        grad_y, index if index is not None else grad_y, x if x is not None else grad_y, grad_x,
-        _inverse(temperature, grad_x), outer, channels, inner, pieces, *x_strides, *y_strides,
-        EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
-    )
+    with _guard(grad_x):
+        _maxout_bwd_kernel[grid](
+            grad_y, index if index is not None else grad_y, x if x is not None else grad_y, grad_x,
+            _lambda_bits(temperature), outer, channels, inner, pieces, *x_strides, *y_strides,
+            EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+        )

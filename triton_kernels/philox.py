@@ -57,15 +57,3 @@ def philox_uniform(seed, offset, index, stream):
     word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
     return bits_to_uniform(word)
 
-
-@triton.jit
-def legacy_philox_uniform(seed, index, stream):
-    """TEMPORARY (issue 16 in progress): the old one-word stream."""
-    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
-    c1 = ((index >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    c2 = tl.zeros(index.shape, tl.uint32) + stream
-    c3 = tl.zeros(index.shape, tl.uint32)
-    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
-    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    w0, _, _, _ = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    return bits_to_uniform(w0)

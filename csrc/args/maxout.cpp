@@ -1,8 +1,11 @@
 #include "args/maxout.h"
 
 #include <ATen/WrapDimUtils.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
 
 #include "args/common.h"
+#include "args/rng.h"
 
 namespace cifarops {
 namespace {
@@ -39,22 +42,51 @@ at::MemoryFormat maxout_format(const at::Tensor& t, int64_t dim) {
   return format == at::MemoryFormat::ChannelsLast && dim == 1 ? format : at::MemoryFormat::Contiguous;
 }
 
-int64_t check_grouping(const at::Tensor& x, int64_t pieces, int64_t& dim, const std::string& grouping,
-                       const char* op) {
-  TORCH_CHECK(pieces >= 1 && pieces <= 255, op, ": pieces must be in [1, 255], got ", pieces);
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
-  TORCH_CHECK(dim >= -x.dim() && dim < x.dim(), op, ": dim ", dim, " is out of range for a ", x.dim(),
-              "-dimensional x");
-  dim = at::maybe_wrap_dim(dim, x.dim());
-  TORCH_CHECK(grouping == "contiguous" || grouping == "strided", op,
-              ": grouping must be 'contiguous' or 'strided', got '", grouping, "'");
+// torch's Python name of a dtype, as the Python checks print it.
+std::string dtype_name(at::ScalarType type) {
+  switch (type) {
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    default: return std::string("torch.") + c10::toString(type);
+  }
+}
+
+// The same checks, types and messages as check_args in python/cifarops/ops/maxout.py; returns dim wrapped
+// to [0, t.dim()). grouped_input: t holds the k pieces along dim (false for an output-shaped gradient).
+int64_t check_args(const at::Tensor& t, const char* name, int64_t pieces, int64_t dim, c10::string_view grouping,
+                   const char* op, bool grouped_input) {
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, op, ": ",
+                   name, " must be float32, float64, float16 or bfloat16, got ", dtype_name(type));
+  TORCH_CHECK_VALUE(pieces >= 1 && pieces <= 255, op,
+                    ": pieces must be in [1, 255] (the chosen piece is stored in a byte), got ", pieces);
+  TORCH_CHECK_VALUE(t.dim() >= 1, op, ": ", name, " must have at least one dimension");
+  TORCH_CHECK_INDEX(dim >= -t.dim() && dim < t.dim(), op, ": dim ", dim, " is out of range for a ", t.dim(),
+                    "-dimensional ", name);
+  dim = at::maybe_wrap_dim(dim, t.dim());
+  TORCH_CHECK_VALUE(grouping == "contiguous" || grouping == "strided", op,
+                    ": grouping must be one of ('contiguous', 'strided'), got '", grouping, "'");
+  TORCH_CHECK_VALUE(!grouped_input || t.size(dim) % pieces == 0, op, ": ", name, ".shape[", dim, "] = ", t.size(dim),
+                    " channels are not divisible by pieces = ", pieces);
   return dim;
 }
 
-void check_floating(const at::Tensor& t, const char* name, const char* op) {
-  const auto type = t.scalar_type();
-  TORCH_CHECK(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, op, ": ",
-              name, " must be float32, float64, float16 or bfloat16, got ", type);
+void check_temperature(double temperature, const char* op) {
+  TORCH_CHECK_VALUE(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
+}
+
+void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name,
+                  const char* op) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
 }
 
 // Fills the input-side view (in_strides, outer, channels, inner) from a dense tensor.
@@ -62,6 +94,7 @@ void set_input_view(MaxoutParams& p, const at::Tensor& dense, int64_t dim) {
   const bool ok = view3(dense, dim, p.outer, p.inner, p.in_strides);
   TORCH_INTERNAL_ASSERT(ok, "cifarops: maxout input view does not collapse");
   p.channels = dense.size(dim);
+  p.group_count = p.channels / p.pieces;
 }
 
 Strides3 output_strides(const at::Tensor& t, int64_t dim) {
@@ -72,31 +105,26 @@ Strides3 output_strides(const at::Tensor& t, int64_t dim) {
   return s;
 }
 
-std::vector<int64_t> with_size(at::IntArrayRef sizes, int64_t dim, int64_t size) {
-  std::vector<int64_t> out(sizes.begin(), sizes.end());
+c10::SmallVector<int64_t, 6> with_size(at::IntArrayRef sizes, int64_t dim, int64_t size) {
+  c10::SmallVector<int64_t, 6> out(sizes.begin(), sizes.end());
   out[dim] = size;
   return out;
 }
 
 }  // namespace
 
-MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim, const std::string& grouping,
-                               MaxoutMode mode, double temperature, const std::optional<at::Tensor>& seed,
+MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping,
+                               MaxoutMode mode, double temperature, const std::optional<at::Tensor>& rng_state,
                                const char* op) {
-  check_floating(x, "x", op);
-  dim = check_grouping(x, pieces, dim, grouping, op);
-  TORCH_CHECK(x.size(dim) % pieces == 0, op, ": x.size(", dim, ") = ", x.size(dim),
-              " channels are not divisible by pieces = ", pieces);
-  if (mode != MaxoutMode::Max) {
-    TORCH_CHECK(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
-  }
-  if (mode == MaxoutMode::Sample) {
-    TORCH_CHECK(seed.has_value(), op, ": seed is required");
-    check_seed(*seed, x, op);
+  dim = check_args(x, "x", pieces, dim, grouping, op, true);
+  if (mode != MaxoutMode::Max) check_temperature(temperature, op);
+  MaxoutCall call;
+  if (mode == MaxoutMode::Sample && rng_state.has_value()) {
+    check_rng_state(*rng_state, x, "rng_state", op);
+    call.explicit_state = rng_state->contiguous();
   }
   const at::MemoryFormat format = maxout_format(x, dim);
-  MaxoutCall call;
-  at::Tensor dense = x.contiguous(format);
+  const at::Tensor dense = x.contiguous(format);
   call.keep_alive.push_back(dense);
   const auto out_sizes = with_size(x.sizes(), dim, x.size(dim) / pieces);
   call.output = empty_output(out_sizes, x.options(), format);
@@ -115,23 +143,21 @@ MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim,
   p.output = call.output.data_ptr();
   p.out_strides = output_strides(call.output, dim);
   if (call.index.defined()) p.index = call.index.data_ptr<uint8_t>();
-  if (mode == MaxoutMode::Sample) p.seed = seed->data_ptr<int64_t>();
   return call;
 }
 
 MaxoutCall maxout_backward_call(const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces, int64_t dim,
-                                const std::string& grouping) {
+                                c10::string_view grouping) {
   constexpr const char* op = "cifarops._maxout_backward";
-  check_floating(grad_y, "grad_y", op);
-  dim = check_grouping(grad_y, pieces, dim, grouping, op);
-  TORCH_CHECK(index.scalar_type() == at::kByte, op, ": index must be uint8, got ", index.scalar_type());
-  TORCH_CHECK(index.sizes() == grad_y.sizes(), op, ": index must have grad_y's shape ", grad_y.sizes(), ", got ",
-              index.sizes());
-  check_same_device(index, grad_y, "index", op);
+  dim = check_args(grad_y, "grad_y", pieces, dim, grouping, op, false);
+  check_device(index, grad_y, "index", "grad_y", op);
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kByte, op, ": index must be uint8, got ", dtype_name(index.scalar_type()));
+  TORCH_CHECK_VALUE(index.sizes() == grad_y.sizes(), op, ": index must have grad_y's shape ", grad_y.sizes(), ", got ",
+                    index.sizes());
   const at::MemoryFormat format = maxout_format(index, dim);
   MaxoutCall call;
   // grad_y and index are read at the same strides: bring both to one dense layout.
-  at::Tensor dense_grad = grad_y.contiguous(format), dense_index = index.contiguous(format);
+  const at::Tensor dense_grad = grad_y.contiguous(format), dense_index = index.contiguous(format);
   call.keep_alive = {dense_grad, dense_index};
   call.grad_input = empty_output(with_size(grad_y.sizes(), dim, grad_y.size(dim) * pieces), grad_y.options(), format);
   MaxoutParams& p = call.params;
@@ -150,18 +176,18 @@ MaxoutCall maxout_backward_call(const at::Tensor& grad_y, const at::Tensor& inde
 }
 
 MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::Tensor& x, int64_t pieces,
-                                            int64_t dim, const std::string& grouping, double temperature) {
+                                            int64_t dim, c10::string_view grouping, double temperature) {
   constexpr const char* op = "cifarops._probabilistic_maxout_expectation_backward";
-  check_floating(grad_y, "grad_y", op);
-  check_floating(x, "x", op);
-  TORCH_CHECK(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
-  dim = check_grouping(x, pieces, dim, grouping, op);
-  TORCH_CHECK(grad_y.sizes() == with_size(x.sizes(), dim, x.size(dim) / pieces), op,
-              ": grad_y has shape ", grad_y.sizes(), ", which is not the output shape of x ", x.sizes());
-  check_same_device(grad_y, x, "grad_y", op);
+  dim = check_args(x, "x", pieces, dim, grouping, op, true);
+  check_temperature(temperature, op);
+  check_device(grad_y, x, "grad_y", "x", op);
+  TORCH_CHECK_TYPE(grad_y.scalar_type() == x.scalar_type(), op, ": grad_y must have x's dtype ",
+                   dtype_name(x.scalar_type()), ", got ", dtype_name(grad_y.scalar_type()));
+  TORCH_CHECK_VALUE(grad_y.sizes() == at::IntArrayRef(with_size(x.sizes(), dim, x.size(dim) / pieces)), op,
+                    ": grad_y has shape ", grad_y.sizes(), ", which is not the output shape of x ", x.sizes());
   const at::MemoryFormat format = maxout_format(x, dim);
   MaxoutCall call;
-  at::Tensor dense_x = x.contiguous(format), dense_grad = grad_y.contiguous(format);
+  const at::Tensor dense_x = x.contiguous(format), dense_grad = grad_y.contiguous(format);
   call.keep_alive = {dense_x, dense_grad};
   call.grad_input = empty_output(x.sizes(), x.options(), format);
   MaxoutParams& p = call.params;
@@ -180,4 +206,213 @@ MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::
   return call;
 }
 
+// ------------------------------------------------------------------------------------------------ autograd
+//
+// One torch::autograd::Function per forward op, shared by the compiled backends (CPU, CUDA): forward calls
+// the op below autograd through the dispatcher, saves one byte per output (the chosen piece) or the input
+// (the expectation), marks the index and rng_state outputs non-differentiable and does not materialise
+// their (undefined) gradients; backward calls the backward op through the dispatcher.
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using MaxoutSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, c10::string_view);
+using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, c10::string_view);
+using SampleSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t,
+                                                                 c10::string_view, double,
+                                                                 const std::optional<at::Tensor>&);
+using ExpectationSig = at::Tensor(const at::Tensor&, int64_t, int64_t, c10::string_view, double);
+using ExpectationBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, c10::string_view,
+                                          double);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+const c10::TypedOperatorHandle<MaxoutSig>& maxout_op() {
+  static const auto op = handle<MaxoutSig>("cifarops::maxout");
+  return op;
+}
+const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
+  static const auto op = handle<BackwardSig>("cifarops::_maxout_backward");
+  return op;
+}
+const c10::TypedOperatorHandle<SampleSig>& sample_op() {
+  static const auto op = handle<SampleSig>("cifarops::probabilistic_maxout");
+  return op;
+}
+const c10::TypedOperatorHandle<ExpectationSig>& expectation_op() {
+  static const auto op = handle<ExpectationSig>("cifarops::probabilistic_maxout_expectation");
+  return op;
+}
+const c10::TypedOperatorHandle<ExpectationBackwardSig>& expectation_backward_op() {
+  static const auto op = handle<ExpectationBackwardSig>("cifarops::_probabilistic_maxout_expectation_backward");
+  return op;
+}
+
+void save_grouping(AutogradContext* ctx, int64_t pieces, int64_t dim, c10::string_view grouping) {
+  ctx->saved_data["pieces"] = pieces;
+  ctx->saved_data["dim"] = dim;
+  ctx->saved_data["strided"] = grouping == "strided";
+}
+
+c10::string_view saved_grouping(AutogradContext* ctx) {
+  return ctx->saved_data["strided"].toBool() ? c10::string_view("strided") : c10::string_view("contiguous");
+}
+
+// grad_x of the chosen pieces: the backward op, or nothing for an undefined grad_y.
+at::Tensor chosen_backward(AutogradContext* ctx, const at::Tensor& grad_y) {
+  if (!grad_y.defined() || !ctx->needs_input_grad(0)) return at::Tensor();
+  const at::Tensor index = ctx->get_saved_variables()[0];
+  return backward_op().call(grad_y, index, ctx->saved_data["pieces"].toInt(), ctx->saved_data["dim"].toInt(),
+                            saved_grouping(ctx));
+}
+
+class MaxoutFunction : public torch::autograd::Function<MaxoutFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
+                               c10::string_view grouping) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, index] = maxout_op().call(x, pieces, dim, grouping);
+    ctx->save_for_backward({index});  // one byte per output
+    save_grouping(ctx, pieces, dim, grouping);
+    ctx->mark_non_differentiable({index});
+    ctx->set_materialize_grads(false);
+    return {y, index};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {chosen_backward(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class SampleFunction : public torch::autograd::Function<SampleFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
+                               c10::string_view grouping, double temperature,
+                               const std::optional<at::Tensor>& rng_state) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, index, state] = sample_op().call(x, pieces, dim, grouping, temperature, rng_state);
+    ctx->save_for_backward({index});  // the drawn piece: backward needs no noise again
+    save_grouping(ctx, pieces, dim, grouping);
+    ctx->mark_non_differentiable({index, state});
+    ctx->set_materialize_grads(false);
+    return {y, index, state};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {chosen_backward(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class ExpectationFunction : public torch::autograd::Function<ExpectationFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
+                            c10::string_view grouping, double temperature) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = expectation_op().call(x, pieces, dim, grouping, temperature);
+    ctx->save_for_backward({x});  // the gradient depends on every piece
+    save_grouping(ctx, pieces, dim, grouping);
+    ctx->saved_data["temperature"] = temperature;
+    ctx->set_materialize_grads(false);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    at::Tensor grad_x;
+    if (grads[0].defined() && ctx->needs_input_grad(0)) {
+      grad_x = expectation_backward_op().call(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["pieces"].toInt(),
+                                              ctx->saved_data["dim"].toInt(), saved_grouping(ctx),
+                                              ctx->saved_data["temperature"].toDouble());
+    }
+    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// _maxout_backward is linear in grad_y: its gradient gathers each output's chosen piece of grad_grad_x
+// (plain ATen ops, themselves differentiable).
+class MaxoutBackwardFunction : public torch::autograd::Function<MaxoutBackwardFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces,
+                            int64_t dim, c10::string_view grouping) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor grad_x = backward_op().call(grad_y, index, pieces, dim, grouping);
+    ctx->save_for_backward({index});
+    save_grouping(ctx, pieces, dim, grouping);
+    ctx->set_materialize_grads(false);
+    return grad_x;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor& grad_grad_x = grads[0];
+    at::Tensor grad_grad_y;
+    if (grad_grad_x.defined() && ctx->needs_input_grad(0)) {
+      const at::Tensor index = ctx->get_saved_variables()[0];
+      const int64_t pieces = ctx->saved_data["pieces"].toInt();
+      const int64_t dim = at::maybe_wrap_dim(ctx->saved_data["dim"].toInt(), grad_grad_x.dim());
+      const int64_t groups = grad_grad_x.size(dim) / pieces;
+      const bool strided = ctx->saved_data["strided"].toBool();
+      const int64_t piece_dim = strided ? dim : dim + 1;
+      const at::Tensor grouped = strided ? grad_grad_x.unflatten(dim, {pieces, groups})
+                                         : grad_grad_x.unflatten(dim, {groups, pieces});
+      grad_grad_y = grouped.gather(piece_dim, index.to(at::kLong).unsqueeze(piece_dim)).squeeze(piece_dim);
+    }
+    return {grad_grad_y, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// Without a graph to record (grad mode off, as in the engine's backward pass without create_graph, or an
+// input that requires no gradient) the op runs directly below autograd: no node, no saved state.
+bool records(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
+
+std::tuple<at::Tensor, at::Tensor> maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
+                                                   c10::string_view grouping) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return maxout_op().call(x, pieces, dim, grouping);
+  }
+  const auto out = MaxoutFunction::apply(x, pieces, dim, grouping);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> probabilistic_maxout_autograd(
+    const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping, double temperature,
+    const std::optional<at::Tensor>& rng_state) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return sample_op().call(x, pieces, dim, grouping, temperature, rng_state);
+  }
+  const auto out = SampleFunction::apply(x, pieces, dim, grouping, temperature, rng_state);
+  return {out[0], out[1], out[2]};
+}
+
+at::Tensor probabilistic_maxout_expectation_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
+                                                     c10::string_view grouping, double temperature) {
+  if (!records(x)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return expectation_op().call(x, pieces, dim, grouping, temperature);
+  }
+  return ExpectationFunction::apply(x, pieces, dim, grouping, temperature);
+}
+
+at::Tensor maxout_backward_autograd(const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces, int64_t dim,
+                                    c10::string_view grouping) {
+  if (!records(grad_y)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad_y, index, pieces, dim, grouping);
+  }
+  return MaxoutBackwardFunction::apply(grad_y, index, pieces, dim, grouping);
+}
+
+}  // namespace
+
 }  // namespace cifarops
+
+TORCH_LIBRARY_IMPL(cifarops, Autograd, m) {
+  m.impl("maxout", &cifarops::maxout_autograd);
+  m.impl("_maxout_backward", &cifarops::maxout_backward_autograd);
+  m.impl("probabilistic_maxout", &cifarops::probabilistic_maxout_autograd);
+  m.impl("probabilistic_maxout_expectation", &cifarops::probabilistic_maxout_expectation_autograd);
+}

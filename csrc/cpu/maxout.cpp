@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "args/maxout.h"
+#include "args/rng.h"
 #include "cifarops/maxout.h"
 
 namespace cifarops {
@@ -19,7 +20,11 @@ template <typename Body>
 void for_each_row(const MaxoutParams& p, int64_t channels, Body body) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p.inner * p.pieces));
   at::parallel_for(0, p.outer * channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) body(r / channels, r % channels);
+    int64_t o = begin / channels, c = begin % channels;  // one division per chunk, then counters
+    for (int64_t r = begin; r < end; ++r) {
+      body(o, c);
+      if (++c == channels) c = 0, ++o;
+    }
   });
 }
 
@@ -155,7 +160,11 @@ template <typename Body>
 void for_each_channel_row(const MaxoutParams& p, Body body) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, p.channels));
   at::parallel_for(0, p.outer * p.inner, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) body(r / p.inner, r % p.inner);
+    int64_t o = begin / p.inner, i = begin % p.inner;  // one division per chunk, then counters
+    for (int64_t r = begin; r < end; ++r) {
+      body(o, i);
+      if (++i == p.inner) i = 0, ++o;
+    }
   });
 }
 
@@ -195,12 +204,25 @@ void chosen_backward_channel_rows(const MaxoutParams& p) {
   });
 }
 
+// The generic path (any strides; every Sample and Expectation forward): row by row, each output once. The
+// draw of output (o, j, i) is u(maxout_draw_index), consecutive along a row: one philox_quad per four.
 template <typename scalar_t>
-void forward(const MaxoutParams& p) {
+void forward(const MaxoutParams& p, PhiloxState rng) {
   if (p.mode == MaxoutMode::Max && unit_inner(p)) return max_rows<scalar_t>(p);
   if (p.mode == MaxoutMode::Max && unit_channels(p)) return max_channel_rows<scalar_t>(p);
+  const bool draws = p.mode == MaxoutMode::Sample;
   for_each_row(p, p.groups(), [&](int64_t o, int64_t j) {
-    for (int64_t i = 0; i < p.inner; ++i) maxout_forward_element<scalar_t>(p, o, j, i);
+    const uint64_t base = static_cast<uint64_t>(maxout_draw_index(p, o, j, 0));
+    Philox4 words{};
+    for (int64_t i = 0; i < p.inner; ++i) {
+      float u = 0.0f;
+      if (draws) {
+        const uint64_t logical = base + static_cast<uint64_t>(i);
+        if (i == 0 || (logical & 3) == 0) words = philox_quad(rng, logical >> 2, 0);
+        u = philox_bits_to_uniform(words.v[logical & 3]);
+      }
+      maxout_forward_element<scalar_t>(p, o, j, i, u);
+    }
   });
 }
 
@@ -209,17 +231,19 @@ void backward(const MaxoutParams& p) {
   if (p.mode != MaxoutMode::Expectation && unit_inner(p)) return chosen_backward_rows<scalar_t>(p);
   if (p.mode != MaxoutMode::Expectation && unit_channels(p)) return chosen_backward_channel_rows<scalar_t>(p);
   for_each_row(p, p.channels, [&](int64_t o, int64_t c) {
+    const int64_t j = p.group_of(c), piece = p.piece_of(c);  // once per row
     if (p.mode == MaxoutMode::Expectation) {
-      for (int64_t i = 0; i < p.inner; ++i) maxout_expectation_backward_element<scalar_t>(p, o, c, i);
+      for (int64_t i = 0; i < p.inner; ++i) maxout_expectation_backward_element<scalar_t>(p, o, c, i, j);
     } else {
-      for (int64_t i = 0; i < p.inner; ++i) maxout_backward_element<scalar_t>(p, o, c, i);
+      for (int64_t i = 0; i < p.inner; ++i) maxout_backward_element<scalar_t>(p, o, c, i, j, piece);
     }
   });
 }
 
-void run_forward(const MaxoutCall& call, at::ScalarType type) {
+void run_forward(const MaxoutCall& call, at::ScalarType type, PhiloxState rng = {}) {
   if (call.params.output_numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "maxout_cpu", [&] { forward<scalar_t>(call.params); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "maxout_cpu",
+                                  [&] { forward<scalar_t>(call.params, rng); });
 }
 
 void run_backward(const MaxoutCall& call, at::ScalarType type) {
@@ -230,32 +254,35 @@ void run_backward(const MaxoutCall& call, at::ScalarType type) {
 
 std::tuple<at::Tensor, at::Tensor> maxout_cpu(const at::Tensor& x, int64_t pieces, int64_t dim,
                                               c10::string_view grouping) {
-  const MaxoutCall call = maxout_forward_call(x, pieces, dim, std::string(grouping), MaxoutMode::Max, 1.0,
-                                              std::nullopt, "cifarops.maxout");
+  const MaxoutCall call =
+      maxout_forward_call(x, pieces, dim, grouping, MaxoutMode::Max, 1.0, std::nullopt, "cifarops.maxout");
   run_forward(call, x.scalar_type());
   return {call.output, call.index};
 }
 
-std::tuple<at::Tensor, at::Tensor> probabilistic_maxout_cpu(const at::Tensor& x, int64_t pieces, int64_t dim,
-                                                            c10::string_view grouping, double temperature,
-                                                            const at::Tensor& seed) {
-  const MaxoutCall call = maxout_forward_call(x, pieces, dim, std::string(grouping), MaxoutMode::Sample, temperature,
-                                              seed, "cifarops.probabilistic_maxout");
-  run_forward(call, x.scalar_type());
-  return {call.output, call.index};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> probabilistic_maxout_cpu(const at::Tensor& x, int64_t pieces,
+                                                                        int64_t dim, c10::string_view grouping,
+                                                                        double temperature,
+                                                                        const std::optional<at::Tensor>& rng_state) {
+  // Every check first: a call that fails them draws nothing.
+  const MaxoutCall call = maxout_forward_call(x, pieces, dim, grouping, MaxoutMode::Sample, temperature, rng_state,
+                                              "cifarops.probabilistic_maxout");
+  const PhiloxState rng = cpu_state(rng_state, true);
+  run_forward(call, x.scalar_type(), rng);
+  return {call.output, call.index, cpu_state_tensor(x, rng)};
 }
 
 at::Tensor probabilistic_maxout_expectation_cpu(const at::Tensor& x, int64_t pieces, int64_t dim,
                                                 c10::string_view grouping, double temperature) {
-  const MaxoutCall call = maxout_forward_call(x, pieces, dim, std::string(grouping), MaxoutMode::Expectation,
-                                              temperature, std::nullopt, "cifarops.probabilistic_maxout");
+  const MaxoutCall call = maxout_forward_call(x, pieces, dim, grouping, MaxoutMode::Expectation, temperature,
+                                              std::nullopt, "cifarops.probabilistic_maxout");
   run_forward(call, x.scalar_type());
   return call.output;
 }
 
 at::Tensor maxout_backward_cpu(const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces, int64_t dim,
                                c10::string_view grouping) {
-  const MaxoutCall call = maxout_backward_call(grad_y, index, pieces, dim, std::string(grouping));
+  const MaxoutCall call = maxout_backward_call(grad_y, index, pieces, dim, grouping);
   run_backward(call, grad_y.scalar_type());
   return call.grad_input;
 }
@@ -263,7 +290,7 @@ at::Tensor maxout_backward_cpu(const at::Tensor& grad_y, const at::Tensor& index
 at::Tensor probabilistic_maxout_expectation_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                          int64_t pieces, int64_t dim, c10::string_view grouping,
                                                          double temperature) {
-  const MaxoutCall call = maxout_expectation_backward_call(grad_y, x, pieces, dim, std::string(grouping), temperature);
+  const MaxoutCall call = maxout_expectation_backward_call(grad_y, x, pieces, dim, grouping, temperature);
   run_backward(call, x.scalar_type());
   return call.grad_input;
 }

@@ -200,14 +200,31 @@ def shake_shake(
     return op(h1, h2, shortcut, alpha, beta)
 
 
+_OpOverload = torch._ops.OpOverload
+
+
+def _maxout_checks(fn, x, pieces, dim, grouping, op, temperature=None) -> None:
+    """What the op itself cannot check: hyper-parameters of the wrong Python type (a bool or float for an int,
+    a str for a float), and everything on the reference backend (a plain function, not an OpOverload). The
+    compiled and Triton ops check the rest themselves, with the same exception types and messages."""
+    if (
+        type(pieces) is not int or type(dim) is not int or type(grouping) is not str or type(fn) is not _OpOverload
+        or (temperature is not None and type(temperature) is not float and type(temperature) is not int)
+    ):
+        _maxout_ops.check_args(x, pieces, dim, grouping, op, temperature)
+
+
 def maxout(x: torch.Tensor, pieces: int, dim: int = 1, grouping: str = "contiguous") -> torch.Tensor:
     """Maxout (Goodfellow et al., arXiv 1302.4389): the maximum over groups of ``pieces`` channels along
     ``dim``, turning C channels into C / pieces. ``grouping="contiguous"`` (pylearn2, Goodfellow's code)
     takes channels ``j*k .. j*k + k-1`` for output j; ``"strided"`` (Lua nn.Maxout) takes ``j, j + C/k, ...``.
     The gradient goes to the first maximum; NaN propagates. Saved for backward: one byte per output.
     """
-    _maxout_ops.check_args(x, pieces, dim, grouping, "cifarops.maxout")
-    return _op("maxout", x.device)(x, pieces, dim, grouping)[0]
+    if not isinstance(x, torch.Tensor):
+        _maxout_ops.check_args(x, pieces, dim, grouping, "cifarops.maxout")
+    fn = backends.op("maxout", x.device)
+    _maxout_checks(fn, x, pieces, dim, grouping, "cifarops.maxout")
+    return fn(x, pieces, dim, grouping)[0]
 
 
 def probabilistic_maxout(
@@ -223,16 +240,20 @@ def probabilistic_maxout(
 
     Each group's pieces z get probabilities p = softmax(lambda * z) with lambda = 1 / ``temperature`` (the
     paper's inverse temperature; temperature -> 0 gives maxout). Training: the output is z_i for one piece i
-    drawn from p per output element (Philox noise seeded from torch's generator; the gradient flows to the
-    drawn piece). Evaluation: the expectation sum_i p_i z_i, whose gradient includes the softmax's own
-    derivative. Grouping and ``dim`` as in :func:`maxout`.
+    drawn from p per output element, inside the kernel, from the Philox state of torch's generator of x's
+    device (the gradient flows to the drawn piece). Evaluation: the expectation sum_i p_i z_i, whose gradient
+    includes the softmax's own derivative. Grouping and ``dim`` as in :func:`maxout`.
     """
     op_name = "cifarops.probabilistic_maxout"
-    _maxout_ops.check_args(x, pieces, dim, grouping, op_name, temperature)
+    if not isinstance(x, torch.Tensor):
+        _maxout_ops.check_args(x, pieces, dim, grouping, op_name, temperature)
     if not training:
-        return _op("probabilistic_maxout_expectation", x.device)(x, pieces, dim, grouping, float(temperature))
-    seed = draw_seed(x.device)
-    return _op("probabilistic_maxout", x.device)(x, pieces, dim, grouping, float(temperature), seed)[0]
+        fn = backends.op("probabilistic_maxout_expectation", x.device)
+        _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
+        return fn(x, pieces, dim, grouping, float(temperature))
+    fn = backends.op("probabilistic_maxout", x.device)
+    _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
+    return fn(x, pieces, dim, grouping, float(temperature), noise.rng_state(x.device, _maxout_ops.STREAMS))[0]
 
 
 FMP_SEQUENCES = ("pseudorandom", "random")

@@ -113,6 +113,8 @@ class Maxout(_Layer):
         self.pieces, self.dim, self.grouping = pieces, dim, grouping
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:  # the usual case: no context manager per call
+            return F.maxout(x, self.pieces, self.dim, self.grouping)
         with self._pinned():
             return F.maxout(x, self.pieces, self.dim, self.grouping)
 
@@ -133,6 +135,10 @@ class ProbabilisticMaxout(_Layer):
         self.pieces, self.dim, self.grouping, self.temperature = pieces, dim, grouping, float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:  # the usual case: no context manager per call
+            return F.probabilistic_maxout(
+                x, self.pieces, self.dim, self.grouping, temperature=self.temperature, training=self.training
+            )
         with self._pinned():
             return F.probabilistic_maxout(
                 x, self.pieces, self.dim, self.grouping, temperature=self.temperature, training=self.training

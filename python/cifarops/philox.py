@@ -86,11 +86,3 @@ def draw_state(device: torch.device, streams: int) -> torch.Tensor:
     seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None)
     return torch.cat([seed, torch.zeros((1,), dtype=torch.int64)])
 
-
-def legacy_philox_uniform(seed: torch.Tensor, index: torch.Tensor, stream: int) -> torch.Tensor:
-    """TEMPORARY (issue 16 in progress): the old one-word stream, until every op has moved to draw_state."""
-    seed = seed.reshape(()).to(index.device)
-    key = (seed & MASK32, (seed >> 32) & MASK32)
-    zero = torch.zeros((), dtype=torch.int64, device=index.device)
-    word = philox4x32_10((index & MASK32, (index >> 32) & MASK32, zero + stream, zero), key)[0]
-    return (word >> 8).to(torch.float32) * (1.0 / 16777216.0)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops.ops.common import dense_format
-from cifarops.philox import draw_state, legacy_philox_uniform, philox_uniform
+from cifarops.philox import draw_state, philox_uniform
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,7 +211,7 @@ def maxout_backward(grad_y: torch.Tensor, index: torch.Tensor, pieces: int, dim:
 
 class _Maxout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, pieces, dim, grouping, temperature=None, seed=None):
+    def forward(ctx, x, pieces, dim, grouping, temperature=None, rng_state=None):
         values = [v.to(opmath_dtype(x.dtype)) for v in maxout_pieces(x, pieces, dim, grouping)]
         best, arg = _first_max(values)
         if temperature is not None:  # probabilistic maxout: a categorical draw per output element
@@ -222,7 +222,7 @@ class _Maxout(torch.autograd.Function):
             cumulative = [weights[0]]
             for w in weights[1:]:
                 cumulative.append(cumulative[-1] + w)
-            u = legacy_philox_uniform(seed, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
+            u = philox_uniform(rng_state, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
             target = u * cumulative[-1]
             drawn = torch.full_like(arg, pieces - 1)
             for p in reversed(range(pieces)):
@@ -232,11 +232,14 @@ class _Maxout(torch.autograd.Function):
         ctx.save_for_backward(arg)
         ctx.args = (pieces, dim, grouping)
         ctx.mark_non_differentiable(arg)
+        ctx.set_materialize_grads(False)
         return best.to(x.dtype), arg
 
     @staticmethod
     def backward(ctx, grad_y, _grad_index):
         (arg,) = ctx.saved_tensors
+        if grad_y is None:
+            return None, None, None, None, None, None
         return maxout_backward(grad_y, arg, *ctx.args), None, None, None, None, None
 
 
@@ -246,11 +249,24 @@ def maxout(x: torch.Tensor, pieces: int, dim: int, grouping: str) -> tuple[torch
 
 
 def probabilistic_maxout(
-    x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, seed: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, index): piece i ~ softmax(z / temperature) per output element, drawn by inverse CDF with one Philox
-    uniform each (`probabilistic_maxout`); the gradient flows to the drawn piece."""
-    return _Maxout.apply(x, pieces, dim, grouping, temperature, seed)
+    x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, rng_state: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, index, rng_state): piece i ~ softmax(z / temperature) per output element, drawn by inverse CDF with
+    u = philox_uniform(rng_state, logical output index, stream 0) (`probabilistic_maxout`); the state is the
+    explicit one, else drawn from the generator of x's device as the compiled op draws it (one stream). The
+    gradient flows to the drawn piece."""
+    if rng_state is not None:
+        state = rng_state
+    elif torch.compiler.is_compiling():
+        # Dynamo traces neither Tensor.random_ (draw_state's exact random64()) nor the CUDA generator's
+        # offset: under torch.compile the reference takes a traceable key instead (randint over the int64
+        # range; not bit-equal to the compiled op's draw, which nothing compares under compile).
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=x.device)
+        state = torch.cat([seed, torch.zeros_like(seed)])
+    else:
+        state = draw_state(x.device, 1)
+    y, index = _Maxout.apply(x, pieces, dim, grouping, temperature, state)
+    return y, index, state
 
 
 def probabilistic_maxout_expectation(x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float) -> torch.Tensor:

@@ -48,13 +48,14 @@ struct MaxoutParams {
   bool strided_grouping = false;
   MaxoutMode mode = MaxoutMode::Max;
   double inverse_temperature = 1.0;  // lambda of arXiv 1312.6116, used in the compute type
-  const int64_t* seed = nullptr;    // Philox key for Sample, read where the kernel runs
+  int64_t group_count = 0;           // channels / pieces, computed once on the host (no division per element)
   DType dtype = DType::Float32;
 
-  CIFAROPS_INLINE int64_t groups() const { return channels / pieces; }
+  CIFAROPS_INLINE int64_t groups() const { return group_count; }
   CIFAROPS_INLINE int64_t output_numel() const { return outer * groups() * inner; }
   CIFAROPS_INLINE int64_t input_numel() const { return outer * channels * inner; }
-  // Channel of `piece` in group `j`, and back.
+  // Channel of `piece` in group `j`, and back (group_of / piece_of divide: once per row or plane, not per
+  // element in a hot loop).
   CIFAROPS_INLINE int64_t channel_of(int64_t j, int64_t piece) const {
     return strided_grouping ? piece * groups() + j : j * pieces + piece;
   }
@@ -62,9 +63,16 @@ struct MaxoutParams {
   CIFAROPS_INLINE int64_t piece_of(int64_t c) const { return strided_grouping ? c / groups() : c % pieces; }
 };
 
-// Output element (o, j, i): writes the value and, for Max and Sample, the piece.
+// The Philox counter of output (o, j, i)'s draw: its logical index in (outer, groups, inner) order, stream 0.
+CIFAROPS_INLINE int64_t maxout_draw_index(const MaxoutParams& p, int64_t o, int64_t j, int64_t i) {
+  return (o * p.groups() + j) * p.inner + i;
+}
+
+// Output element (o, j, i): writes the value and, for Max and Sample, the piece. u: the element's uniform
+// philox_uniform(state, maxout_draw_index(p, o, j, i), 0) for Sample (the caller draws it, four at a time
+// with philox_quad where its loop walks consecutive indices), ignored otherwise.
 template <typename scalar_t>
-CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, int64_t j, int64_t i) {
+CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, int64_t j, int64_t i, float u) {
   using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* x = static_cast<const scalar_t*>(p.input);
   const auto piece_value = [&](int64_t piece) {
@@ -99,8 +107,7 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
       y = weighted / total;
     } else {
       // Inverse CDF of the categorical distribution with one Philox uniform per output element.
-      const int64_t logical = (o * p.groups() + j) * p.inner + i;
-      const acc_t target = static_cast<acc_t>(legacy_philox_uniform(static_cast<uint64_t>(*p.seed), logical, 0)) * total;
+      const acc_t target = static_cast<acc_t>(u) * total;
       acc_t cumulative = 0;
       arg = p.pieces - 1;
       for (int64_t piece = 0; piece < p.pieces; ++piece) {
@@ -118,22 +125,25 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
   if (p.mode != MaxoutMode::Expectation) p.index[out] = static_cast<uint8_t>(arg);
 }
 
-// grad_input (o, c, i) for Max and Sample: the output's gradient if this piece was chosen, else 0.
+// grad_input (o, c, i) for Max and Sample: the output's gradient if this piece was chosen, else 0. j and
+// piece: group_of(c) and piece_of(c), computed by the caller.
 template <typename scalar_t>
-CIFAROPS_INLINE void maxout_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i) {
-  const int64_t out = p.out_strides.at(o, p.group_of(c), i);
-  const bool chosen = p.index[out] == p.piece_of(c);
+CIFAROPS_INLINE void maxout_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i, int64_t j,
+                                             int64_t piece) {
+  const int64_t out = p.out_strides.at(o, j, i);
+  const bool chosen = p.index[out] == piece;
   static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(o, c, i)] =
       chosen ? static_cast<const scalar_t*>(p.grad_output)[out] : from_acc<scalar_t>(0.0f);
 }
 
 // grad_input (o, c, i) for Expectation: dy * p_c * (1 + lambda * (z_c - y)), the softmax-weighted gradient
 // including the softmax's own derivative (y = sum_i p_i z_i, dp_i/dz_c = lambda p_i (delta_ic - p_c)).
+// j: group_of(c), computed by the caller.
 template <typename scalar_t>
-CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i) {
+CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i,
+                                                         int64_t j) {
   using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* x = static_cast<const scalar_t*>(p.input);
-  const int64_t j = p.group_of(c);
   const acc_t lambda = static_cast<acc_t>(p.inverse_temperature);
   acc_t best = to_acc<acc_t>(x[p.in_strides.at(o, p.channel_of(j, 0), i)]);
   for (int64_t piece = 1; piece < p.pieces; ++piece) {

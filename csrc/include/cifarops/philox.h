@@ -74,10 +74,3 @@ CIFAROPS_INLINE bool philox_keep(float u, float keep_probability) { return u < k
 
 }  // namespace cifarops
 
-// TEMPORARY (issue 16 in progress): the old one-word stream, until every op has moved to PhiloxState.
-namespace cifarops {
-CIFAROPS_INLINE float legacy_philox_uniform(uint64_t seed, uint64_t index, uint32_t stream) {
-  const Philox4 ctr{{static_cast<uint32_t>(index), static_cast<uint32_t>(index >> 32), stream, 0u}};
-  return philox_bits_to_uniform(philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)).v[0]);
-}
-}  // namespace cifarops

@@ -1,14 +1,18 @@
-"""torch.library registrations for maxout and probabilistic maxout: fake and autograd formulas for the
-compiled ops (schemas in csrc/ops.cpp) and the Triton ops `cifarops_triton::*` with the same schemas.
+"""torch.library registrations for maxout and probabilistic maxout: fake kernels for the compiled ops
+(schemas in csrc/ops.cpp; their checks and autograd are in C++, csrc/args/maxout.cpp) and the Triton ops
+`cifarops_triton::*` with the same schemas, their checks (this file's check_args, the Python twin of the C++
+checks: same exception types and messages) and autograd.
 
 Saved for backward: the chosen piece of each output as one byte (maxout, probabilistic maxout in training),
-or the input (the test-time expectation, whose gradient depends on every piece)."""
+or the input (the test-time expectation, whose gradient depends on every piece). Probabilistic maxout draws
+inside its kernel from an RNG state {seed, offset}: the explicit `rng_state`, else the generator's
+(cifarops.philox.draw_state on the Triton side), and returns the state it used."""
 
 from __future__ import annotations
 
 import torch
 
-from cifarops import _extension, reference
+from cifarops import _extension, philox
 from cifarops.ops.common import FLOATING, check_same_device, check_tensor, dense_format
 
 GROUPINGS = ("contiguous", "strided")
@@ -71,7 +75,7 @@ _SCHEMAS = {
     "maxout": "(Tensor x, int pieces, int dim, str grouping) -> (Tensor, Tensor)",
     "_maxout_backward": "(Tensor grad_y, Tensor index, int pieces, int dim, str grouping) -> Tensor",
     "probabilistic_maxout": (
-        "(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor seed) -> (Tensor, Tensor)"
+        "(Tensor x, int pieces, int dim, str grouping, float temperature, Tensor? rng_state) -> (Tensor, Tensor, Tensor)"
     ),
     "probabilistic_maxout_expectation": "(Tensor x, int pieces, int dim, str grouping, float temperature) -> Tensor",
     "_probabilistic_maxout_expectation_backward": (
@@ -106,17 +110,23 @@ def triton_maxout_backward(grad_y: torch.Tensor, index: torch.Tensor, pieces: in
 
 
 @torch.library.custom_op(
-    "cifarops_triton::probabilistic_maxout", mutates_args=(), schema=_SCHEMAS["probabilistic_maxout"]
+    "cifarops_triton::probabilistic_maxout",
+    mutates_args=(),
+    schema=_SCHEMAS["probabilistic_maxout"],
+    tags=(torch.Tag.nondeterministic_seeded,),
 )
 def triton_probabilistic_maxout(
-    x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, seed: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, pieces: int, dim: int, grouping: str, temperature: float, rng_state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dim = check_args(x, pieces, dim, grouping, "cifarops.probabilistic_maxout", temperature)
-    _check_seed(seed, x)
+    if rng_state is not None:
+        check_rng_state(rng_state, x, "cifarops.probabilistic_maxout")
+    # Every check first: a call that fails them draws nothing.
+    state = philox.draw_state(x.device, STREAMS) if rng_state is None else rng_state.contiguous().clone()
     x, y, index = _outputs(x, pieces, dim, True)
     k = _triton()
-    k.maxout_fwd(x, y, index, seed, pieces, dim, grouping == "strided", k.MODE_SAMPLE, temperature)
-    return y, index
+    k.maxout_fwd(x, y, index, state, pieces, dim, grouping == "strided", k.MODE_SAMPLE, temperature)
+    return y, index, state
 
 
 @torch.library.custom_op(
@@ -160,24 +170,36 @@ def _check_index(grad_y, index):
         raise ValueError(f"{op}: index must have grad_y's shape {tuple(grad_y.shape)}, got {tuple(index.shape)}")
 
 
-def _check_seed(seed, x):
-    op = "cifarops.probabilistic_maxout"
-    check_same_device(seed, x, "seed", op, ref_name="x")
-    if seed.dtype != torch.int64 or seed.numel() != 1:
-        raise TypeError(f"{op}: seed must be an int64 tensor of one element, got {seed.dtype} {tuple(seed.shape)}")
+STREAMS = 1  # probabilistic maxout's Philox streams: stream 0, one uniform per output element
+
+
+def check_rng_state(state, x, op: str) -> None:
+    """The twin of check_rng_state in csrc/args/rng.h: an int64 tensor {seed, offset} on x's device."""
+    check_tensor(state, "rng_state", op)
+    check_same_device(state, x, "rng_state", op, ref_name="the input")
+    if state.dtype != torch.int64:
+        raise TypeError(f"{op}: rng_state must be an int64 tensor {{seed, offset}}, got {state.dtype}")
+    if state.numel() != 2:
+        raise ValueError(f"{op}: rng_state must have two elements {{seed, offset}}, got {state.numel()}")
 
 
 # ------------------------------------------------------------------------------------- fake and autograd
 
 
-def _fake_forward(x, pieces, dim, grouping, *temperature_and_seed):
-    temperature = temperature_and_seed[0] if temperature_and_seed else None
-    dim = check_args(x, pieces, dim, grouping, "cifarops.maxout", temperature)
-    if len(temperature_and_seed) == 2:
-        # A seed on another device dispatches here (Meta): without this check the call would return meta outputs.
-        _check_seed(temperature_and_seed[1], x)
+def _fake_maxout(x, pieces, dim, grouping):
+    dim = check_args(x, pieces, dim, grouping, "cifarops.maxout")
     _, y, index = _outputs(x, pieces, dim, True)
     return y, index
+
+
+def _fake_sample(x, pieces, dim, grouping, temperature, rng_state):
+    op = "cifarops.probabilistic_maxout"
+    dim = check_args(x, pieces, dim, grouping, op, temperature)
+    if rng_state is not None:
+        # A state on another device dispatches here (Meta): without this check the call would return meta outputs.
+        check_rng_state(rng_state, x, op)
+    _, y, index = _outputs(x, pieces, dim, True)
+    return y, index, torch.empty((2,), dtype=torch.int64, device=x.device)
 
 
 def _fake_expectation(x, pieces, dim, grouping, temperature):
@@ -197,20 +219,39 @@ def _fake_expectation_backward(grad_y, x, pieces, dim, grouping, temperature):
     return torch.empty_like(x, memory_format=layout(x, dim))
 
 
-def _register(ns) -> None:
-    maxout, backward = ns.maxout.default, ns._maxout_backward.default
-    sample = ns.probabilistic_maxout.default
-    expectation, expectation_backward = (
-        ns.probabilistic_maxout_expectation.default,
-        ns._probabilistic_maxout_expectation_backward.default,
-    )
+def gather_chosen(grad_grad_x, index, pieces, dim, grouping):
+    """The gradient of _maxout_backward (linear in grad_y): each output's chosen piece of grad_grad_x (the
+    formula of MaxoutBackwardFunction in csrc/args/maxout.cpp)."""
+    dim %= grad_grad_x.dim()
+    groups = grad_grad_x.shape[dim] // pieces
+    if grouping == "strided":
+        grouped, piece_dim = grad_grad_x.unflatten(dim, (pieces, groups)), dim
+    else:
+        grouped, piece_dim = grad_grad_x.unflatten(dim, (groups, pieces)), dim + 1
+    return grouped.gather(piece_dim, index.long().unsqueeze(piece_dim)).squeeze(piece_dim)
+
+
+def _register_fake(ns) -> None:
+    torch.library.register_fake(ns.maxout.default)(_fake_maxout)
+    torch.library.register_fake(ns.probabilistic_maxout.default)(_fake_sample)
+    torch.library.register_fake(ns._maxout_backward.default)(_fake_backward)
+    torch.library.register_fake(ns.probabilistic_maxout_expectation.default)(_fake_expectation)
+    torch.library.register_fake(ns._probabilistic_maxout_expectation_backward.default)(_fake_expectation_backward)
+
+
+def _register_triton_autograd(ns) -> None:
+    """Autograd of the Triton ops (the compiled ops' is in C++): the same formulas, no zeros() for the
+    undefined gradients of the index and rng_state outputs."""
+    backward = ns._maxout_backward.default
+    expectation_backward = ns._probabilistic_maxout_expectation_backward.default
 
     def setup_chosen(ctx, inputs, output):
         ctx.save_for_backward(output[1])  # one byte per output: the chosen piece
         ctx.args = (inputs[1], inputs[2], inputs[3])
         ctx.others = (None,) * (len(inputs) - 1)
+        ctx.set_materialize_grads(False)
 
-    def backward_chosen(ctx, grad_y, _grad_index):
+    def backward_chosen(ctx, grad_y, *_grad_index_and_state):
         (index,) = ctx.saved_tensors
         if grad_y is None or not ctx.needs_input_grad[0]:
             return (None,) + ctx.others
@@ -219,32 +260,33 @@ def _register(ns) -> None:
     def setup_backward(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
         ctx.args = inputs[2:]
+        ctx.set_materialize_grads(False)
 
     def backward_backward(ctx, grad_grad_x):
-        # The backward is linear in grad_y: its gradient gathers each output's chosen piece of grad_grad_x.
         (index,) = ctx.saved_tensors
-        pieces, dim, grouping = ctx.args
-        stacked = torch.stack(reference.maxout_pieces(grad_grad_x, pieces, dim, grouping))
-        return torch.gather(stacked, 0, index.long().unsqueeze(0)).squeeze(0), None, None, None, None
+        if grad_grad_x is None:
+            return None, None, None, None, None
+        return gather_chosen(grad_grad_x, index, *ctx.args), None, None, None, None
 
     def setup_expectation(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])  # the expectation's gradient depends on every piece
         ctx.args = inputs[1:]
+        ctx.set_materialize_grads(False)
 
     def backward_expectation(ctx, grad_y):
         (x,) = ctx.saved_tensors
+        if grad_y is None:
+            return (None,) * 5
         return (expectation_backward(grad_y, x, *ctx.args),) + (None,) * 4
 
-    for op in (maxout, sample):
-        torch.library.register_fake(op)(_fake_forward)
+    for op in (ns.maxout.default, ns.probabilistic_maxout.default):
         torch.library.register_autograd(op, backward_chosen, setup_context=setup_chosen)
-    torch.library.register_fake(backward)(_fake_backward)
     torch.library.register_autograd(backward, backward_backward, setup_context=setup_backward)
-    torch.library.register_fake(expectation)(_fake_expectation)
-    torch.library.register_autograd(expectation, backward_expectation, setup_context=setup_expectation)
-    torch.library.register_fake(expectation_backward)(_fake_expectation_backward)
+    torch.library.register_autograd(ns.probabilistic_maxout_expectation.default, backward_expectation,
+                                    setup_context=setup_expectation)
 
 
-_register(torch.ops.cifarops_triton)
+_register_fake(torch.ops.cifarops_triton)
+_register_triton_autograd(torch.ops.cifarops_triton)
 if _extension.LOADED:
-    _register(torch.ops.cifarops)
+    _register_fake(torch.ops.cifarops)  # checks and autograd of the compiled ops: csrc/args/maxout.cpp

@@ -4,7 +4,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include "cifarops/fractional_max_pool2d.h"
 #include "cifarops/maxout.h"
 #include "cifarops/shake_drop.h"
 #include "cifarops/shake_shake.h"
@@ -17,7 +16,5 @@ cudaError_t launch_shake_shake_backward(const ShakeShakeParams& params, cudaStre
 // Forward of every maxout mode; backward of Max / Sample (from the chosen pieces) and of Expectation.
 cudaError_t launch_maxout_forward(const MaxoutParams& params, cudaStream_t stream);
 cudaError_t launch_maxout_backward(const MaxoutParams& params, cudaStream_t stream);
-cudaError_t launch_fractional_max_pool2d_forward(const FmpParams& params, cudaStream_t stream);
-cudaError_t launch_fractional_max_pool2d_backward(const FmpParams& params, cudaStream_t stream);
 
 }  // namespace cifarops

@@ -336,6 +336,24 @@ const c10::TypedOperatorHandle<SelectSignature>& select_op() {
 
 OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// The string arguments as one saved integer (no strings copied per call): regions * 4 + random * 2 + per_image.
+constexpr const char* kRegionNames[3] = {"window", "disjoint", "overlapping"};
+constexpr const char* kSequenceNames[2] = {"pseudorandom", "random"};
+
+int64_t pack_mode(c10::string_view regions, c10::string_view sequence, bool per_image) {
+  const int64_t r = regions == "window" ? 0 : regions == "disjoint" ? 1 : 2;  // checked by the op already
+  return r * 4 + (sequence == "random" ? 2 : 0) + (per_image ? 1 : 0);
+}
+
+struct Mode {
+  c10::string_view regions, sequence;
+  bool per_image;
+};
+
+Mode unpack_mode(int64_t mode) {
+  return Mode{kRegionNames[mode / 4], kSequenceNames[(mode / 2) % 2], mode % 2 == 1};
+}
+
 // Saves the draws a backward needs: the explicit samples or boundaries, else the state drawn from.
 void save_draws(torch::autograd::AutogradContext* ctx, const at::Tensor& index, const OptTensor& samples,
                 const OptTensor& boundaries, const at::Tensor& state, at::IntArrayRef kernel_size,
@@ -344,9 +362,7 @@ void save_draws(torch::autograd::AutogradContext* ctx, const at::Tensor& index, 
   ctx->save_for_backward({index, samples.value_or(at::Tensor()), boundaries.value_or(at::Tensor()),
                           drew ? state : at::Tensor()});
   ctx->saved_data["kernel_size"] = kernel_size.vec();
-  ctx->saved_data["regions"] = std::string(regions);
-  ctx->saved_data["sequence"] = std::string(sequence);
-  ctx->saved_data["per_image"] = per_image;
+  ctx->saved_data["mode"] = pack_mode(regions, sequence, per_image);
 }
 
 class FmpBackwardFunction : public torch::autograd::Function<FmpBackwardFunction> {
@@ -370,10 +386,10 @@ class FmpBackwardFunction : public torch::autograd::Function<FmpBackwardFunction
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
     const auto saved = ctx->get_saved_variables();
     const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
+    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
     // The backward is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
-    out[0] = select_op().call(grads[0], saved[0], kernel_size, ctx->saved_data["regions"].toStringRef(),
-                              optional(saved[1]), optional(saved[2]), ctx->saved_data["sequence"].toStringRef(),
-                              ctx->saved_data["per_image"].toBool(), optional(saved[3]));
+    out[0] = select_op().call(grads[0], saved[0], kernel_size, mode.regions, optional(saved[1]), optional(saved[2]),
+                              mode.sequence, mode.per_image, optional(saved[3]));
     return out;
   }
 };
@@ -407,10 +423,16 @@ class FmpFunction : public torch::autograd::Function<FmpFunction> {
     const std::vector<c10::SymInt> input_size = {ctx->saved_data["height"].toSymInt(),
                                                  ctx->saved_data["width"].toSymInt()};
     const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    out[0] = FmpBackwardFunction::apply(grads[0], saved[0], c10::SymIntArrayRef(input_size), at::IntArrayRef(kernel_size),
-                                        c10::string_view(ctx->saved_data["regions"].toStringRef()), optional(saved[1]),
-                                        optional(saved[2]), c10::string_view(ctx->saved_data["sequence"].toStringRef()),
-                                        ctx->saved_data["per_image"].toBool(), optional(saved[3]))[0];
+    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
+    if (!at::GradMode::is_enabled()) {  // the usual backward: no graph of the backward to record
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out[0] = backward_op().call(grads[0], saved[0], input_size, kernel_size, mode.regions, optional(saved[1]),
+                                  optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]));
+    } else {  // create_graph: differentiable, through the backward op's own autograd
+      out[0] = FmpBackwardFunction::apply(grads[0], saved[0], c10::SymIntArrayRef(input_size),
+                                          at::IntArrayRef(kernel_size), mode.regions, optional(saved[1]),
+                                          optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]))[0];
+    }
     return out;
   }
 };

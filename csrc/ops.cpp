@@ -52,14 +52,25 @@ TORCH_LIBRARY(cifarops, m) {
   // Fractional max-pooling (Graham, arXiv 1412.6071) of (N, C, H, W) to output_size = [h, w]. regions:
   // "window" (PyTorch's k x k windows, kernel_size = [kh, kw]) or Graham's "disjoint" / "overlapping"
   // (kernel_size = []). The sequences come from samples (N, C, 2) in x's dtype, u in [0, 1) with index 0 for
-  // the width (pseudorandom), or from boundaries (N, C, 2, L) int64 (a_0 = 0 .. a_out = in; Graham's only).
-  // Returns y and each output's choice: int64 flat h * W + w (return_indices, PyTorch's) or a uint8 offset
-  // inside its region.
+  // the width (pseudorandom), or from boundaries (N, C, 2, L) int64 (a_0 = 0 .. a_out = in; Graham's only), or,
+  // with neither, are drawn in the kernel from rng_state (explicit {seed, offset}, else the generator's):
+  // sequence "pseudorandom" or "random", one draw per image (per_image) or per (image, channel); streams in
+  // csrc/include/cifarops/fractional_max_pool2d.h. Returns y, each output's choice: int64 flat h * W + w
+  // (return_indices, PyTorch's) or a uint8 offset inside its region, and the RNG state used (zeros when the
+  // call drew nothing).
   m.def(
       "fractional_max_pool2d(Tensor x, int[] kernel_size, int[] output_size, str regions, Tensor? samples, "
-      "Tensor? boundaries, bool return_indices) -> (Tensor, Tensor)");
-  // grad_x: each input sums grad_y over the outputs that chose it (gathered, no atomics).
+      "Tensor? boundaries, bool return_indices, str sequence, bool per_image, Tensor? rng_state) "
+      "-> (Tensor, Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // grad_x: each input sums grad_y over the outputs that chose it (gathered, no atomics); the regions come
+  // from the forward's draws (its rng_state output when it drew them).
   m.def(
-      "_fractional_max_pool2d_backward(Tensor grad_y, Tensor index, int[] input_size, int[] kernel_size, "
-      "str regions, Tensor? samples, Tensor? boundaries) -> Tensor");
+      "_fractional_max_pool2d_backward(Tensor grad_y, Tensor index, SymInt[] input_size, int[] kernel_size, "
+      "str regions, Tensor? samples, Tensor? boundaries, str sequence, bool per_image, Tensor? rng_state) -> Tensor");
+  // values (input-shaped) at each output's choice, 0 outside its region: the gradient of the backward op
+  // (double backward); pure PyTorch (python/cifarops/ops/fractional_max_pool2d.py).
+  m.def(
+      "_fractional_max_pool2d_select(Tensor values, Tensor index, int[] kernel_size, str regions, Tensor? samples, "
+      "Tensor? boundaries, str sequence, bool per_image, Tensor? rng_state) -> Tensor");
 }

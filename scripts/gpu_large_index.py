@@ -216,15 +216,16 @@ def _check_fmp(device, backend, shape, kernel, dtype, samples) -> Iterator[Check
     x = fill(shape, dtype, device, 1)
     out = [max(1, (s * 7) // 10) for s in shape[2:]]
     draws = torch.rand(shape[0], shape[1], 2, generator=torch.Generator().manual_seed(5)).to(device, dtype)
-    y, index = ops.fractional_max_pool2d(x, kernel, out, "window", draws, None, True)
+    y, index, _ = ops.fractional_max_pool2d(x, kernel, out, "window", draws, None, True, "pseudorandom", False, None)
     picks = checked_samples(shape[0], samples, torch.Generator().manual_seed(0))
     for n in picks:
         s = slice(n, n + 1)
-        want_y, want_index = reference.fractional_max_pool2d(x[s], kernel, out, "window", draws[s], None, True)
+        want_y, want_index, _ = reference.fractional_max_pool2d(x[s], kernel, out, "window", draws[s], None, True)
         yield compare(f"forward sample {n}", y[s], want_y, exact=True)
         yield compare(f"indices sample {n}", index[s], want_index, exact=True)
     del x
-    grad_x = ops._fractional_max_pool2d_backward(y, index, list(shape[2:]), kernel, "window", draws, None)
+    grad_x = ops._fractional_max_pool2d_backward(y, index, list(shape[2:]), kernel, "window", draws, None,
+                                                 "pseudorandom", False, None)
     for n in picks:
         s = slice(n, n + 1)
         want = reference.fractional_max_pool2d_backward(y[s], index[s], shape[2:], kernel, "window", draws[s], None)
@@ -246,7 +247,7 @@ def check_fractional_max_pool2d_huge_plane(device, backend, shape, dtype=torch.f
     kernel = [3, 2]
     out = [(height * 7) // 10, (width * 7) // 10]
     draws = torch.rand(1, 1, 2, generator=torch.Generator().manual_seed(5)).to(device, dtype)
-    y, index = ops.fractional_max_pool2d(x, kernel, out, "window", draws, None, True)
+    y, index, _ = ops.fractional_max_pool2d(x, kernel, out, "window", draws, None, True, "pseudorandom", False, None)
     row_begin, row_end = reference.fmp_regions(height, out[0], kernel[0], "window", draws[0, 0, 1], None, dtype)
     col_begin, _ = reference.fmp_regions(width, out[1], kernel[1], "window", draws[0, 0, 0], None, dtype)
     plane = x[0, 0]
@@ -260,7 +261,8 @@ def check_fractional_max_pool2d_huge_plane(device, backend, shape, dtype=torch.f
         yield compare(f"forward {label} rows", y[0, 0, a:b], values.gather(-1, arg).squeeze(-1), exact=True)
         yield compare(f"indices {label} rows", index[0, 0, a:b], flat.gather(-1, arg).squeeze(-1), exact=True)
     del x, plane
-    grad_x = ops._fractional_max_pool2d_backward(y, index, [height, width], kernel, "window", draws, None)
+    grad_x = ops._fractional_max_pool2d_backward(y, index, [height, width], kernel, "window", draws, None,
+                                                 "pseudorandom", False, None)
     first_row = int(row_end[out[0] - band - 1])  # rows from here on are pooled by the last band alone
     chosen = index[0, 0, out[0] - band:].flatten() - first_row * width
     grads = y[0, 0, out[0] - band:].flatten().double()

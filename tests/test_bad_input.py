@@ -344,32 +344,55 @@ OP_CASES += [
 def fmp_call(op="fractional_max_pool2d", **changes):
     if op == "fractional_max_pool2d":
         args = dict(x=plane(), kernel_size=[2, 2], output_size=[7, 7], regions="window", samples=rand(2, 3, 2),
-                    boundaries=None, return_indices=False)
+                    boundaries=None, return_indices=False, sequence="pseudorandom", per_image=False, rng_state=None)
     else:
         args = dict(grad_y=randn(2, 3, 7, 7), index=torch.zeros(2, 3, 7, 7, dtype=torch.uint8), input_size=[10, 10],
-                    kernel_size=[2, 2], regions="window", samples=rand(2, 3, 2), boundaries=None)
+                    kernel_size=[2, 2], regions="window", samples=rand(2, 3, 2), boundaries=None,
+                    sequence="pseudorandom", per_image=False, rng_state=None)
     args.update(changes)
     return lambda ns: getattr(ns, op)(*args.values())
 
 
-OP_CASES += [
+# Fractional max-pooling's ops check in C++ with Python's exception types (ValueError, TypeError), before
+# drawing: the rows without draws would draw from the generator if they passed their checks.
+FMP_OP_CASES = [
     ("fmp samples range", fmp_call(samples=torch.full((2, 3, 2), 2.0)), "samples must lie in [0, 1)"),
     ("fmp samples shape", fmp_call(samples=rand(2, 1, 2)), "samples must have shape (N, C, 2) = (2, 3, 2)"),
     ("fmp samples dtype", fmp_call(samples=rand(2, 3, 2, dtype=torch.float16)), "samples must have the input's dtype"),
-    ("fmp no draws", fmp_call(samples=None), "pass exactly one of samples and boundaries"),
+    ("fmp both draws", fmp_call(regions="disjoint", kernel_size=[], boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), "pass at most one of samples and boundaries"),
     ("fmp 3-D x", fmp_call(x=randn(3, 10, 10)), "x must be 4-dimensional"),
-    ("fmp regions", fmp_call(regions="tiles"), "regions must be"),
-    ("fmp output size", fmp_call(output_size=[7]), "a pair of ints (height, width)"),
-    ("fmp output not smaller", fmp_call(output_size=[10, 7], kernel_size=[1, 2]), "output height 10 must be smaller"),
-    ("fmp kernel too large", fmp_call(kernel_size=[2, 5]), "kernel_size 5 is too large for output width 7"),
-    ("fmp Graham kernel", fmp_call(regions="disjoint"), "kernel_size is for regions='window'"),
-    ("fmp Graham ratio", fmp_call(regions="disjoint", kernel_size=[], output_size=[4, 7]), "at most twice the output height 4"),
+    ("fmp integer x", fmp_call(x=torch.ones(2, 3, 10, 10, dtype=torch.int32), samples=None), "x must be float32"),
+    ("fmp regions", fmp_call(regions="tiles", samples=None), "regions must be one of"),
+    ("fmp sequence", fmp_call(regions="disjoint", kernel_size=[], samples=None, sequence="sorted"), "sequence must be one of"),
+    ("fmp random windows", fmp_call(samples=None, sequence="random"), "sequence='random' is for Graham's"),
+    ("fmp samples for random", fmp_call(regions="disjoint", kernel_size=[], sequence="random"), "pass boundaries for explicit ones"),
+    ("fmp output size", fmp_call(output_size=[7], samples=None), "a pair of ints (height, width)"),
+    ("fmp output not smaller", fmp_call(output_size=[10, 7], kernel_size=[1, 2], samples=None), "output height 10 must be smaller"),
+    ("fmp kernel too large", fmp_call(kernel_size=[2, 5], samples=None), "kernel_size 5 is too large for output width 7"),
+    ("fmp Graham kernel", fmp_call(regions="disjoint", samples=None), "kernel_size is for regions='window'"),
+    ("fmp Graham ratio", fmp_call(regions="disjoint", kernel_size=[], output_size=[4, 7], samples=None, sequence="random"), "at most twice the output height 4"),
     ("fmp window boundaries", fmp_call(samples=None, boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), "regions='window' takes samples"),
     ("fmp boundaries values", fmp_call(regions="disjoint", kernel_size=[], samples=None, boundaries=torch.zeros(2, 3, 2, 8, dtype=torch.int64)), "must start at 0"),
+    ("fmp rng_state dtype", fmp_call(samples=None, rng_state=torch.zeros(2)), "rng_state must be an int64 tensor"),
+    ("fmp rng_state size", fmp_call(samples=None, rng_state=torch.zeros(3, dtype=torch.int64)), "rng_state must have two elements"),
     ("fmp backward index dtype", fmp_call("_fractional_max_pool2d_backward", index=torch.zeros(2, 3, 7, 7, dtype=torch.int32)), "index must be int64 or uint8"),
     ("fmp backward index shape", fmp_call("_fractional_max_pool2d_backward", index=torch.zeros(2, 3, 7, 6, dtype=torch.uint8)), "index must have grad_y's shape"),
     ("fmp backward input size", fmp_call("_fractional_max_pool2d_backward", input_size=[7, 10]), "output height 7 must be smaller than the input height 7"),
+    ("fmp backward no state", fmp_call("_fractional_max_pool2d_backward", samples=None), "rng_state (the forward's) is required"),
 ]
+
+
+@pytest.mark.parametrize("case", FMP_OP_CASES, ids=[c[0] for c in FMP_OP_CASES])
+@pytest.mark.parametrize("namespace", ["triton"] + (["cpu"] if "cpu" in cifarops.available_backends("cpu") else []))
+def test_fmp_op_checks(namespace, case):
+    """The op's own checks (C++ for cifarops::, Python for the Triton op, before importing or launching
+    anything): Python's exception types, the same messages, and nothing drawn."""
+    _, call, fragment = case
+    rng_state = torch.get_rng_state()
+    with pytest.raises((TypeError, ValueError)) as raised:
+        call(torch.ops.cifarops_triton if namespace == "triton" else torch.ops.cifarops)
+    assert fragment in str(raised.value)
+    assert torch.equal(torch.get_rng_state(), rng_state), "a failing call drew from torch's generator"
 
 
 @pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])

@@ -234,7 +234,9 @@ def test_large_windows_use_wide_indices(kernel_backend):
     device, backend = kernel_backend
     x = torch.randn(1, 2, 40, 40, device=device)
     samples = torch.rand(1, 2, 2, device=device)
-    y, index = namespace_for(backend).fractional_max_pool2d(x, [17, 17], [20, 20], "window", samples, None, False)
+    y, index, state = namespace_for(backend).fractional_max_pool2d(x, [17, 17], [20, 20], "window", samples, None, False,
+                                                                   "pseudorandom", False, None)
+    assert torch.equal(state, torch.zeros(2, dtype=torch.int64, device=device))  # explicit draws: nothing drawn
     assert index.dtype == torch.int64
     exact(y, torch.nn.functional.fractional_max_pool2d(x, 17, output_size=20, _random_samples=samples))
 
@@ -252,7 +254,8 @@ def test_gradcheck(kernel_backend, regions):
     kernel = [2, 2] if regions == "window" else []
 
     def pool(x, return_indices=False):
-        return ns.fractional_max_pool2d(x, kernel, [4, 3], regions, samples, None, return_indices)[0]
+        return ns.fractional_max_pool2d(x, kernel, [4, 3], regions, samples, None, return_indices, "pseudorandom", False,
+                                        None)[0]
 
     # fast_mode checks random projections of the Jacobians: a few calls instead of one per element.
     assert torch.autograd.gradcheck(pool, (x,), fast_mode=True)
@@ -297,18 +300,26 @@ def test_opcheck(kernel_backend):
     ns = namespace_for(backend)
     samples = torch.rand(2, 3, 2, device=device)
     boundaries = F._fmp_random_boundaries(2, 3, (10, 9), (7, 6), device)
-    for x, kernel, regions, draws in [
-        (torch.randn(2, 3, 10, 9, device=device), [2, 3], "window", (samples, None)),
-        (in_layout(torch.randn(2, 3, 10, 9, device=device), "channels_last"), [2, 2], "window", (samples, None)),
-        (torch.randn(2, 3, 10, 9, device=device), [], "overlapping", (samples, None)),
-        (torch.randn(2, 3, 10, 9, device=device), [], "disjoint", (None, boundaries)),
-        (torch.randn(0, 3, 10, 9, device=device), [2, 2], "window", (samples[:0], None)),
+    state = torch.tensor([12345, 8], dtype=torch.int64, device=device)  # explicit: every run draws the same
+    plain = ("pseudorandom", False, None)
+    for x, kernel, regions, draws, noise in [
+        (torch.randn(2, 3, 10, 9, device=device), [2, 3], "window", (samples, None), plain),
+        (in_layout(torch.randn(2, 3, 10, 9, device=device), "channels_last"), [2, 2], "window", (samples, None), plain),
+        (torch.randn(2, 3, 10, 9, device=device), [], "overlapping", (samples, None), plain),
+        (torch.randn(2, 3, 10, 9, device=device), [], "disjoint", (None, boundaries), plain),
+        (torch.randn(0, 3, 10, 9, device=device), [2, 2], "window", (samples[:0], None), plain),
+        (torch.randn(2, 3, 10, 9, device=device), [2, 2], "window", (None, None), ("pseudorandom", False, state)),
+        (torch.randn(2, 3, 10, 9, device=device), [], "overlapping", (None, None), ("random", True, state)),
+        (torch.randn(2, 3, 10, 9, device=device), [], "disjoint", (None, None), ("random", False, state)),
     ]:
         x.requires_grad_()
         for return_indices in (False, True):
-            torch.library.opcheck(ns.fractional_max_pool2d, (x, kernel, [7, 6], regions, *draws, return_indices))
-            y, index = ns.fractional_max_pool2d(x.detach(), kernel, [7, 6], regions, *draws, return_indices)
-            torch.library.opcheck(ns._fractional_max_pool2d_backward, (torch.randn_like(y), index, [10, 9], kernel, regions, *draws))
+            torch.library.opcheck(ns.fractional_max_pool2d, (x, kernel, [7, 6], regions, *draws, return_indices, *noise))
+            y, index, used = ns.fractional_max_pool2d(x.detach(), kernel, [7, 6], regions, *draws, return_indices, *noise)
+            sequence, per_image, _ = noise
+            backward_noise = (sequence, per_image, used if draws == (None, None) else None)
+            torch.library.opcheck(ns._fractional_max_pool2d_backward,
+                                  (torch.randn_like(y), index, [10, 9], kernel, regions, *draws, *backward_noise))
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
@@ -405,3 +416,158 @@ def test_module_and_model_average(any_backend):
         want = sum(torch.softmax(model(x), -1) for _ in range(5)) / 5
     assert_close(averaged, want)
     assert_close(averaged.sum(-1), torch.ones(2, device=device))
+
+
+# ------------------------------------------------------------------------- noise drawn inside the kernels
+
+from cifarops import philox, reference  # noqa: E402
+
+# The value a float32 u must reach to round to 1 in each half type (then the op takes the largest value below 1).
+_ROUNDS_TO_ONE = {torch.float16: 1 - 2.0**-12, torch.bfloat16: 1 - 2.0**-9}
+
+
+def _seed_reaching_one(n, draw_channels, dtype):
+    """A seed whose first call's samples include a u that rounds to 1 in `dtype` (any seed for the others)."""
+    for seed in range(200):
+        torch.manual_seed(seed)
+        state = philox.draw_state("cpu", reference.FMP_STREAMS)
+        u = philox.philox_uniform(state, torch.arange(n * draw_channels * 2), 0)
+        if dtype not in _ROUNDS_TO_ONE or float(u.max()) >= _ROUNDS_TO_ONE[dtype]:
+            return seed
+    raise AssertionError("no seed reaches 1")
+
+
+def test_drawn_samples_never_reach_one():
+    u = torch.tensor([0.0, 0.5, 1 - 2.0**-24, 1 - 2.0**-12, 1 - 2.0**-9])
+    for dtype in DTYPES:
+        v = reference.fmp_sample_from_uniform(u, dtype)
+        assert v.dtype == dtype and bool((v < 1).all()) and bool((v >= 0).all())
+    assert reference.fmp_sample_from_uniform(u, torch.float16)[-2] == 1 - 2.0**-11
+    assert reference.fmp_sample_from_uniform(u, torch.bfloat16)[-1] == 1 - 2.0**-8
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_drawn_samples_equal_explicit_pytorch(any_backend, dtype):
+    """Without draws the op draws u from the generator's state (Philox stream 0, one per (n, c, axis)) and
+    rounds it to the input's dtype, never to 1: the regions are those of explicit _random_samples with those
+    values, which torch's own op takes (outputs and indices equal). The seed is chosen so that a half-type
+    u rounds up to 1 (taken as the largest value below 1)."""
+    device, _ = any_backend
+    n, c = 16, 64
+    x = torch.randn(n, c, 8, 8, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+    seed = _seed_reaching_one(n, c, dtype)
+    torch.manual_seed(seed)
+    state = philox.draw_state(device, reference.FMP_STREAMS)
+    samples = reference.fmp_drawn_samples(state, n, c, dtype)
+    assert bool((samples < 1).all())
+    if dtype in _ROUNDS_TO_ONE:
+        assert bool((samples == 1 - torch.finfo(dtype).eps / 2).any())  # the clamp is exercised
+    torch.manual_seed(seed)
+    y, index = F.fractional_max_pool2d(x, 2, output_size=6, return_indices=True)
+    want_y, want_index = torch.nn.functional.fractional_max_pool2d(x, 2, output_size=6, return_indices=True,
+                                                                   _random_samples=samples)
+    exact(y, want_y)
+    assert torch.equal(index, want_index)
+
+
+MODES = [("window", "pseudorandom", False), ("window", "pseudorandom", True)] + GRAHAM_MODES
+
+
+@pytest.mark.parametrize("regions, sequence, per_image", MODES, ids=[f"{r}-{s}-{p}" for r, s, p in MODES])
+def test_same_generator_state_same_output_everywhere(kernel_backend, regions, sequence, per_image):
+    """The same generator state gives the same regions on this backend and on the reference (the reference
+    draws through python/cifarops/philox.py), the op returns the state it used, which the backward op takes,
+    and the next call draws new regions."""
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    x = torch.randn(3, 4, 13, 11, device=device)
+    kernel = [2, 2] if regions == "window" else []
+    args = (x, kernel, [7, 6], regions, None, None, True, sequence, per_image, None)
+    torch.manual_seed(11)
+    state = philox.draw_state(device, reference.FMP_STREAMS)
+    torch.manual_seed(11)
+    y, index, used = ns.fractional_max_pool2d(*args)
+    assert torch.equal(used, state)
+    torch.manual_seed(11)
+    want_y, want_index, want_state = reference.fractional_max_pool2d(*args)
+    exact(y, want_y)
+    assert torch.equal(index, want_index) and torch.equal(want_state, state)
+    # explicit state: the same again, and the generator stays where it is
+    before = torch.get_rng_state()
+    again = ns.fractional_max_pool2d(*args[:-1], used)
+    assert torch.equal(again[1], index) and torch.equal(again[2], used)
+    assert torch.equal(torch.get_rng_state(), before)
+    grad = torch.randn_like(y)
+    grad_x = ns._fractional_max_pool2d_backward(grad, index, [13, 11], kernel, regions, None, None, sequence, per_image,
+                                                used)
+    exact(grad_x, reference.fractional_max_pool2d_backward(grad, index, [13, 11], kernel, regions, None, None, sequence,
+                                                           per_image, used))
+    assert not torch.equal(ns.fractional_max_pool2d(*args)[2], used)  # the next call: a new state
+
+
+def test_manual_seed_reproduces_the_module(any_backend):
+    device, _ = any_backend
+    x = torch.randn(2, 3, 12, 12, device=device, requires_grad=True)
+    for layer in (cifarops.FractionalMaxPool2d(2, output_size=7),
+                  cifarops.FractionalMaxPool2d(output_ratio=0.7, regions="overlapping", sequence="random")):
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(21)
+            y = layer(x)
+            (grad,) = torch.autograd.grad(y.sum(), x)
+            runs.append((y, grad, layer(x)))
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+        assert torch.equal(runs[0][2], runs[1][2]) and not torch.equal(runs[0][0], runs[0][2])
+
+
+def test_failing_call_advances_no_generator(kernel_backend):
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    x = torch.randn(2, 3, 10, 10, device=device)
+    before = torch.get_rng_state()
+    cuda_before = torch.cuda.get_rng_state() if device == "cuda" else None
+    for bad in (dict(output_size=[10, 7]), dict(regions="tiles"), dict(kernel_size=[2, 9])):
+        args = dict(x=x, kernel_size=[2, 2], output_size=[7, 7], regions="window", samples=None, boundaries=None,
+                    return_indices=False, sequence="pseudorandom", per_image=False, rng_state=None)
+        args.update(bad)
+        with pytest.raises(ValueError):
+            ns.fractional_max_pool2d(*args.values())
+    assert torch.equal(torch.get_rng_state(), before)
+    if cuda_before is not None:
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_before)
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """The dispatcher ops a block runs, views, detach and allocations left out."""
+
+    SKIP = ("detach", "view", "alias", "empty", "_to_copy", "t")
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not (func.is_view or name in self.SKIP or name.startswith("empty")):
+            self.ops.append(f"{func.namespace}.{name}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("regions, sequence", [("window", "pseudorandom"), ("overlapping", "random")])
+@pytest.mark.parametrize("training", [True, False])
+def test_one_op_forward_one_op_backward(kernel_backend, regions, sequence, training):
+    """A call is one dispatcher op forward and one backward (its rng_state and index carry no gradient: no
+    zeros() for them), in training and in evaluation."""
+    device, backend = kernel_backend
+    namespace = "cifarops_triton" if backend == "triton" else "cifarops"
+    kwargs = dict(kernel_size=2) if regions == "window" else dict(regions=regions, sequence=sequence)
+    layer = cifarops.FractionalMaxPool2d(output_size=6, **kwargs).train(training)
+    x = torch.randn(2, 4, 8, 8, device=device, requires_grad=True)
+    grad = torch.randn(2, 4, 6, 6, device=device)
+    layer(x)  # warm-up: the first call parses the layer's hyper-parameters
+    with _OpCounter() as forward:
+        y = layer(x)
+    with _OpCounter() as backward:
+        y.backward(grad)
+    assert forward.ops == [f"{namespace}.fractional_max_pool2d"]
+    assert backward.ops == [f"{namespace}._fractional_max_pool2d_backward"]

@@ -262,12 +262,12 @@ if INTERPRETED_TRITON:
     def test_triton_fmp_backward_past_2_32(huge_fmp_plane):
         x, draws = huge_fmp_plane
         with bounded_memory(1.0):
-            y, index = torch.ops.cifarops_triton.fractional_max_pool2d(x, FMP_KERNEL, FMP_OUT, "window", draws, None,
-                                                                        True)
+            y, index, _ = torch.ops.cifarops_triton.fractional_max_pool2d(x, FMP_KERNEL, FMP_OUT, "window", draws, None,
+                                                                           True, "pseudorandom", False, None)
             grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(4)).to(y.dtype)
             with interpreted_tail_programs(TAIL_PROGRAMS):
                 grad_x = torch.ops.cifarops_triton._fractional_max_pool2d_backward(
-                    grad_y, index, list(FMP_PLANE[2:]), FMP_KERNEL, "window", draws, None)
+                    grad_y, index, list(FMP_PLANE[2:]), FMP_KERNEL, "window", draws, None, "pseudorandom", False, None)
             # The last TAIL inputs (end of the last row) are pooled only by the last output row.
             want = torch.zeros(TAIL, dtype=torch.float64)
             first = x.numel() - TAIL

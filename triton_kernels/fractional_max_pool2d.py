@@ -4,11 +4,19 @@ binary search: region ends never decrease), so no atomics. CHANNEL_FASTEST order
 neighbouring lanes touch neighbouring addresses in channels_last.
 
 Window starts follow ATen's interval arithmetic: in the compute type on CUDA; on CPU tensors (the
-interpreter) ROUND rounds to the storage type after every operation, as ATen's CPU kernel does."""
+interpreter) ROUND rounds to the storage type after every operation, as ATen's CPU kernel does.
+
+Draws made by the op (DRAW: neither samples nor boundaries) come from the call's RNG state, loaded in the
+kernel, with the Philox streams of csrc/include/cifarops/fractional_max_pool2d.h: the samples in the kernels
+themselves, random sequences in a boundary table written by _fmp_table_kernel first."""
+
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
+
+from cifarops.triton_kernels.philox import load_state, philox_quad, philox_uniform
 
 BLOCK = 256
 REGIONS = {"window": 0, "disjoint": 1, "overlapping": 2}
@@ -78,14 +86,63 @@ def _search(x, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask, s
 
 
 @triton.jit
-def _samples(ptr, axis_stride, mask, acc: tl.constexpr, EXPLICIT: tl.constexpr):
-    """(u_w, u_h) of each lane's plane in the compute type; zeros when the boundaries are explicit."""
+def _as_storage(u, sample_max, STORE: tl.constexpr):
+    """A drawn float32 u in the storage type, rounded to nearest even, never 1 (then the largest value below 1),
+    back as float32. bfloat16 rounds by its bits: the interpreter's own cast truncates."""
+    if STORE == tl.bfloat16:
+        bits = u.to(tl.uint32, bitcast=True)
+        v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    elif STORE == tl.float16:
+        v = u.to(tl.float16).to(tl.float32)
+    else:
+        v = u
+    return tl.where(v < 1.0, v, sample_max)
+
+
+@triton.jit
+def _samples(ptr, axis_stride, mask, state_ptr, n, c, draw_channels, sample_max, acc: tl.constexpr,
+             EXPLICIT: tl.constexpr, DRAW: tl.constexpr, STORE: tl.constexpr):
+    """(u_w, u_h) of each lane's plane in the compute type: drawn (stream 0 at (n * C' + c') * 2 + axis), or
+    loaded; zeros when the boundaries are explicit."""
     u_w = tl.zeros(mask.shape, acc)
     u_h = tl.zeros(mask.shape, acc)
-    if not EXPLICIT:
+    if DRAW:
+        seed, offset = load_state(state_ptr)
+        index = (n * draw_channels + tl.where(draw_channels == 1, 0, c)) * 2
+        u_w = _as_storage(philox_uniform(seed, offset, index, 0), sample_max, STORE).to(acc)
+        u_h = _as_storage(philox_uniform(seed, offset, index + 1, 0), sample_max, STORE).to(acc)
+    elif not EXPLICIT:
         u_w = tl.load(ptr, mask=mask, other=0).to(acc)
         u_h = tl.load(ptr + axis_stride, mask=mask, other=0).to(acc)
     return u_w, u_h
+
+
+@triton.jit
+def _fmp_table_kernel(state_ptr, table_ptr, lanes, in_w, out_w, in_h, out_h, max_out, length, BLOCK: tl.constexpr):
+    """Random sequences: one lane per (draw plane, axis), a_0 .. a_out by selection sampling (stream 1), padded
+    with the input size; table (planes, 2, length) int64, contiguous."""
+    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < lanes
+    axis = t % 2
+    size_in = tl.where(axis == 0, in_w, in_h).to(tl.int64)
+    size_out = tl.where(axis == 0, out_w, out_h).to(tl.int64)
+    seed, offset = load_state(state_ptr)
+    base = t * max_out
+    twos = size_in - size_out
+    position = tl.zeros([BLOCK], tl.int64)
+    row = table_ptr + t * length
+    tl.store(row, position, mask=mask)
+    for i in range(0, max_out):
+        index = base + i
+        w0, w1, w2, w3 = philox_quad(seed, offset, index >> 2, 1)
+        lane = index & 3
+        word = tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+        bits = (word >> 8).to(tl.int64)
+        active = i < size_out
+        two = active & (bits * (size_out - i) < twos * 16777216)
+        twos = twos - two.to(tl.int64)
+        position = position + 1 + two.to(tl.int64)
+        tl.store(row + i + 1, tl.where(active, position, size_in), mask=mask)
 
 
 @triton.jit
@@ -105,9 +162,9 @@ def _split(t, channels, height, width, CHANNEL_FASTEST: tl.constexpr):
 
 @triton.jit
 def _fmp_fwd_kernel(
-    x_ptr, y_ptr, index_ptr, samples_ptr, bnd_ptr, alpha_ptr, total, channels, in_h, in_w, out_h, out_w, k_h, k_w,
-    xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i,
-    REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, WIDE: tl.constexpr, ROUND: tl.constexpr,
+    x_ptr, y_ptr, index_ptr, samples_ptr, bnd_ptr, alpha_ptr, state_ptr, total, channels, in_h, in_w, out_h, out_w, k_h,
+    k_w, xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i, draw_channels,
+    sample_max, REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, DRAW: tl.constexpr, WIDE: tl.constexpr, ROUND: tl.constexpr,
     CHANNEL_FASTEST: tl.constexpr, SPAN_H: tl.constexpr, SPAN_W: tl.constexpr, BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -116,7 +173,8 @@ def _fmp_fwd_kernel(
     STORE: tl.constexpr = x_ptr.dtype.element_ty
     acc: tl.constexpr = alpha_ptr.dtype.element_ty
     alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
-    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, acc, EXPLICIT)
+    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, state_ptr, n, c, draw_channels, sample_max, acc,
+                        EXPLICIT, DRAW, STORE)
     bnd = bnd_ptr + n * bs_n + c * bs_c
     r0, r1 = _region(oh, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, REGIONS, EXPLICIT, ROUND, STORE)
     c0, c1 = _region(ow, u_w, bnd, bs_i, in_w, out_w, k_w, alpha_w, mask, REGIONS, EXPLICIT, ROUND, STORE)
@@ -143,9 +201,10 @@ def _fmp_fwd_kernel(
 
 @triton.jit
 def _fmp_bwd_kernel(
-    grad_y_ptr, index_ptr, grad_x_ptr, samples_ptr, bnd_ptr, alpha_ptr, total, channels, in_h, in_w, out_h, out_w,
-    k_h, k_w, xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i, steps_h, steps_w,
-    REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, WIDE: tl.constexpr, ROUND: tl.constexpr,
+    grad_y_ptr, index_ptr, grad_x_ptr, samples_ptr, bnd_ptr, alpha_ptr, state_ptr, total, channels, in_h, in_w, out_h,
+    out_w, k_h, k_w, xs_n, xs_c, xs_h, xs_w, ys_n, ys_c, ys_h, ys_w, ss_n, ss_c, ss_a, bs_n, bs_c, bs_a, bs_i, steps_h,
+    steps_w, draw_channels, sample_max, REGIONS: tl.constexpr, EXPLICIT: tl.constexpr, DRAW: tl.constexpr,
+    WIDE: tl.constexpr, ROUND: tl.constexpr,
     CHANNEL_FASTEST: tl.constexpr, SPAN_W: tl.constexpr, BLOCK: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -154,7 +213,8 @@ def _fmp_bwd_kernel(
     STORE: tl.constexpr = grad_x_ptr.dtype.element_ty
     acc: tl.constexpr = alpha_ptr.dtype.element_ty
     alpha_w, alpha_h = tl.load(alpha_ptr), tl.load(alpha_ptr + 1)
-    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, acc, EXPLICIT)
+    u_w, u_h = _samples(samples_ptr + n * ss_n + c * ss_c, ss_a, mask, state_ptr, n, c, draw_channels, sample_max, acc,
+                        EXPLICIT, DRAW, STORE)
     bnd = bnd_ptr + n * bs_n + c * bs_c
     # The outputs whose regions contain (h, w): rows [lo_h, hi_h) x columns [lo_w, hi_w).
     lo_h = _search(h, u_h, bnd + bs_a, bs_i, in_h, out_h, k_h, alpha_h, mask, steps_h, True, REGIONS, EXPLICIT, ROUND, STORE)
@@ -189,6 +249,8 @@ def _draws(samples, boundaries, like):
     """Kernel arguments for the draws: pointers (a dummy for the absent one) and strides."""
     if boundaries is not None:
         return like, boundaries, (0, 0, 0), tuple(boundaries.stride())
+    if samples is None:  # drawn in the kernel
+        return like, like, (0, 0, 0), (0, 0, 0, 0)
     return samples, samples, tuple(samples.stride()), (0, 0, 0, 0)
 
 
@@ -200,34 +262,70 @@ def _common(x_like, kernel_size, regions):
     return k_h, k_w, span_h, span_w, round_each
 
 
-def fmp_fwd(x, y, index, samples, boundaries, kernel_size, regions, alpha):
+def _guard(t):
+    """The tensor's device current around a launch (tensors on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _sequence_table(state, batch, draw_channels, size_in, size_out, device):
+    """Random sequences drawn from `state`: (N, C' , 2, max(out) + 1) int64, expanded to the channels."""
+    max_out = max(size_out)
+    table = torch.empty(batch, draw_channels, 2, max_out + 1, dtype=torch.int64, device=device)
+    lanes = batch * draw_channels * 2
+    if lanes:
+        _fmp_table_kernel[(triton.cdiv(lanes, 128),)](
+            state, table, lanes, size_in[1], size_out[1], size_in[0], size_out[0], max_out, max_out + 1, BLOCK=128)
+    return table
+
+
+def _resolve(state, random, batch, channels, draw_channels, size_in, size_out, samples, boundaries, device):
+    """(samples, boundaries, DRAW) for the main kernel: random sequences become a boundary table first."""
+    if state is None:
+        return samples, boundaries, False
+    if random:
+        table = _sequence_table(state, batch, draw_channels, size_in, size_out, device)
+        return None, table.expand(batch, channels, -1, -1), False
+    return None, None, True
+
+
+def fmp_fwd(x, y, index, samples, boundaries, kernel_size, regions, alpha, state=None, random=False, draw_channels=1,
+            sample_max=0.0):
     """Launches the forward kernel into y and index; tensors are laid out by cifarops.ops.fractional_max_pool2d.
-    alpha: (2,) tensor, [width, height], in the interval arithmetic's type (float64 for float64 input)."""
-    if y.numel() == 0:
-        return
-    k_h, k_w, span_h, span_w, round_each = _common(x, kernel_size, regions)
-    samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, x)
-    grid = (triton.cdiv(y.numel(), BLOCK),)
-    _fmp_fwd_kernel[grid](
-        x, y, index, samples_arg, bnd_arg, alpha, y.numel(), x.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3],
-        k_h, k_w, *x.stride(), *y.stride(), *s_strides, *b_strides,
-        REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, WIDE=index.dtype == torch.int64, ROUND=round_each,
-        CHANNEL_FASTEST=x.stride(1) < x.stride(3), SPAN_H=span_h, SPAN_W=span_w, BLOCK=BLOCK,
-    )
+    alpha: (2,) tensor, [width, height], in the interval arithmetic's type (float64 for float64 input). state:
+    the RNG state to draw from when neither samples nor boundaries are given."""
+    with _guard(x):
+        samples, boundaries, draw = _resolve(state, random, x.shape[0], x.shape[1], draw_channels, tuple(x.shape[2:]),
+                                             tuple(y.shape[2:]), samples, boundaries, x.device)
+        if y.numel() == 0:
+            return
+        k_h, k_w, span_h, span_w, round_each = _common(x, kernel_size, regions)
+        samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, x)
+        grid = (triton.cdiv(y.numel(), BLOCK),)
+        _fmp_fwd_kernel[grid](
+            x, y, index, samples_arg, bnd_arg, alpha, state if draw else alpha, y.numel(), x.shape[1], x.shape[2],
+            x.shape[3], y.shape[2], y.shape[3], k_h, k_w, *x.stride(), *y.stride(), *s_strides, *b_strides,
+            draw_channels, sample_max,
+            REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, DRAW=draw, WIDE=index.dtype == torch.int64,
+            ROUND=round_each, CHANNEL_FASTEST=x.stride(1) < x.stride(3), SPAN_H=span_h, SPAN_W=span_w, BLOCK=BLOCK,
+        )
 
 
-def fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel_size, regions, alpha):
+def fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel_size, regions, alpha, state=None, random=False,
+            draw_channels=1, sample_max=0.0):
     """Launches the backward (gather) kernel into grad_x."""
-    if grad_x.numel() == 0:
-        return
-    k_h, k_w, _, span_w, round_each = _common(grad_x, kernel_size, regions)
-    samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, grad_x)
-    grid = (triton.cdiv(grad_x.numel(), BLOCK),)
-    out_h, out_w = grad_y.shape[2], grad_y.shape[3]
-    _fmp_bwd_kernel[grid](
-        grad_y, index, grad_x, samples_arg, bnd_arg, alpha, grad_x.numel(), grad_x.shape[1], grad_x.shape[2],
-        grad_x.shape[3], out_h, out_w, k_h, k_w, *grad_x.stride(), *grad_y.stride(), *s_strides, *b_strides,
-        out_h.bit_length(), out_w.bit_length(),
-        REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, WIDE=index.dtype == torch.int64, ROUND=round_each,
-        CHANNEL_FASTEST=grad_x.stride(1) < grad_x.stride(3), SPAN_W=span_w, BLOCK=BLOCK,
-    )
+    with _guard(grad_x):
+        out_h, out_w = grad_y.shape[2], grad_y.shape[3]
+        samples, boundaries, draw = _resolve(state, random, grad_x.shape[0], grad_x.shape[1], draw_channels,
+                                             tuple(grad_x.shape[2:]), (out_h, out_w), samples, boundaries, grad_x.device)
+        if grad_x.numel() == 0:
+            return
+        k_h, k_w, _, span_w, round_each = _common(grad_x, kernel_size, regions)
+        samples_arg, bnd_arg, s_strides, b_strides = _draws(samples, boundaries, grad_x)
+        grid = (triton.cdiv(grad_x.numel(), BLOCK),)
+        _fmp_bwd_kernel[grid](
+            grad_y, index, grad_x, samples_arg, bnd_arg, alpha, state if draw else alpha, grad_x.numel(),
+            grad_x.shape[1], grad_x.shape[2], grad_x.shape[3], out_h, out_w, k_h, k_w, *grad_x.stride(),
+            *grad_y.stride(), *s_strides, *b_strides, out_h.bit_length(), out_w.bit_length(), draw_channels, sample_max,
+            REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, DRAW=draw, WIDE=index.dtype == torch.int64,
+            ROUND=round_each, CHANNEL_FASTEST=grad_x.stride(1) < grad_x.stride(3), SPAN_W=span_w, BLOCK=BLOCK,
+        )

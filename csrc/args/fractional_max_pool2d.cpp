@@ -1,12 +1,17 @@
 #include "args/fractional_max_pool2d.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+
+#include <torch/autograd.h>
+#include <torch/library.h>
 
 #include <cmath>
 
 #include "args/common.h"
+#include "args/rng.h"
 
 namespace cifarops {
 namespace {
@@ -14,11 +19,33 @@ namespace {
 constexpr const char* kForward = "cifarops.fractional_max_pool2d";
 constexpr const char* kBackward = "cifarops._fractional_max_pool2d_backward";
 
-FmpRegions parse_regions(const std::string& regions, const char* op) {
+FmpRegions parse_regions(c10::string_view regions, const char* op) {
   if (regions == "window") return FmpRegions::Window;
   if (regions == "disjoint") return FmpRegions::Disjoint;
   if (regions == "overlapping") return FmpRegions::Overlapping;
-  TORCH_CHECK(false, op, ": regions must be 'window', 'disjoint' or 'overlapping', got '", regions, "'");
+  TORCH_CHECK_VALUE(false, op, ": regions must be one of ('window', 'disjoint', 'overlapping'), got '", regions, "'");
+}
+
+// true for Graham's random sequences.
+bool parse_sequence(c10::string_view sequence, const char* op) {
+  if (sequence == "pseudorandom") return false;
+  if (sequence == "random") return true;
+  TORCH_CHECK_VALUE(false, op, ": sequence must be one of ('pseudorandom', 'random'), got '", sequence, "'");
+}
+
+// The largest value below 1 of the input's dtype: a drawn u that rounds to 1 becomes it.
+float sample_max(at::ScalarType type) {
+  switch (type) {
+    case at::kHalf: return 0.99951171875f;   // 1 - 2^-11
+    case at::kBFloat16: return 0.99609375f;  // 1 - 2^-8
+    default: return 0.99999994f;             // 1 - 2^-24: float32 and float64 hold every 24-bit u exactly
+  }
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name,
+                       const char* op) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
 }
 
 // ATen's alpha = (in - k) / (out - 1), rounded as the interval arithmetic of `x`'s device rounds it: the
@@ -26,7 +53,7 @@ FmpRegions parse_regions(const std::string& regions, const char* op) {
 double window_alpha(int64_t in, int64_t k, int64_t out, const at::Tensor& x) {
   if (out <= 1) return 0.0;  // the only output sits at in - k
   const auto numerator = static_cast<float>(in - k), denominator = static_cast<float>(out - 1);
-  switch (x.is_cuda() ? opmath_type(x) : x.scalar_type()) {
+  switch (x.is_cuda() ? (x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat) : x.scalar_type()) {
     case at::kDouble: return static_cast<double>(in - k) / static_cast<double>(out - 1);
     case at::kHalf: return static_cast<float>(c10::Half(numerator) / c10::Half(denominator));
     case at::kBFloat16: return static_cast<float>(c10::BFloat16(numerator) / c10::BFloat16(denominator));
@@ -34,8 +61,8 @@ double window_alpha(int64_t in, int64_t k, int64_t out, const at::Tensor& x) {
   }
 }
 
-// The checks of every draw's value need the values on the host: done here for CPU tensors; on CUDA the
-// functional API checks explicit draws, and the kernels clamp every region to the plane whatever the draws.
+// The checks of every explicit draw's value need the values on the host: done here for CPU tensors; on CUDA
+// the functional API checks explicit draws, and the kernels clamp every region to the plane whatever the draws.
 void check_sample_values(const at::Tensor& samples, const char* op) {
   if (!samples.is_cpu() || samples.numel() == 0) return;
   // One pass over the (N, C, 2) draws at their strides: no temporary tensors on every call.
@@ -54,90 +81,102 @@ void check_sample_values(const at::Tensor& samples, const char* op) {
       }
     }
   });
-  TORCH_CHECK(ok, op, ": samples must lie in [0, 1), got values from ", low, " to ", high);
+  TORCH_CHECK_VALUE(ok, op, ": samples must lie in [0, 1), got values from ", low, " to ", high);
 }
 
 void check_boundary_values(const at::Tensor& boundaries, const FmpAxis& axis, int axis_index, const char* op) {
   if (!boundaries.is_cpu() || boundaries.numel() == 0) return;
   const at::Tensor a = boundaries.select(2, axis_index).narrow(2, 0, axis.out + 1);
   const at::Tensor steps = a.diff(1, 2);
-  TORCH_CHECK(a.select(2, 0).eq(0).all().item<bool>() && a.select(2, axis.out).eq(axis.in).all().item<bool>(), op,
+  TORCH_CHECK_VALUE(a.select(2, 0).eq(0).all().item<bool>() && a.select(2, axis.out).eq(axis.in).all().item<bool>(), op,
               ": boundaries[..., ", axis_index, ", :] must start at 0 and reach the input size ", axis.in, " at index ",
               axis.out);
-  TORCH_CHECK(steps.ge(1).logical_and(steps.le(2)).all().item<bool>(), op, ": boundaries[..., ", axis_index,
+  TORCH_CHECK_VALUE(steps.ge(1).logical_and(steps.le(2)).all().item<bool>(), op, ": boundaries[..., ", axis_index,
               ", :] must increase in steps of 1 or 2");
 }
 
 std::vector<int64_t> pair(at::IntArrayRef values, const char* name, const char* op) {
-  TORCH_CHECK(values.size() == 2, op, ": ", name, " must be a pair of ints (height, width), got ", values);
+  TORCH_CHECK_VALUE(values.size() == 2, op, ": ", name, " must be a pair of ints (height, width), got ", values);
   return {values[0], values[1]};
 }
 
-// Sizes, regions and draws of one call; `x_like` gives the device and dtype the draws must match.
-void configure(FmpParams& p, const at::Tensor& x_like, int64_t batch, int64_t channels, at::IntArrayRef input_size,
-               at::IntArrayRef output_size, at::IntArrayRef kernel_size, const std::string& regions,
-               const std::optional<at::Tensor>& samples, const std::optional<at::Tensor>& boundaries,
-               std::vector<at::Tensor>& keep_alive, const char* op) {
+// Sizes, regions and draws of one call; `x_like` (named `ref_name`) gives the device and dtype the draws must
+// match. Returns what the call draws itself.
+FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, int64_t batch, int64_t channels,
+                  at::IntArrayRef input_size, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                  c10::string_view regions, const std::optional<at::Tensor>& samples,
+                  const std::optional<at::Tensor>& boundaries, c10::string_view sequence, bool per_image,
+                  std::vector<at::Tensor>& keep_alive, const char* op) {
   p.regions = parse_regions(regions, op);
+  const bool random = parse_sequence(sequence, op);
   p.batch = batch;
   p.channels = channels;
-  p.dtype = to_dtype(x_like.scalar_type());
   const auto in = pair(input_size, "input size", op), out = pair(output_size, "output_size", op);
   FmpAxis* axes[2] = {&p.rows, &p.cols};
   const char* names[2] = {"height", "width"};
   const bool window = p.regions == FmpRegions::Window;
+  TORCH_CHECK_VALUE(!(window && random), op, ": sequence='random' is for Graham's 'disjoint' and 'overlapping' regions");
   std::vector<int64_t> k = {0, 0};
   if (window) {
     k = pair(kernel_size, "kernel_size", op);
   } else {
-    TORCH_CHECK(kernel_size.empty(), op, ": kernel_size is for regions='window'; Graham's '", regions,
-                "' regions take none, got ", kernel_size);
+    TORCH_CHECK_VALUE(kernel_size.empty(), op, ": kernel_size is for regions='window'; Graham's '", regions,
+                      "' regions take none, got ", kernel_size);
   }
   for (int d = 0; d < 2; ++d) {
     FmpAxis& a = *axes[d];
     a.in = in[d];
     a.out = out[d];
-    TORCH_CHECK(a.out >= 1, op, ": output_size must be positive, got ", a.out, " for the ", names[d]);
-    TORCH_CHECK(a.out < a.in, op, ": the output ", names[d], " ", a.out, " must be smaller than the input ",
-                names[d], " ", a.in);
+    TORCH_CHECK_VALUE(a.out >= 1, op, ": output_size must be positive, got ", a.out, " for the ", names[d]);
+    TORCH_CHECK_VALUE(a.out < a.in, op, ": the output ", names[d], " ", a.out, " must be smaller than the input ",
+                      names[d], " ", a.in);
     if (window) {
       a.kernel = k[d];
-      TORCH_CHECK(a.kernel >= 1, op, ": kernel_size must be positive, got ", a.kernel, " for the ", names[d]);
-      TORCH_CHECK(a.kernel + a.out - 1 <= a.in, op, ": kernel_size ", a.kernel, " is too large for output ",
-                  names[d], " ", a.out, " from input ", names[d], " ", a.in, " (needs kernel_size + output - 1 <= input)");
+      TORCH_CHECK_VALUE(a.kernel >= 1, op, ": kernel_size must be positive, got ", a.kernel, " for the ", names[d]);
+      TORCH_CHECK_VALUE(a.kernel + a.out - 1 <= a.in, op, ": kernel_size ", a.kernel, " is too large for output ",
+                        names[d], " ", a.out, " from input ", names[d], " ", a.in,
+                        " (needs kernel_size + output - 1 <= input)");
       a.span = a.kernel;
       a.alpha = window_alpha(a.in, a.kernel, a.out, x_like);
     } else {
-      TORCH_CHECK(a.in <= 2 * a.out, op, ": Graham's regions take 1 or 2 rows each, so the input ", names[d], " ",
-                  a.in, " can be at most twice the output ", names[d], " ", a.out);
+      TORCH_CHECK_VALUE(a.in <= 2 * a.out, op, ": Graham's regions take 1 or 2 rows each, so the input ", names[d],
+                        " ", a.in, " can be at most twice the output ", names[d], " ", a.out);
       a.span = p.regions == FmpRegions::Disjoint ? 2 : 3;
       a.alpha = x_like.scalar_type() == at::kDouble ? static_cast<double>(a.in) / static_cast<double>(a.out)
                                                     : static_cast<double>(static_cast<float>(a.in) / static_cast<float>(a.out));
     }
   }
-  TORCH_CHECK(samples.has_value() != boundaries.has_value(), op, ": pass exactly one of samples and boundaries");
-  TORCH_CHECK(!(window && boundaries.has_value()), op, ": regions='window' takes samples, not boundaries");
+  TORCH_CHECK_VALUE(!(samples.has_value() && boundaries.has_value()), op,
+                    ": pass at most one of samples and boundaries, not both");
+  TORCH_CHECK_VALUE(!(window && boundaries.has_value()), op, ": regions='window' takes samples, not boundaries");
+  p.draw = false;
+  p.draw_channels = per_image ? 1 : channels;
+  p.sample_max = sample_max(x_like.scalar_type());
   if (samples.has_value()) {
     const at::Tensor& s = *samples;
-    check_same_device(s, x_like, "samples", op);
-    TORCH_CHECK(s.scalar_type() == x_like.scalar_type(), op, ": samples must have the input's dtype ",
-                x_like.scalar_type(), ", got ", s.scalar_type());
-    TORCH_CHECK(s.dim() == 3 && s.size(0) == batch && s.size(1) == channels && s.size(2) == 2, op,
-                ": samples must have shape (N, C, 2) = (", batch, ", ", channels, ", 2), got ", s.sizes());
+    TORCH_CHECK_VALUE(!random, op, ": samples draw pseudorandom sequences; pass boundaries for explicit ones");
+    check_same_device(s, x_like, "samples", ref_name, op);
+    TORCH_CHECK_TYPE(s.scalar_type() == x_like.scalar_type(), op, ": samples must have the input's dtype ",
+                     x_like.scalar_type(), ", got ", s.scalar_type());
+    TORCH_CHECK_VALUE(s.dim() == 3 && s.size(0) == batch && s.size(1) == channels && s.size(2) == 2, op,
+                      ": samples must have shape (N, C, 2) = (", batch, ", ", channels, ", 2), got ", s.sizes());
     check_sample_values(s, op);
     keep_alive.push_back(s);
     p.samples = s.data_ptr();
     p.sample_stride_n = s.stride(0);
     p.sample_stride_c = s.stride(1);
     p.sample_stride_axis = s.stride(2);
-  } else {
+    return FmpDraw::None;
+  }
+  if (boundaries.has_value()) {
     const at::Tensor& b = *boundaries;
-    check_same_device(b, x_like, "boundaries", op);
-    TORCH_CHECK(b.scalar_type() == at::kLong, op, ": boundaries must be int64, got ", b.scalar_type());
+    check_same_device(b, x_like, "boundaries", ref_name, op);
+    TORCH_CHECK_TYPE(b.scalar_type() == at::kLong, op, ": boundaries must be int64, got ", b.scalar_type());
     const int64_t length = std::max(p.rows.out, p.cols.out) + 1;
-    TORCH_CHECK(b.dim() == 4 && b.size(0) == batch && b.size(1) == channels && b.size(2) == 2 && b.size(3) >= length,
-                op, ": boundaries must have shape (N, C, 2, L) = (", batch, ", ", channels, ", 2, >= ", length,
-                "), got ", b.sizes());
+    TORCH_CHECK_VALUE(b.dim() == 4 && b.size(0) == batch && b.size(1) == channels && b.size(2) == 2 &&
+                          b.size(3) >= length,
+                      op, ": boundaries must have shape (N, C, 2, L) = (", batch, ", ", channels, ", 2, >= ", length,
+                      "), got ", b.sizes());
     check_boundary_values(b, p.cols, 0, op);
     check_boundary_values(b, p.rows, 1, op);
     keep_alive.push_back(b);
@@ -146,26 +185,66 @@ void configure(FmpParams& p, const at::Tensor& x_like, int64_t batch, int64_t ch
     p.boundary_stride_c = b.stride(1);
     p.boundary_stride_axis = b.stride(2);
     p.boundary_stride_i = b.stride(3);
+    return FmpDraw::None;
   }
+  if (random) return FmpDraw::Sequences;
+  p.draw = true;
+  return FmpDraw::Samples;
+}
+
+// The rng_state argument of a call that draws: checked, and recorded (explicit, else None: the generator's).
+void take_state(FmpCall& call, const std::optional<at::Tensor>& rng_state, const at::Tensor& ref, const char* op) {
+  if (rng_state.has_value()) check_rng_state(*rng_state, ref, "rng_state", op);
+  if (call.draw != FmpDraw::None && rng_state.has_value()) call.explicit_state = &*rng_state;
 }
 
 Strides4 strides4(const at::Tensor& t) { return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
 void check_input(const at::Tensor& t, const char* name, const char* op) {
-  check_nc_input(t, name, op);
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-dimensional (N, C, H, W), got shape ", t.sizes());
+  const auto type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16, op, ": ",
+                   name, " must be float32, float64, float16 or bfloat16, got ", type);
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be 4-dimensional (N, C, H, W), got shape ", t.sizes());
+}
+
+void use_boundary_table(FmpParams& p, const at::Tensor& table) {
+  p.boundaries = table.data_ptr<int64_t>();
+  p.boundary_stride_n = table.stride(0);
+  p.boundary_stride_c = table.size(1) == 1 ? 0 : table.stride(1);
+  p.boundary_stride_axis = table.stride(2);
+  p.boundary_stride_i = table.stride(3);
 }
 
 }  // namespace
 
+at::Tensor fmp_sequence_table(const at::Tensor& like, FmpParams& p) {
+  const int64_t length = std::max(p.rows.out, p.cols.out) + 1;
+  at::Tensor table = at::empty({p.batch, p.draw_channels, 2, length}, like.options().dtype(at::kLong));
+  use_boundary_table(p, table);
+  return table;
+}
+
+at::Tensor fmp_cpu_random_boundaries(FmpParams& p, PhiloxState state) {
+  at::Tensor table = fmp_sequence_table(at::empty({0}, at::kLong), p);
+  int64_t* data = table.data_ptr<int64_t>();
+  const int64_t length = table.size(3), max_out = length - 1;
+  for (int64_t plane = 0; plane < p.batch * p.draw_channels; ++plane) {
+    fmp_random_sequence(state, plane, 0, p.cols.in, p.cols.out, max_out, length, data + (plane * 2) * length, 1);
+    fmp_random_sequence(state, plane, 1, p.rows.in, p.rows.out, max_out, length, data + (plane * 2 + 1) * length, 1);
+  }
+  return table;
+}
+
 FmpCall fmp_forward_call(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef output_size,
-                         const std::string& regions, const std::optional<at::Tensor>& samples,
-                         const std::optional<at::Tensor>& boundaries, bool return_indices) {
+                         c10::string_view regions, const std::optional<at::Tensor>& samples,
+                         const std::optional<at::Tensor>& boundaries, bool return_indices, c10::string_view sequence,
+                         bool per_image, const std::optional<at::Tensor>& rng_state) {
   check_input(x, "x", kForward);
   FmpCall call;
   FmpParams& p = call.params;
-  configure(p, x, x.size(0), x.size(1), {x.size(2), x.size(3)}, output_size, kernel_size, regions, samples, boundaries,
-            call.keep_alive, kForward);
+  call.draw = configure(p, x, "x", x.size(0), x.size(1), {x.size(2), x.size(3)}, output_size, kernel_size, regions,
+                        samples, boundaries, sequence, per_image, call.keep_alive, kForward);
+  take_state(call, rng_state, x, kForward);
   p.wide_index = return_indices || p.rows.span * p.cols.span > 256;
   const at::MemoryFormat format = dense_format(x);
   const at::Tensor dense = x.contiguous(format);
@@ -182,21 +261,25 @@ FmpCall fmp_forward_call(const at::Tensor& x, at::IntArrayRef kernel_size, at::I
 }
 
 FmpCall fmp_backward_call(const at::Tensor& grad_y, const at::Tensor& index, at::IntArrayRef input_size,
-                          at::IntArrayRef kernel_size, const std::string& regions,
-                          const std::optional<at::Tensor>& samples, const std::optional<at::Tensor>& boundaries) {
+                          at::IntArrayRef kernel_size, c10::string_view regions,
+                          const std::optional<at::Tensor>& samples, const std::optional<at::Tensor>& boundaries,
+                          c10::string_view sequence, bool per_image, const std::optional<at::Tensor>& rng_state) {
   check_input(grad_y, "grad_y", kBackward);
-  TORCH_CHECK(index.scalar_type() == at::kLong || index.scalar_type() == at::kByte, kBackward,
-              ": index must be int64 or uint8, got ", index.scalar_type());
-  TORCH_CHECK(index.sizes() == grad_y.sizes(), kBackward, ": index must have grad_y's shape ", grad_y.sizes(),
-              ", got ", index.sizes());
-  check_same_device(index, grad_y, "index", kBackward);
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong || index.scalar_type() == at::kByte, kBackward,
+                   ": index must be int64 or uint8, got ", index.scalar_type());
+  TORCH_CHECK_VALUE(index.sizes() == grad_y.sizes(), kBackward, ": index must have grad_y's shape ", grad_y.sizes(),
+                    ", got ", index.sizes());
+  check_same_device(index, grad_y, "index", "grad_y", kBackward);
   FmpCall call;
   FmpParams& p = call.params;
-  configure(p, grad_y, grad_y.size(0), grad_y.size(1), input_size, {grad_y.size(2), grad_y.size(3)}, kernel_size,
-            regions, samples, boundaries, call.keep_alive, kBackward);
+  call.draw = configure(p, grad_y, "grad_y", grad_y.size(0), grad_y.size(1), input_size, {grad_y.size(2), grad_y.size(3)},
+                        kernel_size, regions, samples, boundaries, sequence, per_image, call.keep_alive, kBackward);
+  TORCH_CHECK_VALUE(call.draw == FmpDraw::None || rng_state.has_value(), kBackward,
+                    ": rng_state (the forward's) is required when neither samples nor boundaries are given");
+  take_state(call, rng_state, grad_y, kBackward);
   p.wide_index = index.scalar_type() == at::kLong;
-  TORCH_CHECK(p.wide_index || p.rows.span * p.cols.span <= 256, kBackward,
-              ": uint8 index needs regions of at most 256 elements");
+  TORCH_CHECK_VALUE(p.wide_index || p.rows.span * p.cols.span <= 256, kBackward,
+                    ": uint8 index needs regions of at most 256 elements");
   // grad_y and index are read at the same strides: one dense layout for both (index's, as forward made it);
   // with equal shapes and layout their strides can differ only along size-1 dims, which are never stepped.
   const at::MemoryFormat format = dense_format(index);
@@ -210,6 +293,173 @@ FmpCall fmp_backward_call(const at::Tensor& grad_y, const at::Tensor& index, at:
   p.in_strides = strides4(call.grad_input);
   p.out_strides = strides4(dense_grad);
   return call;
+}
+
+// ------------------------------------------------------------------------------------------ autograd
+//
+// One Function per op, as torchvision's roi_align: forward runs the op below autograd through the dispatcher,
+// saves the choices and the draws (the explicit ones, or the 16-byte RNG state it drew from), and backward
+// calls the backward op through the dispatcher. The index and the state carry no gradient, and undefined
+// output gradients are not materialised (no zeros()).
+namespace {
+
+using OptTensor = std::optional<at::Tensor>;
+using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::IntArrayRef, at::IntArrayRef, c10::string_view, const OptTensor&, const OptTensor&, bool,
+    c10::string_view, bool, const OptTensor&);
+using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, at::IntArrayRef,
+                                     c10::string_view, const OptTensor&, const OptTensor&, c10::string_view, bool,
+                                     const OptTensor&);
+using SelectSignature = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, c10::string_view,
+                                   const OptTensor&, const OptTensor&, c10::string_view, bool, const OptTensor&);
+
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto handle =
+      c10::Dispatcher::singleton().findSchemaOrThrow("cifarops::fractional_max_pool2d", "").typed<ForwardSignature>();
+  return handle;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto handle = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("cifarops::_fractional_max_pool2d_backward", "")
+                                 .typed<BackwardSignature>();
+  return handle;
+}
+
+// values at each output's choice (the gradient of the backward op): python/cifarops/ops registers it.
+const c10::TypedOperatorHandle<SelectSignature>& select_op() {
+  static const auto handle = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("cifarops::_fractional_max_pool2d_select", "")
+                                 .typed<SelectSignature>();
+  return handle;
+}
+
+OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// The string arguments as one saved integer (no strings copied per call): regions * 4 + random * 2 + per_image.
+constexpr const char* kRegionNames[3] = {"window", "disjoint", "overlapping"};
+constexpr const char* kSequenceNames[2] = {"pseudorandom", "random"};
+
+int64_t pack_mode(c10::string_view regions, c10::string_view sequence, bool per_image) {
+  const int64_t r = regions == "window" ? 0 : regions == "disjoint" ? 1 : 2;  // checked by the op already
+  return r * 4 + (sequence == "random" ? 2 : 0) + (per_image ? 1 : 0);
+}
+
+struct Mode {
+  c10::string_view regions, sequence;
+  bool per_image;
+};
+
+Mode unpack_mode(int64_t mode) {
+  return Mode{kRegionNames[mode / 4], kSequenceNames[(mode / 2) % 2], mode % 2 == 1};
+}
+
+// Saves the draws a backward needs: the explicit samples or boundaries, else the state drawn from.
+void save_draws(torch::autograd::AutogradContext* ctx, const at::Tensor& index, const OptTensor& samples,
+                const OptTensor& boundaries, const at::Tensor& state, at::IntArrayRef kernel_size,
+                c10::string_view regions, c10::string_view sequence, bool per_image) {
+  const bool drew = !samples.has_value() && !boundaries.has_value();
+  ctx->save_for_backward({index, samples.value_or(at::Tensor()), boundaries.value_or(at::Tensor()),
+                          drew ? state : at::Tensor()});
+  ctx->saved_data["kernel_size"] = kernel_size.vec();
+  ctx->saved_data["mode"] = pack_mode(regions, sequence, per_image);
+}
+
+class FmpBackwardFunction : public torch::autograd::Function<FmpBackwardFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& grad_y,
+                                                const at::Tensor& index, c10::SymIntArrayRef input_size,
+                                                at::IntArrayRef kernel_size, c10::string_view regions,
+                                                const OptTensor& samples, const OptTensor& boundaries,
+                                                c10::string_view sequence, bool per_image, const OptTensor& rng_state) {
+    ctx->set_materialize_grads(false);
+    const at::Tensor state = rng_state.value_or(at::Tensor());
+    save_draws(ctx, index, samples, boundaries, state, kernel_size, regions, sequence, per_image);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return {backward_op().call(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
+                               per_image, rng_state)};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(10);
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
+    const auto saved = ctx->get_saved_variables();
+    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
+    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
+    // The backward is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
+    out[0] = select_op().call(grads[0], saved[0], kernel_size, mode.regions, optional(saved[1]), optional(saved[2]),
+                              mode.sequence, mode.per_image, optional(saved[3]));
+    return out;
+  }
+};
+
+class FmpFunction : public torch::autograd::Function<FmpFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                                                at::IntArrayRef kernel_size, at::IntArrayRef output_size,
+                                                c10::string_view regions, const OptTensor& samples,
+                                                const OptTensor& boundaries, bool return_indices,
+                                                c10::string_view sequence, bool per_image, const OptTensor& rng_state) {
+    ctx->set_materialize_grads(false);
+    at::Tensor y, index, state;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y, index, state) = forward_op().call(x, kernel_size, output_size, regions, samples, boundaries,
+                                                    return_indices, sequence, per_image, rng_state);
+    }
+    save_draws(ctx, index, samples, boundaries, state, kernel_size, regions, sequence, per_image);
+    ctx->saved_data["height"] = x.sym_size(2);
+    ctx->saved_data["width"] = x.sym_size(3);
+    ctx->mark_non_differentiable({index, state});
+    return {y, index, state};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(10);
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<c10::SymInt> input_size = {ctx->saved_data["height"].toSymInt(),
+                                                 ctx->saved_data["width"].toSymInt()};
+    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
+    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
+    if (!at::GradMode::is_enabled()) {  // the usual backward: no graph of the backward to record
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out[0] = backward_op().call(grads[0], saved[0], input_size, kernel_size, mode.regions, optional(saved[1]),
+                                  optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]));
+    } else {  // create_graph: differentiable, through the backward op's own autograd
+      out[0] = FmpBackwardFunction::apply(grads[0], saved[0], c10::SymIntArrayRef(input_size),
+                                          at::IntArrayRef(kernel_size), mode.regions, optional(saved[1]),
+                                          optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]))[0];
+    }
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fractional_max_pool2d_autograd(
+    const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef output_size, c10::string_view regions,
+    const OptTensor& samples, const OptTensor& boundaries, bool return_indices, c10::string_view sequence,
+    bool per_image, const OptTensor& rng_state) {
+  auto out = FmpFunction::apply(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence,
+                                per_image, rng_state);
+  return {out[0], out[1], out[2]};
+}
+
+at::Tensor fractional_max_pool2d_backward_autograd(const at::Tensor& grad_y, const at::Tensor& index,
+                                                   c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                                                   c10::string_view regions, const OptTensor& samples,
+                                                   const OptTensor& boundaries, c10::string_view sequence,
+                                                   bool per_image, const OptTensor& rng_state) {
+  return FmpBackwardFunction::apply(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
+                                    per_image, rng_state)[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cifarops, Autograd, m) {
+  m.impl("fractional_max_pool2d", &fractional_max_pool2d_autograd);
+  m.impl("_fractional_max_pool2d_backward", &fractional_max_pool2d_backward_autograd);
 }
 
 }  // namespace cifarops

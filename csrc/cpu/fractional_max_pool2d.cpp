@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "args/fractional_max_pool2d.h"
+#include "args/rng.h"
 #include "cifarops/fractional_max_pool2d.h"
 
 namespace cifarops {
@@ -40,10 +41,10 @@ struct PlaneRegions {
   }
 
   template <typename scalar_t>
-  void fill(const FmpParams& p, int64_t n, int64_t c) {
+  void fill(const FmpParams& p, PhiloxState state, int64_t n, int64_t c) {
     using acc_t = typename OpMath<scalar_t>::type;
-    const auto rows = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 1);
-    const auto cols = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 0);
+    const auto rows = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 1, state);
+    const auto cols = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 0, state);
     row_begin.resize(p.rows.out);
     row_end.resize(p.rows.out);
     col_begin.resize(p.cols.out);
@@ -155,11 +156,11 @@ void forward_plane(const FmpParams& p, const scalar_t* plane, int64_t n, int64_t
 }
 
 template <typename scalar_t>
-void forward(const FmpParams& p) {
+void forward(const FmpParams& p, PhiloxState state) {
   const bool window = p.regions == FmpRegions::Window && unit_columns(p) && p.rows.kernel == p.cols.kernel;
   const int64_t k = window ? p.rows.kernel : 0;
   for_each_plane(p, p.rows.in * p.cols.in, [&](int64_t n, int64_t c, PlaneRegions& r) {
-    r.fill<scalar_t>(p, n, c);
+    r.fill<scalar_t>(p, state, n, c);
     const scalar_t* plane = static_cast<const scalar_t*>(p.input) + p.in_strides.at(n, c, 0, 0);
     if (k == 2) {
       return p.wide_index ? forward_window_plane<scalar_t, 2, true>(p, plane, n, c, r)
@@ -209,10 +210,10 @@ void scatter_plane(const FmpParams& p, scalar_t* plane, int64_t n, int64_t c, co
 }
 
 template <typename scalar_t>
-void backward(const FmpParams& p) {
+void backward(const FmpParams& p, PhiloxState state) {
   const int64_t span = p.wide_index ? 0 : p.cols.span;
   for_each_plane(p, p.rows.in * p.cols.in, [&](int64_t n, int64_t c, PlaneRegions& r) {
-    r.fill<scalar_t>(p, n, c);
+    r.fill<scalar_t>(p, state, n, c);
     scalar_t* plane = static_cast<scalar_t*>(p.grad_input) + p.in_strides.at(n, c, 0, 0);
     if (unit_columns(p) && p.in_strides.h == p.cols.in) {
       std::memset(static_cast<void*>(plane), 0, p.rows.in * p.cols.in * sizeof(scalar_t));  // +0 in every type
@@ -227,29 +228,40 @@ void backward(const FmpParams& p) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> fractional_max_pool2d_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
-                                                             at::IntArrayRef output_size, c10::string_view regions,
-                                                             const std::optional<at::Tensor>& samples,
-                                                             const std::optional<at::Tensor>& boundaries,
-                                                             bool return_indices) {
-  const FmpCall call =
-      fmp_forward_call(x, kernel_size, output_size, std::string(regions), samples, boundaries, return_indices);
+// The call's state (checked before anything is drawn) and, for random sequences, its boundary table.
+PhiloxState prepare_draws(FmpCall& call) {
+  if (call.draw == FmpDraw::None) return PhiloxState{};
+  const PhiloxState state =
+      cpu_state(call.explicit_state ? std::optional<at::Tensor>(*call.explicit_state) : std::nullopt, true);
+  if (call.draw == FmpDraw::Sequences) call.keep_alive.push_back(fmp_cpu_random_boundaries(call.params, state));
+  return state;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fractional_max_pool2d_cpu(
+    const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef output_size, c10::string_view regions,
+    const std::optional<at::Tensor>& samples, const std::optional<at::Tensor>& boundaries, bool return_indices,
+    c10::string_view sequence, bool per_image, const std::optional<at::Tensor>& rng_state) {
+  FmpCall call = fmp_forward_call(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence,
+                                  per_image, rng_state);
+  const PhiloxState state = prepare_draws(call);
   if (call.params.output_numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fractional_max_pool2d_cpu",
-                                    [&] { forward<scalar_t>(call.params); });
+                                    [&] { forward<scalar_t>(call.params, state); });
   }
-  return {call.output, call.index};
+  return {call.output, call.index, cpu_state_tensor(x, state)};
 }
 
 at::Tensor fractional_max_pool2d_backward_cpu(const at::Tensor& grad_y, const at::Tensor& index,
                                               at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                               c10::string_view regions, const std::optional<at::Tensor>& samples,
-                                              const std::optional<at::Tensor>& boundaries) {
-  const FmpCall call =
-      fmp_backward_call(grad_y, index, input_size, kernel_size, std::string(regions), samples, boundaries);
+                                              const std::optional<at::Tensor>& boundaries, c10::string_view sequence,
+                                              bool per_image, const std::optional<at::Tensor>& rng_state) {
+  FmpCall call = fmp_backward_call(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
+                                   per_image, rng_state);
+  const PhiloxState state = prepare_draws(call);
   if (call.params.input_numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_y.scalar_type(),
-                                    "fractional_max_pool2d_backward_cpu", [&] { backward<scalar_t>(call.params); });
+                                    "fractional_max_pool2d_backward_cpu", [&] { backward<scalar_t>(call.params, state); });
   }
   return call.grad_input;
 }

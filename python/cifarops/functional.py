@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 from cifarops import backends, noise, reference
+from cifarops import philox as _philox
 from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
@@ -271,17 +272,13 @@ def _fmp_output_size(size_in, output_size, output_ratio, op):
     return tuple(int(i * r) for i, r in zip(size_in, ratios))
 
 
-def _fmp_random_boundaries(n, c, size_in, size_out, device):
-    """Graham's random sequences: per axis, in - out increments of 2 and the rest 1, in a uniformly random order
-    (the ranks of i.i.d. uniform keys are a uniform permutation). (n, c, 2, max(out) + 1) int64, [width, height]."""
-    length = max(size_out) + 1
-    axes = []
-    for i, o in ((size_in[1], size_out[1]), (size_in[0], size_out[0])):
-        ranks = torch.rand(n, c, o, device=device).argsort(-1).argsort(-1)
-        steps = 1 + (ranks < i - o).long()
-        a = torch.cat([torch.zeros(n, c, 1, dtype=torch.int64, device=device), steps.cumsum(-1)], -1)
-        axes.append(torch.nn.functional.pad(a, (0, length - o - 1), value=i))
-    return torch.stack(axes, 2)
+def _fmp_random_boundaries(n, c, size_in, size_out, device, state=None):
+    """Graham's random sequences as the ops draw them (reference.fmp_drawn_boundaries, Philox stream 1): per
+    axis, in - out increments of 2 and the rest 1, each placement equally likely. (n, c, 2, max(out) + 1)
+    int64, [width, height]; from `state`, else from torch's generator of `device`."""
+    if state is None:
+        state = _philox.draw_state(device, _fmp_ops.STREAMS)
+    return reference.fmp_drawn_boundaries(state, n, c, size_in, size_out)
 
 
 def _fmp_explicit(t, name, x, trailing, op):
@@ -329,47 +326,60 @@ def fractional_max_pool2d(
     Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
     offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
     """
-    op = "cifarops.fractional_max_pool2d"
+    op = FMP_OP
     check_nc_input(input, "input", op)
-    if input.dim() not in (3, 4):
+    dim = input.dim()
+    if dim != 3 and dim != 4:
         raise ValueError(f"{op}: input must be 3- or 4-dimensional ((C, H, W) or (N, C, H, W)), got shape {tuple(input.shape)}")
     check_choice(regions, "regions", _fmp_ops.REGIONS, op)
     check_choice(sequence, "sequence", FMP_SEQUENCES, op)
-    if regions == "window" and sequence == "random":
-        raise ValueError(f"{op}: sequence='random' is for Graham's 'disjoint' and 'overlapping' regions")
-    unbatched = input.dim() == 3
-    x = input.unsqueeze(0) if unbatched else input
-    size_in = tuple(x.shape[2:])
-    size_out = _fmp_output_size(size_in, output_size, output_ratio, op)
-    if regions == "window" and kernel_size is None:
+    x = input.unsqueeze(0) if dim == 3 else input
+    size_out = _fmp_output_size(x.shape[2:], output_size, output_ratio, op)
+    return _fmp_call(x, _fmp_kernel(kernel_size, regions, op), list(size_out), return_indices, _random_samples,
+                     boundaries, regions, sequence, per_image, dim == 3)
+
+
+FMP_OP = "cifarops.fractional_max_pool2d"
+
+
+def _fmp_kernel(kernel_size, regions, op) -> list:
+    if regions != "window":
+        if kernel_size is not None:
+            raise ValueError(f"{op}: kernel_size is for regions='window'; Graham's {regions!r} regions take none")
+        return []
+    if kernel_size is None:
         raise ValueError(f"{op}: regions='window' needs kernel_size")
-    kernel = [] if regions != "window" else list(_fmp_ops._pair_of_ints(kernel_size, "kernel_size", op))
-    if regions != "window" and kernel_size is not None:
-        raise ValueError(f"{op}: kernel_size is for regions='window'; Graham's {regions!r} regions take none")
-    _fmp_ops.check_args(x, kernel, size_out, regions, op)
-    if _random_samples is not None and boundaries is not None:
-        raise ValueError(f"{op}: pass _random_samples or boundaries, not both")
-    n, c = x.shape[0], x.shape[1]
-    explicit = _random_samples is not None or boundaries is not None
-    samples = None
-    if _random_samples is not None:
-        if sequence == "random":
-            raise ValueError(f"{op}: _random_samples draw pseudorandom sequences; pass boundaries for explicit ones")
-        samples = _fmp_explicit(_random_samples, "_random_samples", x, (2,), op)
-    elif boundaries is not None:
-        if regions == "window":
-            raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
-        boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
-    elif sequence == "random":
-        boundaries = noise.drawn(lambda: _fmp_random_boundaries(n, 1 if per_image else c, size_in, size_out, x.device))
-        boundaries = boundaries.expand(n, c, -1, -1)
+    return list(_fmp_ops._pair_of_ints(kernel_size, "kernel_size", op))
+
+
+def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions, sequence, per_image, unbatched):
+    """The op call of fractional_max_pool2d for a 4-D x, parsed sizes and checked names: the op checks the rest
+    (in C++ for the compiled backends) and draws the regions itself when no draws are given."""
+    op = FMP_OP
+    state = None
+    if samples is not None or boundaries is not None:
+        if samples is not None and boundaries is not None:
+            raise ValueError(f"{op}: pass _random_samples or boundaries, not both")
+        if samples is not None:
+            if sequence == "random":
+                raise ValueError(f"{op}: _random_samples draw pseudorandom sequences; pass boundaries for explicit ones")
+            samples = _fmp_explicit(samples, "_random_samples", x, (2,), op)
+        else:
+            if regions == "window":
+                raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
+            boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
+        if x.device.type != "cpu" and not torch.compiler.is_compiling():  # the CPU ops read the values themselves
+            _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
+            _fmp_ops.check_draws(x, tuple(x.shape[2:]), size_out, regions, samples, boundaries, op, values=True,
+                                 sequence=sequence)
     else:
-        samples = noise.drawn(lambda: torch.rand(n, 1 if per_image else c, 2, dtype=x.dtype, device=x.device))
-        samples = samples.expand(n, c, 2)
-    _fmp_ops.check_draws(x, size_in, size_out, regions, samples, boundaries, op,
-                         values=explicit and not torch.compiler.is_compiling())
-    y, index = _op("fractional_max_pool2d", x.device)(x, kernel, list(size_out), regions, samples, boundaries,
-                                                      return_indices)
+        state = noise.rng_state(x.device, _fmp_ops.STREAMS)  # None unless a checkpointed block records it
+    fn = backends.op("fractional_max_pool2d", x.device)
+    if fn is _reference_fmp:  # the compiled and Triton ops check their own arguments
+        kernel_, size_out_, size_in = _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
+        _fmp_ops.check_draws(x, size_in, size_out_, regions, samples, boundaries, op,
+                             values=not torch.compiler.is_compiling(), sequence=sequence, rng_state=state)
+    y, index, _ = fn(x, kernel, size_out, regions, samples, boundaries, return_indices, sequence, per_image, state)
     if unbatched:
         y, index = y.squeeze(0), index.squeeze(0)
     return (y, index) if return_indices else y
@@ -389,3 +399,6 @@ def fmp_model_average(model: torch.nn.Module, input: torch.Tensor, draws: int = 
         out = torch.softmax(out.float(), dim=-1) if softmax else out
         total = out if total is None else total + out
     return total / draws
+
+
+_reference_fmp = reference.fractional_max_pool2d

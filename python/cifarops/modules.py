@@ -192,13 +192,27 @@ class FractionalMaxPool2d(_Layer):
         self.return_indices = return_indices
         self.regions, self.sequence, self.per_image = regions, sequence, per_image
         self.register_buffer("_random_samples", _random_samples)
+        self._parsed = None  # (kernel list, output size list or None): parsed once, at the first call
 
     def forward(self, input: torch.Tensor):
-        with self._pinned():
-            return F.fractional_max_pool2d(
-                input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices, self._random_samples,
-                regions=self.regions, sequence=self.sequence, per_image=self.per_image,
-            )
+        if self.backend is not None or self._parsed is None or not isinstance(input, torch.Tensor) or input.dim() != 4:
+            with self._pinned():
+                y = F.fractional_max_pool2d(
+                    input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices,
+                    self._random_samples, regions=self.regions, sequence=self.sequence, per_image=self.per_image,
+                )
+            if self._parsed is None:  # the call checked the hyper-parameters: keep them parsed
+                kernel = F._fmp_kernel(self.kernel_size, self.regions, F.FMP_OP)
+                size = None if self.output_size is None else list(F._fmp_ops._pair_of_ints(self.output_size, "output_size", F.FMP_OP))
+                self._parsed = (kernel, size)
+            return y
+        # The usual call: a 4-D input, hyper-parameters parsed at the first call.
+        F.check_nc_input(input, "input", F.FMP_OP)
+        kernel, size = self._parsed
+        if size is None:
+            size = list(F._fmp_output_size(input.shape[2:], None, self.output_ratio, F.FMP_OP))
+        return F._fmp_call(input, kernel, size, self.return_indices, self._random_samples, None, self.regions,
+                           self.sequence, self.per_image, False)
 
     def extra_repr(self) -> str:
         size = f"output_size={self.output_size}" if self.output_size is not None else f"output_ratio={self.output_ratio}"

@@ -278,7 +278,82 @@ def probabilistic_maxout_expectation(x: torch.Tensor, pieces: int, dim: int, gro
 
 # ------------------------------------------------------------------------------- fractional max-pooling
 
+from cifarops.philox import draw_state, philox_uniform  # noqa: E402 (this section's own imports)
+
 FMP_REGIONS = ("window", "disjoint", "overlapping")
+FMP_SEQUENCES = ("pseudorandom", "random")
+# Philox streams of one call that draws (csrc/include/cifarops/fractional_max_pool2d.h): 0, the samples of
+# pseudorandom sequences and windows; 1, the steps of random sequences.
+FMP_SAMPLE_STREAM, FMP_SEQUENCE_STREAM, FMP_STREAMS = 0, 1, 2
+
+
+def _fmp_dense_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last when stored that way, else NCHW (as csrc/args/common.h)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def fmp_sample_from_uniform(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """u (float32 in [0, 1)) in `dtype`, rounded to nearest, never 1: where rounding reaches 1, the largest value
+    of `dtype` below 1."""
+    v = u.to(dtype)
+    below_one = 1 - torch.finfo(dtype).eps / 2
+    return torch.where(v >= 1, torch.full_like(v, below_one), v)
+
+
+def fmp_drawn_samples(state: torch.Tensor, n: int, draw_channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (n, draw_channels, 2) samples a call draws from `state`: u of (n, c', axis) at logical index
+    (n * C' + c') * 2 + axis of stream 0."""
+    index = torch.arange(n * draw_channels * 2, dtype=torch.int64, device=state.device)
+    u = philox_uniform(state, index, FMP_SAMPLE_STREAM)
+    return fmp_sample_from_uniform(u, dtype).reshape(n, draw_channels, 2)
+
+
+def fmp_drawn_boundaries(state: torch.Tensor, n: int, draw_channels: int, size_in, size_out) -> torch.Tensor:
+    """The (n, draw_channels, 2, max(out) + 1) random sequences a call draws from `state` ([width, height]):
+    selection sampling, step i of (n, c', axis) is 2 when bits24 * (out - i) < twos_left * 2^24, bits24 from the
+    logical index ((n * C' + c') * 2 + axis) * max(out) + i of stream 1; padded with the input size."""
+    max_out = max(size_out)
+    planes = n * draw_channels
+    device = state.device
+    axes = []
+    for axis, (i_, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
+        base = (torch.arange(planes, dtype=torch.int64, device=device) * 2 + axis) * max_out
+        index = base[:, None] + torch.arange(o, dtype=torch.int64, device=device)
+        bits = (philox_uniform(state, index, FMP_SEQUENCE_STREAM) * 16777216.0).long()
+        twos = torch.full((planes,), i_ - o, dtype=torch.int64, device=device)
+        position = torch.zeros(planes, dtype=torch.int64, device=device)
+        a = [position]
+        for k in range(o):
+            two = (bits[:, k] * (o - k) < twos * 16777216).long()
+            twos = twos - two
+            position = position + 1 + two
+            a.append(position)
+        a += [torch.full((planes,), i_, dtype=torch.int64, device=device)] * (max_out - o)
+        axes.append(torch.stack(a, -1))
+    return torch.stack(axes, 1).reshape(n, draw_channels, 2, max_out + 1)
+
+
+def fmp_resolve_draws(n, c, size_in, size_out, samples, boundaries, sequence, per_image, rng_state, dtype, device,
+                      may_draw_state: bool):
+    """(samples, boundaries, state) of one call: the explicit draws with a zero state, else those drawn from
+    rng_state (or, when `may_draw_state`, from torch's generator of `device`, as the compiled ops take it)."""
+    if samples is not None or boundaries is not None:
+        return samples, boundaries, torch.zeros(2, dtype=torch.int64, device=device)
+    if rng_state is not None or not may_draw_state:
+        state = rng_state
+    elif torch.compiler.is_compiling() and torch.device(device).type == "cpu":
+        # Dynamo cannot trace draw_state's in-place random_ on the CPU: a traceable draw (other numbers than the
+        # compiled ops would take from the same generator state, still a fresh draw per call).
+        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+        state = torch.cat([seed, torch.zeros_like(seed)])
+    else:
+        state = draw_state(device, FMP_STREAMS)
+    draw_channels = 1 if per_image else c
+    if sequence == "random":
+        return None, fmp_drawn_boundaries(state, n, draw_channels, size_in, size_out).expand(n, c, 2, -1), state
+    return fmp_drawn_samples(state, n, draw_channels, dtype).expand(n, c, 2), None, state
 
 
 def fmp_span(regions: str, kernel: int) -> int:
@@ -351,12 +426,16 @@ def _fmp_choice_to_flat(index, row_begin, row_end, col_begin, col_end, width, sp
 
 def fractional_max_pool2d_backward(
     grad_y: torch.Tensor, index: torch.Tensor, input_size: Sequence[int], kernel_size: Sequence[int], regions: str,
-    samples: Optional[torch.Tensor], boundaries: Optional[torch.Tensor],
+    samples: Optional[torch.Tensor], boundaries: Optional[torch.Tensor], sequence: str = "pseudorandom",
+    per_image: bool = False, rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """grad_x: each output's gradient added to the input it chose, in row-major output order, in the storage
-    type (`_fractional_max_pool2d_backward`; ATen's CPU loop adds the same way)."""
+    type (`_fractional_max_pool2d_backward`; ATen's CPU loop adds the same way). Draws from rng_state (the
+    forward's) when neither samples nor boundaries are given."""
     n, c, out_h, out_w = grad_y.shape
     height, width = input_size
+    samples, boundaries, _ = fmp_resolve_draws(n, c, (height, width), (out_h, out_w), samples, boundaries, sequence,
+                                               per_image, rng_state, grad_y.dtype, grad_y.device, False)
     axes = _fmp_axes(grad_y.shape, input_size, (out_h, out_w), kernel_size, regions, samples, boundaries, grad_y.dtype)
     span_w = fmp_span(regions, kernel_size[1] if regions == "window" else 0)
     flat, inside = _fmp_choice_to_flat(index, *axes, width, span_w)
@@ -379,16 +458,19 @@ def fractional_max_pool2d_backward(
             chosen = rank == r
             t = targets[chosen]
             grad_x[t] = (grad_x[t].to(grads.dtype) + grads[chosen]).to(grad_y.dtype)
-    return grad_x.reshape(n, c, height, width).contiguous(memory_format=dense_format(index))
+    return grad_x.reshape(n, c, height, width).contiguous(memory_format=_fmp_dense_format(index))
 
 
 def fractional_max_pool2d_select(
     values: torch.Tensor, index: torch.Tensor, kernel_size: Sequence[int], regions: str,
-    samples: Optional[torch.Tensor], boundaries: Optional[torch.Tensor],
+    samples: Optional[torch.Tensor], boundaries: Optional[torch.Tensor], sequence: str = "pseudorandom",
+    per_image: bool = False, rng_state: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """values (input-shaped) at each output's choice, 0 where the choice lies outside the output's region: the
     gradient of the backward op with respect to grad_y (double backward)."""
     n, c, height, width = values.shape
+    samples, boundaries, _ = fmp_resolve_draws(n, c, (height, width), tuple(index.shape[2:]), samples, boundaries,
+                                               sequence, per_image, rng_state, values.dtype, values.device, False)
     axes = _fmp_axes(values.shape, (height, width), index.shape[2:], kernel_size, regions, samples, boundaries,
                      values.dtype)
     flat, inside = _fmp_choice_to_flat(index, *axes, width, fmp_span(regions, kernel_size[1] if regions == "window" else 0))
@@ -425,7 +507,7 @@ class _FractionalMaxPool2d(torch.autograd.Function):
             index = chosen_h * width + chosen_w
         else:
             index = offset.to(torch.uint8)
-        fmt = dense_format(x)
+        fmt = _fmp_dense_format(x)
         y, index = y.contiguous(memory_format=fmt), index.contiguous(memory_format=fmt)
         ctx.save_for_backward(index, samples, boundaries)
         ctx.args = ((height, width), kernel_size, regions)
@@ -443,7 +525,14 @@ class _FractionalMaxPool2d(torch.autograd.Function):
 def fractional_max_pool2d(
     x: torch.Tensor, kernel_size: Sequence[int], output_size: Sequence[int], regions: str,
     samples: Optional[torch.Tensor], boundaries: Optional[torch.Tensor], return_indices: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, index) of the `fractional_max_pool2d` op: the maximum of each region and its position, as PyTorch's
-    int64 flat index (return_indices) or a uint8 offset row * span_w + column inside the region."""
-    return _FractionalMaxPool2d.apply(x, kernel_size, output_size, regions, samples, boundaries, return_indices)
+    sequence: str = "pseudorandom", per_image: bool = False, rng_state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, index, state) of the `fractional_max_pool2d` op: the maximum of each region and its position, as
+    PyTorch's int64 flat index (return_indices) or a uint8 offset row * span_w + column inside the region, and
+    the RNG state the draws came from (zeros for explicit draws). With neither samples nor boundaries the draws
+    come from rng_state, else from torch's generator (philox.draw_state, as the compiled ops take it)."""
+    n, c = x.shape[0], x.shape[1]
+    samples, boundaries, state = fmp_resolve_draws(n, c, tuple(x.shape[2:]), tuple(output_size), samples, boundaries,
+                                                   sequence, per_image, rng_state, x.dtype, x.device, True)
+    y, index = _FractionalMaxPool2d.apply(x, kernel_size, output_size, regions, samples, boundaries, return_indices)
+    return y, index, state

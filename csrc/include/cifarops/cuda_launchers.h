@@ -4,16 +4,11 @@
 
 #include <cuda_runtime_api.h>
 
-#include "cifarops/fractional_max_pool2d.h"
-#include "cifarops/shake_drop.h"
 #include "cifarops/shake_shake.h"
 
 namespace cifarops {
 
-cudaError_t launch_shake_drop(const ShakeDropParams& params, cudaStream_t stream);
 cudaError_t launch_shake_shake_forward(const ShakeShakeParams& params, cudaStream_t stream);
 cudaError_t launch_shake_shake_backward(const ShakeShakeParams& params, cudaStream_t stream);
-cudaError_t launch_fractional_max_pool2d_forward(const FmpParams& params, cudaStream_t stream);
-cudaError_t launch_fractional_max_pool2d_backward(const FmpParams& params, cudaStream_t stream);
 
 }  // namespace cifarops

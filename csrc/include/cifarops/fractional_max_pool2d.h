@@ -9,6 +9,15 @@
 // contiguous run found by binary search: that is how backward gathers (each input sums the gradients of the
 // outputs that chose it, in row-major output order, as ATen's CPU loop adds them) without atomics.
 //
+// Draws made by the op (neither samples nor boundaries given) come from the call's PhiloxState
+// (cifarops/philox.h), the same numbers on every backend (python/cifarops/reference.py is the oracle):
+//   stream 0, pseudorandom sequences and windows: u of (n, c', axis) is philox_uniform at logical index
+//     (n * C' + c') * 2 + axis, with C' = 1 and c' = 0 when shared per image (else C' = C, c' = c), converted to
+//     the input's dtype by rounding to nearest and, where that reaches 1, replaced by the largest value below 1;
+//   stream 1, random sequences: the steps of (n, c', axis) by selection sampling (Knuth's algorithm S): step i
+//     is 2 when bits24(i) * (out - i) < twos_left * 2^24, bits24 the top 24 bits of the Philox word at logical
+//     index ((n * C' + c') * 2 + axis) * L + i, L = max(out_h, out_w), twos_left = in - out minus the twos so
+//     far: exactly in - out twos, each placement equally likely (to 24 bits).
 // Regions are clamped to the plane, so no sample or boundary value can make a kernel read out of bounds.
 // Torch-free: included by csrc/cpu/fractional_max_pool2d.cpp and csrc/cuda/fractional_max_pool2d.cu.
 #pragma once
@@ -16,6 +25,7 @@
 #include <stdint.h>
 
 #include "cifarops/macros.h"
+#include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
 
 #if defined(__CUDACC__)
@@ -65,12 +75,52 @@ struct FmpParams {
   Strides4 in_strides, out_strides;
   FmpRegions regions = FmpRegions::Window;
   bool wide_index = false;  // int64 flat indices rather than one byte per output
-  DType dtype = DType::Float32;
+  // Neither samples nor boundaries: the kernel draws u from the call's PhiloxState (stream 0), per
+  // (n, draw_channel(c), axis); draw_channels is 1 when shared per image, else C.
+  bool draw = false;
+  int64_t draw_channels = 0;
+  float sample_max = 0;  // the largest value of the input's dtype below 1
 
   CIFAROPS_INLINE int64_t planes() const { return batch * channels; }
   CIFAROPS_INLINE int64_t output_numel() const { return planes() * rows.out * cols.out; }
   CIFAROPS_INLINE int64_t input_numel() const { return planes() * rows.in * cols.in; }
 };
+
+constexpr uint32_t kFmpSampleStream = 0, kFmpSequenceStream = 1, kFmpStreams = 2;
+
+// The drawn u of (n, c, axis) in the compute type: the input's dtype's value of the uniform, never 1.
+template <typename scalar_t, typename acc_t>
+CIFAROPS_INLINE acc_t fmp_drawn_sample(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int axis_index) {
+  const int64_t draw_c = p.draw_channels == 1 ? 0 : c;
+  const float u = philox_uniform(state, static_cast<uint64_t>((n * p.draw_channels + draw_c) * 2 + axis_index),
+                                 kFmpSampleStream);
+  const acc_t v = to_acc<acc_t>(from_acc<scalar_t>(u));
+  return v < acc_t(1) ? v : static_cast<acc_t>(p.sample_max);
+}
+
+// Graham's random sequence of draw plane `draw_plane` (n * C' + c') and axis (0: columns, 1: rows), a_0..a_out
+// written at a[i * stride] and padded with `in` up to a[(length - 1) * stride]: selection sampling (see above).
+CIFAROPS_INLINE void fmp_random_sequence(PhiloxState state, int64_t draw_plane, int axis_index, int64_t in,
+                                         int64_t out, int64_t max_out, int64_t length, int64_t* a, int64_t stride) {
+  const uint64_t base = static_cast<uint64_t>((draw_plane * 2 + axis_index) * max_out);
+  int64_t twos_left = in - out, position = 0;
+  a[0] = 0;
+  Philox4 quad{};
+  uint64_t quad_index = ~uint64_t(0);
+  for (int64_t i = 0; i < out; ++i) {
+    const uint64_t index = base + static_cast<uint64_t>(i);
+    if (index / 4 != quad_index) {
+      quad_index = index / 4;
+      quad = philox_quad(state, quad_index, kFmpSequenceStream);
+    }
+    const uint64_t bits = quad.v[index % 4] >> 8;
+    const bool two = bits * static_cast<uint64_t>(out - i) < (static_cast<uint64_t>(twos_left) << 24);
+    twos_left -= two ? 1 : 0;
+    position += two ? 2 : 1;
+    a[(i + 1) * stride] = position;
+  }
+  for (int64_t i = out + 1; i < length; ++i) a[i * stride] = in;
+}
 
 CIFAROPS_INLINE int64_t fmp_clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
@@ -147,7 +197,8 @@ struct FmpSequence {
 
 // The sequence of `axis_index` (0: columns, 1: rows) for plane (n, c).
 template <typename scalar_t, typename interval_t, typename acc_t>
-CIFAROPS_INLINE FmpSequence<interval_t, acc_t> fmp_sequence(const FmpParams& p, int64_t n, int64_t c, int axis_index) {
+CIFAROPS_INLINE FmpSequence<interval_t, acc_t> fmp_sequence(const FmpParams& p, int64_t n, int64_t c, int axis_index,
+                                                            PhiloxState state = PhiloxState{}) {
   FmpSequence<interval_t, acc_t> s;
   s.axis = axis_index == 0 ? &p.cols : &p.rows;
   s.regions = p.regions;
@@ -157,6 +208,8 @@ CIFAROPS_INLINE FmpSequence<interval_t, acc_t> fmp_sequence(const FmpParams& p, 
   if (p.boundaries != nullptr) {
     s.boundaries = p.boundaries + n * p.boundary_stride_n + c * p.boundary_stride_c + axis_index * p.boundary_stride_axis;
     s.boundary_stride = p.boundary_stride_i;
+  } else if (p.draw) {
+    s.u = fmp_drawn_sample<scalar_t, acc_t>(p, state, n, c, axis_index);
   } else {
     const scalar_t* samples = static_cast<const scalar_t*>(p.samples);
     s.u = to_acc<acc_t>(samples[n * p.sample_stride_n + c * p.sample_stride_c + axis_index * p.sample_stride_axis]);
@@ -201,10 +254,10 @@ CIFAROPS_INLINE void fmp_store_choice(const FmpParams& p, int64_t out, int64_t h
 
 // Output (n, c, oh, ow).
 template <typename scalar_t, typename interval_t>
-CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, int64_t n, int64_t c, int64_t oh, int64_t ow) {
+CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t oh, int64_t ow) {
   using acc_t = typename OpMath<scalar_t>::type;
-  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1);
-  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0);
+  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1, state);
+  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0, state);
   int64_t r0, r1, c0, c1, h, w;
   rows.region(oh, r0, r1);
   cols.region(ow, c0, c1);
@@ -219,23 +272,31 @@ CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, int64_t n, int64_t 
 // index holds, only a choice inside the output's region receives a gradient (gather and scatter agree).
 CIFAROPS_INLINE int64_t fmp_chosen(const FmpParams& p, int64_t out, int64_t r0, int64_t c0) {
   if (p.wide_index) return static_cast<const int64_t*>(p.index)[out];
-  const int64_t offset = static_cast<const uint8_t*>(p.index)[out];
-  return (r0 + offset / p.cols.span) * p.cols.in + c0 + offset % p.cols.span;
+  const uint32_t offset = static_cast<const uint8_t*>(p.index)[out], span = static_cast<uint32_t>(p.cols.span);
+  return (r0 + offset / span) * p.cols.in + c0 + offset % span;  // 32-bit: offsets and spans are below 256
 }
 
 CIFAROPS_INLINE bool fmp_inside(const FmpParams& p, int64_t flat, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
   if (flat < 0) return false;
-  const int64_t h = flat / p.cols.in, w = flat % p.cols.in;
+  int64_t h, w;
+  if (flat <= INT32_MAX && p.cols.in <= INT32_MAX) {  // 32-bit division: every realistic plane
+    const uint32_t f = static_cast<uint32_t>(flat), width = static_cast<uint32_t>(p.cols.in);
+    h = f / width;
+    w = f % width;
+  } else {
+    h = flat / p.cols.in;
+    w = flat % p.cols.in;
+  }
   return h >= r0 && h < r1 && w >= c0 && w < c1;
 }
 
 // grad_input (n, c, h, w): the sum of grad_output over the outputs that chose (h, w), added in row-major
 // output order and rounded to scalar_t after each addition, as ATen's CPU loop does (grad_input[i] += g).
 template <typename scalar_t, typename interval_t>
-CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, int64_t n, int64_t c, int64_t h, int64_t w) {
+CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t h, int64_t w) {
   using acc_t = typename OpMath<scalar_t>::type;
-  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1);
-  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0);
+  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1, state);
+  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0, state);
   const scalar_t* grad_output = static_cast<const scalar_t*>(p.grad_output);
   const int64_t target = h * p.cols.in + w;
   const int64_t first_col = cols.first_ending_after(w);

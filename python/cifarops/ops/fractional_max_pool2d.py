@@ -1,8 +1,12 @@
-"""torch.library registrations for fractional max-pooling: argument checks, fake and autograd formulas for the
-compiled ops (schemas in csrc/ops.cpp) and the Triton ops `cifarops_triton::*` with the same schemas.
+"""torch.library registrations for fractional max-pooling: the Python twin of the argument checks of
+csrc/args/fractional_max_pool2d.cpp (for the Triton ops, the fake kernels and the reference path), fake kernels
+of the compiled ops (schemas in csrc/ops.cpp; their autograd is in C++), the double-backward op
+`cifarops::_fractional_max_pool2d_select`, and the Triton ops `cifarops_triton::*` with the same schemas and a
+Python autograd.
 
 Saved for backward: each output's choice (one byte: its offset inside the region, unless the caller asked
-for PyTorch's int64 indices) and the draws, from which backward recomputes the regions."""
+for PyTorch's int64 indices) and the draws (explicit ones, or the 16-byte RNG state the op drew them from),
+from which backward recomputes the regions."""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import functools
 
 import torch
 
-from cifarops import _extension, reference
+from cifarops import _extension, philox, reference
 from cifarops.ops.common import FLOATING, check_same_device, check_tensor, dense_format
 
 REGIONS = reference.FMP_REGIONS
+SEQUENCES = reference.FMP_SEQUENCES
+STREAMS = reference.FMP_STREAMS
 
 
 def _pair_of_ints(value, name: str, op: str) -> tuple[int, int]:
@@ -28,7 +34,7 @@ def _pair_of_ints(value, name: str, op: str) -> tuple[int, int]:
     return h, w
 
 
-def check_args(x, kernel_size, output_size, regions, op: str, input_size=None) -> tuple:
+def check_args(x, kernel_size, output_size, regions, op: str, input_size=None, sequence="pseudorandom") -> tuple:
     """Checks the sizes and regions against x (or grad_y with input_size); returns (kernel, output, input)
     pairs, kernel (0, 0) for Graham's regions. Same rules and messages as csrc/args/fractional_max_pool2d.cpp."""
     check_tensor(x, "x", op)
@@ -38,6 +44,10 @@ def check_args(x, kernel_size, output_size, regions, op: str, input_size=None) -
         raise ValueError(f"{op}: x must be 4-dimensional (N, C, H, W), got shape {tuple(x.shape)}")
     if regions not in REGIONS:
         raise ValueError(f"{op}: regions must be one of {REGIONS}, got {regions!r}")
+    if sequence not in SEQUENCES:
+        raise ValueError(f"{op}: sequence must be one of {SEQUENCES}, got {sequence!r}")
+    if regions == "window" and sequence == "random":
+        raise ValueError(f"{op}: sequence='random' is for Graham's 'disjoint' and 'overlapping' regions")
     size_in = tuple(x.shape[2:]) if input_size is None else _pair_of_ints(input_size, "input_size", op)
     size_out = _pair_of_ints(output_size, "output_size", op)
     if regions == "window":
@@ -63,17 +73,33 @@ def check_args(x, kernel_size, output_size, regions, op: str, input_size=None) -
     return kernel, size_out, size_in
 
 
-def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, values: bool) -> None:
+def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, values: bool, sequence="pseudorandom",
+                rng_state=None, ref_name="x", needs_state=False) -> bool:
     """Shapes, dtypes and devices of the draws; their values too when `values` (a host read: the functional
-    API checks explicit draws, the ops check CPU tensors)."""
+    API checks explicit draws, the ops check CPU tensors). Returns whether the call draws them itself; a
+    backward (`needs_state`) that would draws from rng_state, which must be given."""
     n, c = x.shape[0], x.shape[1]
-    if (samples is None) == (boundaries is None):
-        raise ValueError(f"{op}: pass exactly one of samples and boundaries")
+    if samples is not None and boundaries is not None:
+        raise ValueError(f"{op}: pass at most one of samples and boundaries, not both")
     if regions == "window" and boundaries is not None:
         raise ValueError(f"{op}: regions='window' takes samples, not boundaries")
+    if rng_state is not None:
+        check_tensor(rng_state, "rng_state", op)
+        if rng_state.device != x.device:
+            raise ValueError(f"{op}: rng_state is on {rng_state.device} but the input is on {x.device}")
+        if rng_state.dtype != torch.int64:
+            raise TypeError(f"{op}: rng_state must be an int64 tensor {{seed, offset}}, got {rng_state.dtype}")
+        if rng_state.numel() != 2:
+            raise ValueError(f"{op}: rng_state must have two elements {{seed, offset}}, got {rng_state.numel()}")
+    if samples is None and boundaries is None:
+        if needs_state and rng_state is None:
+            raise ValueError(f"{op}: rng_state (the forward's) is required when neither samples nor boundaries are given")
+        return True
     if samples is not None:
+        if sequence == "random":
+            raise ValueError(f"{op}: samples draw pseudorandom sequences; pass boundaries for explicit ones")
         check_tensor(samples, "samples", op)
-        check_same_device(samples, x, "samples", op, ref_name="x")
+        check_same_device(samples, x, "samples", op, ref_name=ref_name)
         if samples.dtype != x.dtype:
             raise TypeError(f"{op}: samples must have the input's dtype {x.dtype}, got {samples.dtype}")
         if tuple(samples.shape) != (n, c, 2):
@@ -81,9 +107,9 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
         if values and samples.numel() and not bool(((samples >= 0) & (samples < 1)).all()):
             raise ValueError(f"{op}: samples must lie in [0, 1), got values from {samples.min().item()} to "
                              f"{samples.max().item()}")
-        return
+        return False
     check_tensor(boundaries, "boundaries", op)
-    check_same_device(boundaries, x, "boundaries", op, ref_name="x")
+    check_same_device(boundaries, x, "boundaries", op, ref_name=ref_name)
     if boundaries.dtype != torch.int64:
         raise TypeError(f"{op}: boundaries must be int64, got {boundaries.dtype}")
     length = max(size_out) + 1
@@ -99,6 +125,7 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
                                  f"{i} at index {o}")
             if not bool(((steps >= 1) & (steps <= 2)).all()):
                 raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must increase in steps of 1 or 2")
+    return False
 
 
 def wide_index(kernel, regions: str, return_indices: bool) -> bool:
@@ -125,11 +152,11 @@ def _alpha(size_in, size_out, kernel, regions, dtype, device) -> torch.Tensor:
 _SCHEMAS = {
     "fractional_max_pool2d": (
         "(Tensor x, int[] kernel_size, int[] output_size, str regions, Tensor? samples, Tensor? boundaries, "
-        "bool return_indices) -> (Tensor, Tensor)"
+        "bool return_indices, str sequence, bool per_image, Tensor? rng_state) -> (Tensor, Tensor, Tensor)"
     ),
     "_fractional_max_pool2d_backward": (
-        "(Tensor grad_y, Tensor index, int[] input_size, int[] kernel_size, str regions, Tensor? samples, "
-        "Tensor? boundaries) -> Tensor"
+        "(Tensor grad_y, Tensor index, SymInt[] input_size, int[] kernel_size, str regions, Tensor? samples, "
+        "Tensor? boundaries, str sequence, bool per_image, Tensor? rng_state) -> Tensor"
     ),
 }
 FORWARD_OP, BACKWARD_OP = "cifarops.fractional_max_pool2d", "cifarops._fractional_max_pool2d_backward"
@@ -167,78 +194,120 @@ def _grad_input(grad_y, index, size_in):
     return grad_y.contiguous(memory_format=fmt), index.contiguous(memory_format=fmt), grad_x
 
 
-@torch.library.custom_op("cifarops_triton::fractional_max_pool2d", mutates_args=(), schema=_SCHEMAS["fractional_max_pool2d"])
-def triton_fractional_max_pool2d(x, kernel_size, output_size, regions, samples, boundaries, return_indices):
-    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP)
-    check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=x.device.type == "cpu")
+def _sample_max(dtype) -> float:
+    return 1 - torch.finfo(dtype).eps / 2
+
+
+@torch.library.custom_op("cifarops_triton::fractional_max_pool2d", mutates_args=(), schema=_SCHEMAS["fractional_max_pool2d"],
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def triton_fractional_max_pool2d(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence,
+                                 per_image, rng_state):
+    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP, sequence=sequence)
+    draws = check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=x.device.type == "cpu",
+                        sequence=sequence, rng_state=rng_state)
     x, y, index = _outputs(x, kernel, size_out, regions, return_indices)
     alpha = _alpha(size_in, size_out, kernel, regions, x.dtype, x.device)
-    _triton().fmp_fwd(x, y, index, samples, boundaries, kernel, regions, alpha)
-    return y, index
+    if not draws:
+        state = torch.zeros(2, dtype=torch.int64, device=x.device)
+    else:  # checked: now draw
+        state = rng_state.clone() if rng_state is not None else philox.draw_state(x.device, STREAMS)
+    _triton().fmp_fwd(x, y, index, samples, boundaries, kernel, regions, alpha, state if draws else None,
+                      sequence == "random", 1 if per_image else x.shape[1], _sample_max(x.dtype))
+    return y, index, state
 
 
 @torch.library.custom_op(
     "cifarops_triton::_fractional_max_pool2d_backward", mutates_args=(), schema=_SCHEMAS["_fractional_max_pool2d_backward"]
 )
-def triton_fractional_max_pool2d_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries):
-    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size)
+def triton_fractional_max_pool2d_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
+                                          per_image, rng_state):
+    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size,
+                                           sequence=sequence)
     _check_index(grad_y, index, kernel, regions)
-    check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP, values=grad_y.device.type == "cpu")
+    draws = check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP,
+                        values=grad_y.device.type == "cpu", sequence=sequence, rng_state=rng_state, ref_name="grad_y",
+                        needs_state=True)
     grad_y, index, grad_x = _grad_input(grad_y, index, size_in)
     alpha = _alpha(size_in, size_out, kernel, regions, grad_y.dtype, grad_y.device)
-    _triton().fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel, regions, alpha)
+    _triton().fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel, regions, alpha, rng_state if draws else None,
+                      sequence == "random", 1 if per_image else grad_y.shape[1], _sample_max(grad_y.dtype))
     return grad_x
 
 
 # ------------------------------------------------------------------------------------- fake and autograd
 
 
-def _fake_forward(x, kernel_size, output_size, regions, samples, boundaries, return_indices):
-    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP)
-    check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=False)
-    return _outputs(x, kernel, size_out, regions, return_indices)[1:]
+def _fake_forward(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence, per_image,
+                  rng_state):
+    kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP, sequence=sequence)
+    check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=False, sequence=sequence,
+                rng_state=rng_state)
+    _, y, index = _outputs(x, kernel, size_out, regions, return_indices)
+    return y, index, torch.empty(2, dtype=torch.int64, device=x.device)
 
 
-def _fake_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries):
-    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size)
+def _fake_backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence, per_image, rng_state):
+    kernel, size_out, size_in = check_args(grad_y, kernel_size, grad_y.shape[2:], regions, BACKWARD_OP, input_size,
+                                           sequence=sequence)
     _check_index(grad_y, index, kernel, regions)
-    check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP, values=False)
+    check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP, values=False, sequence=sequence,
+                rng_state=rng_state, ref_name="grad_y", needs_state=True)
     return _grad_input(grad_y, index, size_in)[2]
 
 
-def _register(ns) -> None:
+def _select(values, index, kernel_size, regions, samples, boundaries, sequence, per_image, rng_state):
+    return reference.fractional_max_pool2d_select(values, index, kernel_size, regions, samples, boundaries, sequence,
+                                                  per_image, rng_state)
+
+
+def _register_fakes(ns) -> None:
+    torch.library.register_fake(ns.fractional_max_pool2d.default)(_fake_forward)
+    torch.library.register_fake(ns._fractional_max_pool2d_backward.default)(_fake_backward)
+
+
+def _register_triton_autograd(ns) -> None:
     forward, backward = ns.fractional_max_pool2d.default, ns._fractional_max_pool2d_backward.default
 
     def setup_forward(ctx, inputs, output):
-        x, kernel_size, _, regions, samples, boundaries, _ = inputs
-        ctx.save_for_backward(output[1], samples, boundaries)  # the choices and the (small) draws
-        ctx.args = (list(x.shape[2:]), kernel_size, regions)
+        x, kernel_size, _, regions, samples, boundaries, _, sequence, per_image, _ = inputs
+        drew = samples is None and boundaries is None
+        # the choices and the (small) draws, or the 16-byte state they were drawn from
+        ctx.save_for_backward(output[1], samples, boundaries, output[2] if drew else None)
+        ctx.args = (list(x.shape[2:]), kernel_size, regions, sequence, per_image)
+        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.set_materialize_grads(False)
 
-    def backward_forward(ctx, grad_y, _grad_index):
-        index, samples, boundaries = ctx.saved_tensors
-        input_size, kernel_size, regions = ctx.args
+    def backward_forward(ctx, grad_y, _grad_index, _grad_state):
+        index, samples, boundaries, state = ctx.saved_tensors
+        input_size, kernel_size, regions, sequence, per_image = ctx.args
         if grad_y is None or not ctx.needs_input_grad[0]:
-            return (None,) * 7
-        return (backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries),) + (None,) * 6
+            return (None,) * 10
+        grad = backward(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence, per_image, state)
+        return (grad,) + (None,) * 9
 
     def setup_backward(ctx, inputs, output):
-        _, index, _, kernel_size, regions, samples, boundaries = inputs
-        ctx.save_for_backward(index, samples, boundaries)
-        ctx.args = (kernel_size, regions)
+        _, index, _, kernel_size, regions, samples, boundaries, sequence, per_image, rng_state = inputs
+        ctx.save_for_backward(index, samples, boundaries, rng_state)
+        ctx.args = (kernel_size, regions, sequence, per_image)
+        ctx.set_materialize_grads(False)
 
     def backward_backward(ctx, grad_grad_x):
         # The backward is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
-        index, samples, boundaries = ctx.saved_tensors
-        kernel_size, regions = ctx.args
-        grad = reference.fractional_max_pool2d_select(grad_grad_x, index, kernel_size, regions, samples, boundaries)
-        return (grad,) + (None,) * 6
+        index, samples, boundaries, rng_state = ctx.saved_tensors
+        if grad_grad_x is None:
+            return (None,) * 10
+        kernel_size, regions, sequence, per_image = ctx.args
+        grad = _select(grad_grad_x, index, kernel_size, regions, samples, boundaries, sequence, per_image, rng_state)
+        return (grad,) + (None,) * 9
 
-    torch.library.register_fake(forward)(_fake_forward)
     torch.library.register_autograd(forward, backward_forward, setup_context=setup_forward)
-    torch.library.register_fake(backward)(_fake_backward)
     torch.library.register_autograd(backward, backward_backward, setup_context=setup_backward)
 
 
-_register(torch.ops.cifarops_triton)
+_register_fakes(torch.ops.cifarops_triton)
+_register_triton_autograd(torch.ops.cifarops_triton)
 if _extension.LOADED:
-    _register(torch.ops.cifarops)
+    _register_fakes(torch.ops.cifarops)
+    # The compiled ops' autograd is C++ (csrc/args/fractional_max_pool2d.cpp); its double backward calls this.
+    _LIBRARY = torch.library.Library("cifarops", "IMPL")
+    _LIBRARY.impl("_fractional_max_pool2d_select", _select, "CompositeImplicitAutograd")

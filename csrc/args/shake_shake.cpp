@@ -26,13 +26,13 @@ std::string py_shape(at::IntArrayRef sizes) {
 
 void check_choice(c10::string_view value, const char* name, std::initializer_list<const char*> choices,
                   const char* op) {
-  std::ostringstream list;
-  list << "(";
-  size_t i = 0;
   for (const char* choice : choices) {
     if (value == choice) return;
-    list << (i++ ? ", " : "") << "'" << choice << "'";
   }
+  std::ostringstream list;  // only on failure: the message as Python writes the tuple
+  list << "(";
+  size_t i = 0;
+  for (const char* choice : choices) list << (i++ ? ", " : "") << "'" << choice << "'";
   list << ")";
   TORCH_CHECK_VALUE(false, op, ": ", name, " must be one of ", list.str(), ", got '", std::string(value), "'");
 }
@@ -206,6 +206,18 @@ std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad_y, const
   return op.call(grad_y, rng_state, beta, backward_mode, level);
 }
 
+// The backward's mode and level, and whether there is a shortcut, packed into one saved int.
+constexpr int64_t kHasShortcut = 8;
+int64_t flags(c10::string_view mode, c10::string_view level, bool has_shortcut) {
+  const int64_t m = mode == "shake" ? 0 : mode == "keep" ? 1 : 2;
+  return m | (level == "batch" ? 4 : 0) | (has_shortcut ? kHasShortcut : 0);
+}
+c10::string_view mode_of(int64_t f) {
+  static constexpr const char* kModes[] = {"shake", "keep", "even"};
+  return kModes[f & 3];
+}
+c10::string_view level_of(int64_t f) { return (f & 4) ? "batch" : "sample"; }
+
 // Where the backward's beta comes from, decided once in the forward: an explicit tensor (beta, or alpha for
 // "keep"), else a mode for _shake_shake_backward ("shake", "keep": the drawn alpha, "even").
 const char* beta_source(c10::string_view forward_mode, c10::string_view backward_mode, bool training,
@@ -235,8 +247,7 @@ class ShakeShakeBackwardFunction : public torch::autograd::Function<ShakeShakeBa
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [grad_h1, grad_h2] = call_backward(grad_y, rng_state, beta, backward_mode, level);
     ctx->save_for_backward({rng_state, beta.has_value() ? *beta : at::Tensor()});
-    ctx->saved_data["mode"] = std::string(backward_mode);
-    ctx->saved_data["level"] = std::string(level);
+    ctx->saved_data["flags"] = flags(backward_mode, level, false);
     return {grad_h1, grad_h2};
   }
 
@@ -250,8 +261,8 @@ class ShakeShakeBackwardFunction : public torch::autograd::Function<ShakeShakeBa
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& state = saved[0];
     const std::optional<at::Tensor> beta = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
-    const std::string mode = ctx->saved_data["mode"].toStringRef();
-    const std::string level = ctx->saved_data["level"].toStringRef();
+    const int64_t f = ctx->saved_data["flags"].toInt();
+    const c10::string_view mode = mode_of(f), level = level_of(f);
     const at::Tensor a = gg1.defined() ? gg1 : at::zeros_like(gg2);
     const at::Tensor b = gg2.defined() ? gg2 : at::zeros_like(gg1);
     std::optional<at::Tensor> alpha_state;
@@ -287,9 +298,7 @@ class ShakeShakeFunction : public torch::autograd::Function<ShakeShakeFunction> 
     const char* mode = beta_source(forward_mode, backward_mode, training, alpha, beta, explicit_beta);
     // The per-sample coefficients and the state only: never h1, h2 or the shortcut.
     ctx->save_for_backward({state, explicit_beta.has_value() ? *explicit_beta : at::Tensor()});
-    ctx->saved_data["mode"] = std::string(mode);
-    ctx->saved_data["level"] = std::string(level);
-    ctx->saved_data["shortcut"] = shortcut.has_value();
+    ctx->saved_data["flags"] = flags(mode, level, shortcut.has_value());
     ctx->mark_non_differentiable({state});
     return {y, state};
   }
@@ -298,16 +307,22 @@ class ShakeShakeFunction : public torch::autograd::Function<ShakeShakeFunction> 
     const at::Tensor& grad_y = grads[0];
     variable_list out(10);
     if (!grad_y.defined()) return out;
+    const int64_t f = ctx->saved_data["flags"].toInt();
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
       const auto saved = ctx->get_saved_variables();
       const std::optional<at::Tensor> beta =
           saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
-      auto [grad_h1, grad_h2] = call_backward(grad_y, saved[0], beta, ctx->saved_data["mode"].toStringRef(),
-                                              ctx->saved_data["level"].toStringRef());
-      out[0] = grad_h1;
-      out[1] = grad_h2;
+      std::tuple<at::Tensor, at::Tensor> grads_h;
+      if (at::GradMode::is_enabled()) {  // create_graph: through the backward op's autograd (double backward)
+        grads_h = call_backward(grad_y, saved[0], beta, mode_of(f), level_of(f));
+      } else {  // the usual case: straight to the kernel, no graph node for the backward op
+        at::AutoDispatchBelowADInplaceOrView guard;
+        grads_h = call_backward(grad_y, saved[0], beta, mode_of(f), level_of(f));
+      }
+      out[0] = std::get<0>(grads_h);
+      out[1] = std::get<1>(grads_h);
     }
-    if (ctx->saved_data["shortcut"].toBool()) out[2] = grad_y;  // dL/dx = dL/dy: the gradient itself, no copy
+    if (f & kHasShortcut) out[2] = grad_y;  // dL/dx = dL/dy: the gradient itself, no copy
     return out;
   }
 };

@@ -7,13 +7,10 @@
 #include "cifarops/fractional_max_pool2d.h"
 #include "cifarops/maxout.h"
 #include "cifarops/shake_drop.h"
-#include "cifarops/shake_shake.h"
 
 namespace cifarops {
 
 cudaError_t launch_shake_drop(const ShakeDropParams& params, cudaStream_t stream);
-cudaError_t launch_shake_shake_forward(const ShakeShakeParams& params, cudaStream_t stream);
-cudaError_t launch_shake_shake_backward(const ShakeShakeParams& params, cudaStream_t stream);
 // Forward of every maxout mode; backward of Max / Sample (from the chosen pieces) and of Expectation.
 cudaError_t launch_maxout_forward(const MaxoutParams& params, cudaStream_t stream);
 cudaError_t launch_maxout_backward(const MaxoutParams& params, cudaStream_t stream);

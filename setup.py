@@ -56,7 +56,7 @@ def extension():
     define += [("CIFAROPS_WITH_CUDA", None), ("CIFAROPS_CUDA_ARCHS", f'"{archs}"')]
     return CUDAExtension(
         "cifarops._C",
-        cpp + sources("csrc/cuda/*.cu") + sources("csrc/cuda/*_bind.cpp"),
+        cpp + sources("csrc/cuda/*.cu"),
         include_dirs=[os.path.join(ROOT, "csrc/include"), os.path.join(ROOT, "csrc")],
         define_macros=define,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},

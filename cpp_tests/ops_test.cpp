@@ -69,16 +69,22 @@ int main() {
   // Shake-Shake: y = x + alpha h1 + (1 - alpha) h2; backward (beta dy, (1 - beta) dy).
   auto shake_shake = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("cifarops::shake_shake", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           const at::Tensor&, const at::Tensor&)>();
+                         .typed<std::tuple<at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
+                             c10::string_view, c10::string_view, bool, const std::optional<at::Tensor>&,
+                             const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
   auto shake_shake_backward = c10::Dispatcher::singleton()
                                   .findSchemaOrThrow("cifarops::_shake_shake_backward", "")
-                                  .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&)>();
+                                  .typed<std::tuple<at::Tensor, at::Tensor>(
+                                      const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                      c10::string_view, c10::string_view)>();
   const at::Tensor h1 = torch::tensor({4.0f, 8.0f}).reshape({2, 1});
   const at::Tensor h2 = torch::tensor({0.0f, 4.0f}).reshape({2, 1});
-  const at::Tensor mix = shake_shake.call(h1, h2, h2, torch::tensor({0.25f, 0.5f}), torch::tensor({0.5f, 0.75f}));
+  const auto [mix, state] = shake_shake.call(h1, h2, h2, "shake", "shake", "sample", true,
+                                             torch::tensor({0.25f, 0.5f}), torch::tensor({0.5f, 0.75f}), std::nullopt);
   expect(at::equal(mix, torch::tensor({1.0f, 10.0f}).reshape({2, 1})), "shake_shake forward");
-  const auto [g1, g2] = shake_shake_backward.call(torch::ones({2, 1}), torch::tensor({0.5f, 0.75f}));
+  const auto [g1, g2] =
+      shake_shake_backward.call(torch::ones({2, 1}), state, torch::tensor({0.5f, 0.75f}), "shake", "sample");
   expect(at::equal(g1, torch::tensor({0.5f, 0.75f}).reshape({2, 1})) &&
              at::equal(g2, torch::tensor({0.5f, 0.25f}).reshape({2, 1})),
          "shake_shake backward");

@@ -24,11 +24,20 @@ TORCH_LIBRARY(cifarops, m) {
       "_shake_drop_backward(Tensor grad_y, Tensor rng_state, float p_drop, float[] alpha_range, float[] beta_range, "
       "str gate_level, str level, bool training, Tensor? gate, Tensor? beta) -> Tensor");
 
-  // y = shortcut + alpha * h1 + (1 - alpha) * h2. alpha, beta: (N,), one per sample (expanded for batch level);
-  // beta is only saved for the backward pass. h2 and the shortcut have h1's shape.
-  m.def("shake_shake(Tensor h1, Tensor h2, Tensor? shortcut, Tensor alpha, Tensor beta) -> Tensor");
-  // (grad_h1, grad_h2) = (beta * grad_y, (1 - beta) * grad_y).
-  m.def("_shake_shake_backward(Tensor grad_y, Tensor beta) -> (Tensor, Tensor)");
+  // y = shortcut + alpha * h1 + (1 - alpha) * h2, alpha and beta drawn in the kernel from rng_state (else from
+  // the device's generator): alpha = u(i, stream 0) for forward_mode "shake" (0.5 for "even"), beta = u(i,
+  // stream 1) for backward_mode "shake" (0.5 for "even", alpha for "keep"), i = n at level "sample", 0 at
+  // "batch"; evaluation (training=False) mixes with 0.5. Explicit alpha / beta: (1,) or (N,), any floating
+  // dtype. Returns y and the RNG state {seed, offset} used (zeros when nothing is drawn).
+  m.def(
+      "shake_shake(Tensor h1, Tensor h2, Tensor? shortcut, str forward_mode, str backward_mode, str level, "
+      "bool training, Tensor? alpha, Tensor? beta, Tensor? rng_state) -> (Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // (grad_h1, grad_h2) = (beta * grad_y, (1 - beta) * grad_y) in one pass; beta explicit, else recomputed from
+  // rng_state: backward_mode "shake" (stream 1), "keep" (the forward's drawn alpha, stream 0) or "even" (0.5).
+  m.def(
+      "_shake_shake_backward(Tensor grad_y, Tensor rng_state, Tensor? beta, str backward_mode, str level) "
+      "-> (Tensor, Tensor)");
 
   // Maxout over `dim` with `pieces` pieces per group; grouping "contiguous" (pylearn2) or "strided" (Lua).
   // Returns y and the winning piece of each output as uint8 (first maximum; NaN propagates).

@@ -138,17 +138,18 @@ def check_shake_shake(device, backend, shape, dtype=torch.bfloat16, samples=3) -
     h1, h2 = fill(shape, dtype, device, 1), fill(shape, dtype, device, 2)
     alpha = torch.rand(shape[0], generator=torch.Generator().manual_seed(3)).to(device)
     beta = torch.rand(shape[0], generator=torch.Generator().manual_seed(4)).to(device)
-    y = ops.shake_shake(h1, h2, h1, alpha, beta)  # h1 doubles as the shortcut: one tensor less to hold
+    # h1 doubles as the shortcut: one tensor less to hold
+    y, state = ops.shake_shake(h1, h2, h1, "shake", "shake", "sample", True, alpha, beta, None)
     picks = checked_samples(shape[0], samples, torch.Generator().manual_seed(0))
     for n in picks:
         s = slice(n, n + 1)
-        want = reference.shake_shake(h1[s], h2[s], h1[s], alpha[s], beta[s])
+        want, _ = reference.shake_shake(h1[s], h2[s], h1[s], "shake", "shake", "sample", True, alpha[s], beta[s], None)
         yield compare(f"forward sample {n}", y[s], want, exact=False)
     del y, h2
-    grad_h1, grad_h2 = ops._shake_shake_backward(h1, beta)
+    grad_h1, grad_h2 = ops._shake_shake_backward(h1, state, beta, "shake", "sample")
     for n in picks:
         s = slice(n, n + 1)
-        want1, want2 = reference.shake_shake_backward(h1[s], beta[s])
+        want1, want2 = reference._shake_shake_backward(h1[s], state, beta[s], "shake", "sample")
         yield compare(f"backward h1 sample {n}", grad_h1[s], want1, exact=False)
         yield compare(f"backward h2 sample {n}", grad_h2[s], want2, exact=False)
 

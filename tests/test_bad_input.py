@@ -314,7 +314,8 @@ OP_CASES = [
 
 
 def shake_shake_call(**changes):
-    args = dict(h1=randn(*H), h2=randn(*H), shortcut=None, alpha=rand(4), beta=rand(4))
+    args = dict(h1=randn(*H), h2=randn(*H), shortcut=None, forward_mode="shake", backward_mode="shake", level="sample",
+                training=True, alpha=rand(4), beta=rand(4), rng_state=None)
     args.update(changes)
     return lambda ns: ns.shake_shake(*args.values())
 
@@ -322,9 +323,16 @@ def shake_shake_call(**changes):
 OP_CASES += [
     ("shake h2 shape", shake_shake_call(h2=randn(4, 6, 3, 2)), "h2 must have h1's shape"),
     ("shake shortcut dtype", shake_shake_call(shortcut=randn(*H, dtype=torch.float64)), "shortcut must have h1's dtype"),
-    ("shake alpha shape", shake_shake_call(alpha=rand(4, 1)), "alpha must have shape (N,)"),
-    ("shake beta dtype", shake_shake_call(beta=rand(4, dtype=torch.float64)), "beta must be"),
+    ("shake alpha shape", shake_shake_call(alpha=rand(4, 1)), "alpha must have shape (1,) or (N,)"),
+    ("shake beta dtype", shake_shake_call(beta=torch.ones(4, dtype=torch.int64)), "beta must be a floating-point tensor"),
     ("shake 1-D h1", shake_shake_call(h1=randn(4), h2=randn(4)), "h1 must have at least 2 dimensions"),
+    ("shake level", shake_shake_call(level="pixel"), "level must be one of ('batch', 'sample')"),
+    ("shake forward_mode", shake_shake_call(forward_mode="keep"), "forward_mode must be one of ('shake', 'even')"),
+    ("shake noise in evaluation", shake_shake_call(training=False), "alpha and beta are training noise"),
+    ("shake rng_state dtype", shake_shake_call(alpha=None, rng_state=torch.zeros(2)), "rng_state must be an int64 tensor"),
+    ("shake rng_state size", shake_shake_call(alpha=None, rng_state=torch.zeros(3, dtype=torch.int64)), "rng_state must have two elements"),
+    ("shake backward mode", lambda ns: ns._shake_shake_backward(randn(*H), torch.zeros(2, dtype=torch.int64), None, "flip", "sample"), "backward_mode must be one of"),
+    ("shake backward beta shape", lambda ns: ns._shake_shake_backward(randn(*H), torch.zeros(2, dtype=torch.int64), rand(3), "shake", "sample"), "beta must have shape (1,) or (N,)"),
 ]
 
 
@@ -424,8 +432,9 @@ DEVICE_CASES = [
     ("shake_drop gate", op_call(gate=meta(torch.ones(4))), "gate is on meta but h is on cpu"),
     ("shake_drop rng_state", op_call(alpha=None, rng_state=meta(torch.ones(2, dtype=torch.int64))), "rng_state is on meta but the input is on cpu"),
     ("shake_drop backward gate", lambda ns: ns._shake_drop_backward(randn(*H), torch.ones(2, dtype=torch.int64), 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "sample", True, meta(torch.ones(4)), None), "gate is on meta"),
-    ("shake_shake beta", shake_shake_call(beta=meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
-    ("shake_shake backward beta", lambda ns: ns._shake_shake_backward(randn(*H), meta(torch.ones(4))), "beta is on meta but the input is on cpu"),
+    ("shake_shake beta", shake_shake_call(beta=meta(torch.ones(4))), "beta is on meta but h1 is on cpu"),
+    ("shake_shake rng_state", shake_shake_call(alpha=None, rng_state=meta(torch.zeros(2, dtype=torch.int64))), "rng_state is on meta but the input is on cpu"),
+    ("shake_shake backward beta", lambda ns: ns._shake_shake_backward(randn(*H), torch.zeros(2, dtype=torch.int64), meta(torch.ones(4)), "shake", "sample"), "beta is on meta but grad_y is on cpu"),
     ("maxout backward index", lambda ns: ns._maxout_backward(randn(4, 3), meta(torch.zeros(4, 3, dtype=torch.uint8)), 2, 1, "contiguous"), "index is on meta but grad_y is on cpu"),
     ("probabilistic_maxout rng_state", lambda ns: ns.probabilistic_maxout(randn(*H), 2, 1, "contiguous", 1.0, meta(torch.ones(2, dtype=torch.int64))), "rng_state is on meta but the input is on cpu"),
     ("expectation backward grad_y", lambda ns: ns._probabilistic_maxout_expectation_backward(meta(randn(4, 3, 3, 3)), randn(*H), 2, 1, "contiguous", 1.0), "grad_y is on meta but x is on cpu"),

@@ -103,15 +103,17 @@ def _triton_variants():
                 }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
                     "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level,
                     "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
-        for width in widths:
+        for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
+            common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,
+                      "sample_size": width}
+            flags = {"KIND": kind, "PER_SAMPLE": per_sample, "IS_DOUBLE": element == "fp64", "BLOCK": 1024}
             yield _shake_shake_fwd_kernel, {
                 "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
-                "alpha_ptr": f"*{acc}", "alpha_stride": width, "numel": width, "sample_size": width,
-            }, {"HAS_SHORTCUT": True, "BLOCK": 1024}
+                **common,
+            }, {**flags, "HAS_SHORTCUT": True}
             yield _shake_shake_bwd_kernel, {
-                "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", "beta_ptr": f"*{acc}",
-                "beta_stride": width, "numel": width, "sample_size": width,
-            }, {"BLOCK": 1024}
+                "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", **common,
+            }, {**flags, "STREAM": 1}
         for width in widths:
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
             for mode in (0, 1, 2) if element == "fp32" else (1,):

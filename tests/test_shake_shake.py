@@ -151,15 +151,22 @@ def test_opcheck(kernel_backend):
     ns = namespace_for(backend)
     h1, h2, x = (torch.randn(3, 4, 5, 5, device=device, requires_grad=True) for _ in range(3))
     alpha, beta = torch.rand(3, device=device), torch.rand(3, device=device)
+    state = torch.tensor([12345, 8], dtype=torch.int64, device=device)  # explicit: the outputs are reproducible
+    cl = in_layout(h1.detach(), "channels_last").requires_grad_()
     samples = [
-        (h1, h2, x, alpha, beta),
-        (h1, h2, None, alpha, beta),
-        (in_layout(h1.detach(), "channels_last").requires_grad_(), h2, x, torch.rand(1, device=device).expand(3), beta),
-        (h1.detach()[:0].requires_grad_(), h2.detach()[:0], None, alpha[:0], beta[:0]),
+        (h1, h2, x, "shake", "shake", "sample", True, alpha, beta, None),
+        (h1, h2, None, "shake", "keep", "sample", True, alpha, None, None),
+        (h1, h2, x, "shake", "shake", "sample", True, None, None, state),
+        (h1, h2, x, "shake", "keep", "batch", True, None, None, state),
+        (h1, h2, x, "even", "even", "sample", True, None, None, None),
+        (h1, h2, x, "shake", "shake", "sample", False, None, None, None),
+        (cl, h2, x, "shake", "shake", "sample", True, torch.rand(1, device=device).expand(3), beta.double(), None),
+        (h1.detach()[:0].requires_grad_(), h2.detach()[:0], None, "shake", "shake", "sample", True, None, None, state),
     ]
     for args in samples:
         torch.library.opcheck(ns.shake_shake, args)
-        torch.library.opcheck(ns._shake_shake_backward, (args[0].detach(), args[4]))
+    for beta_, mode, level in [(beta, "shake", "sample"), (None, "shake", "sample"), (None, "keep", "batch"), (None, "even", "sample")]:
+        torch.library.opcheck(ns._shake_shake_backward, (h1.detach().requires_grad_(), state, beta_, mode, level))
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
@@ -233,3 +240,159 @@ def test_module(any_backend):
     torch.testing.assert_close(layer(h1, h2), 0.5 * h1 + 0.5 * h2)
     layer.eval()
     torch.testing.assert_close(layer(h1, h2, h1), h1 + 0.5 * h1 + 0.5 * h2)
+
+
+# ------------------------------------------------------------------- noise drawn inside the op (issue 16)
+
+import cifarops.philox as philox  # noqa: E402
+from cifarops import backends  # noqa: E402
+
+CPU_BACKENDS = cifarops.available_backends("cpu")  # reference, cpu, and triton under TRITON_INTERPRET=1
+
+
+def reveal(backend, n=6, seed=11, **kwargs):
+    """alpha and beta read off a call (h1 = 1, h2 = 0, dy = 1: y = alpha and dh1 = beta exactly)."""
+    torch.manual_seed(seed)
+    with cifarops.use_backend(backend):
+        return run(torch.ones(n, 3, 2), torch.zeros(n, 3, 2), **kwargs)
+
+
+@pytest.mark.parametrize("forward_mode, backward_mode", MODES)
+@pytest.mark.parametrize("level", ["batch", "sample"])
+def test_same_generator_state_same_noise_on_every_backend(forward_mode, backward_mode, level):
+    """torch.manual_seed(s) then a call: identical output and gradients on the reference, cpu and triton."""
+    kwargs = dict(forward_mode=forward_mode, backward_mode=backward_mode, level=level)
+    want = reveal("reference", **kwargs)
+    for backend in CPU_BACKENDS:
+        got = reveal(backend, **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(got[:3], want[:3])), backend
+    h1, h2, x = (torch.randn(5, 4, 3, 3) for _ in range(3))
+    for backend in CPU_BACKENDS:
+        with cifarops.use_backend(backend):
+            matches_reference(run, h1, h2, x, seed=5, **kwargs)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_manual_seed_reproduces_and_calls_differ(backend):
+    first, again = reveal(backend, seed=3), reveal(backend, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first[:3], again[:3]))
+    torch.manual_seed(3)
+    with cifarops.use_backend(backend):
+        one = run(torch.ones(6, 3), torch.zeros(6, 3))
+        two = run(torch.ones(6, 3), torch.zeros(6, 3))
+    assert not torch.equal(one[0], two[0]) and not torch.equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("level", ["batch", "sample"])
+def test_hand_worked_oracle(backend, level):
+    """The op's rng_state is philox.draw_state's for the same generator state, and alpha = u(i, 0),
+    beta = u(i, 1) of that state with i = n (sample) or 0 (batch), computed here by hand."""
+    n = 5
+    h1, h2, x, grad = (torch.randn(n, 4, 3, 2) for _ in range(4))
+    torch.manual_seed(21)
+    want_state = philox.draw_state("cpu", 2)
+    index = torch.arange(n) if level == "sample" else torch.zeros(n, dtype=torch.int64)
+    alpha = philox.philox_uniform(want_state, index, 0).view(n, 1, 1, 1)
+    beta = philox.philox_uniform(want_state, index, 1).view(n, 1, 1, 1)
+    torch.manual_seed(21)
+    op = backends._op_for_backend("shake_shake", backend)
+    h1_, h2_ = h1.clone().requires_grad_(), h2.clone().requires_grad_()
+    y, state = op(h1_, h2_, x, "shake", "shake", level, True, None, None, None)
+    assert torch.equal(state, want_state)
+    torch.testing.assert_close(y, alpha * h1 + (1 - alpha) * h2 + x)
+    y.backward(grad)
+    torch.testing.assert_close(h1_.grad, beta * grad)
+    torch.testing.assert_close(h2_.grad, (1 - beta) * grad)
+    # The generator moved exactly as draw_state moves it (the backward drew nothing): the next draws agree.
+    after_op = philox.draw_state("cpu", 2)
+    torch.manual_seed(21)
+    philox.draw_state("cpu", 2)
+    assert torch.equal(after_op, philox.draw_state("cpu", 2))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_explicit_state_replays_and_nothing_drawn_gives_zeros(backend):
+    op = backends._op_for_backend("shake_shake", backend)
+    h1, h2 = torch.randn(4, 3, 2), torch.randn(4, 3, 2)
+    state = torch.tensor([-7, 12], dtype=torch.int64)
+    rng = torch.get_rng_state()
+    y1, s1 = op(h1, h2, None, "shake", "shake", "sample", True, None, None, state)
+    y2, s2 = op(h1, h2, None, "shake", "shake", "sample", True, None, None, state)
+    assert torch.equal(y1, y2) and torch.equal(s1, state) and torch.equal(s2, state)
+    assert torch.equal(torch.get_rng_state(), rng)  # an explicit state draws nothing from the generator
+    alpha = philox.philox_uniform(state, torch.arange(4), 0).view(4, 1, 1)
+    torch.testing.assert_close(y1, alpha * h1 + (1 - alpha) * h2)
+    for args in [("even", "even", "sample", True, None, None), ("shake", "shake", "sample", False, None, None),
+                 ("shake", "shake", "sample", True, torch.full((4,), 0.25), torch.full((1,), 0.75))]:
+        y, s = op(h1, h2, None, *args, None)
+        assert torch.equal(s, torch.zeros(2, dtype=torch.int64))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_failing_op_call_advances_no_generator(backend):
+    op = backends._op_for_backend("shake_shake", backend)
+    h = torch.randn(4, 3, 2)
+    cases = [dict(beta=torch.rand(3)), dict(h2=torch.randn(4, 3, 3)), dict(level="pixel"),
+             dict(rng_state=torch.zeros(3, dtype=torch.int64)), dict(h1=torch.ones(4, 3, 2, dtype=torch.int64))]
+    rng = torch.get_rng_state()
+    for bad in cases:
+        args = dict(h1=h, h2=h, shortcut=None, forward_mode="shake", backward_mode="shake", level="sample",
+                    training=True, alpha=None, beta=None, rng_state=None)
+        args.update(bad)
+        if backend == "reference":  # the reference has no checks: the functional runs the Python twin
+            call = lambda: F.shake_shake(args["h1"], args["h2"], level=args["level"], beta=args["beta"])  # noqa: E731
+            if "rng_state" in bad:
+                continue
+        else:
+            call = lambda: op(*args.values())  # noqa: E731
+        with pytest.raises((TypeError, ValueError)):
+            call()
+        assert torch.equal(torch.get_rng_state(), rng), bad
+
+
+def test_double_backward_recomputes_the_drawn_beta(kernel_backend):
+    """gradcheck of the backward op itself: its gradient is the forward mix with the same drawn beta
+    (stream 1 for "shake", alpha's stream 0 for "keep")."""
+    device, backend = kernel_backend
+    ns = namespace_for(backend)
+    state = torch.tensor([987654321, 20], dtype=torch.int64, device=device)
+    g = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    for mode, level in [("shake", "sample"), ("keep", "sample"), ("shake", "batch"), ("even", "sample")]:
+        assert torch.autograd.gradcheck(lambda g: ns._shake_shake_backward(g, state, None, mode, level), (g,))
+    h1, h2, x = (torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+    fn = lambda a, b, c: ns.shake_shake(a, b, c, "shake", "keep", "sample", True, None, None, state)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h1, h2, x))
+    assert torch.autograd.gradgradcheck(fn, (h1, h2, x))
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """The dispatcher ops a call runs, views and allocations left out."""
+
+    IGNORED = {"empty", "empty_like", "empty_strided", "detach", "view", "_to_copy", "alias", "t"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ not in self.IGNORED:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("forward_mode, backward_mode", MODES)
+@pytest.mark.parametrize("level", ["batch", "sample"])
+@pytest.mark.parametrize("training", [True, False])
+def test_one_op_forward_one_op_backward(kernel_backend, forward_mode, backward_mode, level, training):
+    device, _ = kernel_backend
+    layer = cifarops.ShakeShake(forward_mode=forward_mode, backward_mode=backward_mode, level=level).train(training)
+    h1, h2, x = (torch.randn(2, 4, 4, 4, device=device, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 4, 4, 4, device=device)
+    with _OpCounter() as forward:
+        y = layer(h1, h2, x)
+    with _OpCounter() as backward:
+        torch.autograd.grad(y, [h1, h2, x], grad)
+    assert forward.ops == ["shake_shake"]
+    assert backward.ops == ["_shake_shake_backward"]

@@ -136,7 +136,6 @@ MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim,
   p.strided_grouping = grouping == "strided";
   p.mode = mode;
   p.inverse_temperature = mode == MaxoutMode::Max ? 1.0 : 1.0 / temperature;
-  p.dtype = to_dtype(x.scalar_type());
   if (x.numel() == 0) return call;
   set_input_view(p, dense, dim);
   p.input = dense.data_ptr();
@@ -163,7 +162,6 @@ MaxoutCall maxout_backward_call(const at::Tensor& grad_y, const at::Tensor& inde
   MaxoutParams& p = call.params;
   p.pieces = pieces;
   p.strided_grouping = grouping == "strided";
-  p.dtype = to_dtype(grad_y.scalar_type());
   if (call.grad_input.numel() == 0) return call;
   set_input_view(p, call.grad_input, dim);
   p.out_strides = output_strides(dense_grad, dim);
@@ -195,7 +193,6 @@ MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::
   p.strided_grouping = grouping == "strided";
   p.mode = MaxoutMode::Expectation;
   p.inverse_temperature = 1.0 / temperature;
-  p.dtype = to_dtype(x.scalar_type());
   if (x.numel() == 0) return call;
   set_input_view(p, dense_x, dim);
   TORCH_INTERNAL_ASSERT(output_strides(call.grad_input, dim).inner == p.in_strides.inner);

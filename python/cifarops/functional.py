@@ -137,17 +137,6 @@ def check_shake_shake_params(forward_mode, backward_mode, level) -> None:
     check_choice(level, "level", SHAKE_LEVELS, op)
 
 
-def _per_sample_coefficient(coef: torch.Tensor, name: str, h1: torch.Tensor) -> torch.Tensor:
-    """An explicit (1,) or (N,) coefficient as the op's (N,) tensor in the compute type."""
-    op = "cifarops.shake_shake"
-    check_floating(coef, name, op)
-    check_same_device(coef, h1, name, op, ref_name="h1")
-    n = h1.shape[0]
-    if tuple(coef.shape) not in ((1,), (n,)):
-        raise ValueError(f"{op}: {name} must have shape (1,) or (N,) = ({n},), got {tuple(coef.shape)}")
-    return coef.to(opmath_dtype(h1.dtype)).expand(n)
-
-
 def shake_shake(
     h1: torch.Tensor,
     h2: torch.Tensor,
@@ -168,37 +157,32 @@ def shake_shake(
     ``"keep"`` (beta = alpha); ``level``: ``"batch"`` (one draw per mini-batch) or ``"sample"`` (one per image:
     the paper's best CIFAR-10 result, Shake-Shake-Image). Evaluation mixes with 0.5. ``shortcut=None``
     returns the mix alone. Explicit ``alpha`` / ``beta`` of shape (1,) or (N,) replace the draws.
+
+    The noise is drawn inside the op from torch's generator of the device (cifarops.philox). The op checks
+    its arguments itself (csrc/args/shake_shake.cpp; the Python twin in cifarops.ops.shake_shake for the
+    Triton and reference backends) before it draws.
     """
-    check_shake_shake_params(forward_mode, backward_mode, level)
-    h1, h2, shortcut = _autocast_common_dtype(h1, h2, shortcut)
-    check_nc_input(h1, "h1", "cifarops.shake_shake")
-    _shake_shake_ops.check_like_h1(h2, h1, "h2")
-    if shortcut is not None:
-        _shake_shake_ops.check_like_h1(shortcut, h1, "shortcut")
-    op = _op("shake_shake", h1.device)
-    n, acc = h1.shape[0], opmath_dtype(h1.dtype)
-
-    def constant(value):
-        return torch.full((1,), value, dtype=acc, device=h1.device).expand(n)
-
-    if not training:
-        if alpha is not None or beta is not None:
-            raise ValueError("cifarops.shake_shake: alpha and beta are training noise; pass training=True")
-        return op(h1, h2, shortcut, constant(0.5), constant(0.5))
-
-    def draw():
-        return noise.drawn(lambda: torch.rand((1 if level == "batch" else n,), dtype=acc, device=h1.device)).expand(n)
-
-    # Explicit coefficients are checked before anything is drawn (a bad beta must not move the generator).
-    alpha = _per_sample_coefficient(alpha, "alpha", h1) if alpha is not None else None
-    beta = _per_sample_coefficient(beta, "beta", h1) if beta is not None else None
-    if alpha is None:
-        alpha = draw() if forward_mode == "shake" else constant(0.5)
-    if beta is None and backward_mode == "keep":
-        beta = alpha.clone()  # a separate tensor: torch.compile rejects one passed twice to autograd.Function
-    elif beta is None:
-        beta = draw() if backward_mode == "shake" else constant(0.5)
-    return op(h1, h2, shortcut, alpha, beta)
+    if not isinstance(h1, torch.Tensor) or not isinstance(h2, torch.Tensor) or (
+        shortcut is not None and not isinstance(shortcut, torch.Tensor)
+    ):
+        for t, name in ((h1, "h1"), (h2, "h2"), (shortcut, "shortcut")):
+            if t is not None or name != "shortcut":
+                check_nc_input(t, name, "cifarops.shake_shake")
+    for t, name in ((alpha, "alpha"), (beta, "beta")):
+        if t is not None and not isinstance(t, torch.Tensor):
+            check_floating(t, name, "cifarops.shake_shake")
+    if h2.dtype != h1.dtype or (shortcut is not None and shortcut.dtype != h1.dtype):
+        h1, h2, shortcut = _autocast_common_dtype(h1, h2, shortcut)
+    op = backends.op("shake_shake", h1.device)
+    state = None
+    if op is reference.shake_shake or noise._active_tapes:
+        # The reference has no checks of its own, and a checkpointed block draws its state here: check first.
+        drawing = _shake_shake_ops.check_op_args(
+            h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, None
+        )
+        if drawing:
+            state = noise.rng_state(h1.device, _shake_shake_ops.STREAMS)
+    return op(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, state)[0]
 
 
 _OpOverload = torch._ops.OpOverload

@@ -85,16 +85,12 @@ class ShakeShake(_Layer):
         self.level = level
 
     def forward(self, h1: torch.Tensor, h2: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.backend is None:  # the usual case: no context manager per call
+            return F.shake_shake(h1, h2, shortcut, forward_mode=self.forward_mode, backward_mode=self.backward_mode,
+                                 level=self.level, training=self.training)
         with self._pinned():
-            return F.shake_shake(
-                h1,
-                h2,
-                shortcut,
-                forward_mode=self.forward_mode,
-                backward_mode=self.backward_mode,
-                level=self.level,
-                training=self.training,
-            )
+            return F.shake_shake(h1, h2, shortcut, forward_mode=self.forward_mode, backward_mode=self.backward_mode,
+                                 level=self.level, training=self.training)
 
     def extra_repr(self) -> str:
         return f"forward_mode={self.forward_mode!r}, backward_mode={self.backward_mode!r}, level={self.level!r}"

@@ -49,7 +49,6 @@ struct MaxoutParams {
   MaxoutMode mode = MaxoutMode::Max;
   double inverse_temperature = 1.0;  // lambda of arXiv 1312.6116, used in the compute type
   int64_t group_count = 0;           // channels / pieces, computed once on the host (no division per element)
-  DType dtype = DType::Float32;
 
   CIFAROPS_INLINE int64_t groups() const { return group_count; }
   CIFAROPS_INLINE int64_t output_numel() const { return outer * groups() * inner; }

@@ -5,8 +5,6 @@
 
 namespace cifarops {
 
-enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
-
 // The type arithmetic is done in: double for double tensors, float for everything else.
 template <typename scalar_t>
 struct OpMath {
@@ -17,8 +15,8 @@ struct OpMath<double> {
   using type = double;
 };
 
-// Storage type <-> arithmetic type. CUDA's __half and __nv_bfloat16 specialise these in cuda_convert.cuh
-// (torch builds with their implicit conversions disabled); every other type converts with static_cast.
+// Storage type <-> arithmetic type: static_cast, which c10::Half and c10::BFloat16 support on the host and
+// the device.
 template <typename acc_t, typename scalar_t>
 CIFAROPS_INLINE acc_t to_acc(scalar_t v) {
   return static_cast<acc_t>(v);

@@ -85,10 +85,13 @@ class FractionalNet(nn.Module):
 
     def __init__(self):
         super().__init__()
+        # Fixed draws (torch's _random_samples, (N, C, 2)), as a code base that wants reproducible pooling has.
         self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-                                      nn.FractionalMaxPool2d(2, output_ratio=2 ** -0.5),
+                                      nn.FractionalMaxPool2d(2, output_ratio=2 ** -0.5,
+                                                             _random_samples=torch.rand(8, 32, 2)),
                                       nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
-                                      nn.FractionalMaxPool2d(2, output_ratio=2 ** -0.5))
+                                      nn.FractionalMaxPool2d(2, output_ratio=2 ** -0.5,
+                                                             _random_samples=torch.rand(8, 64, 2)))
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
@@ -103,7 +106,8 @@ def main():
     F.cross_entropy(model(x), y).backward()
     print("PyramidNet with cifarops.ShakeDrop:", sum(isinstance(m, ShakeDrop) for m in model.modules()), "layers")
 
-    # 2. torch's FMP replaced in place; for the same seed the outputs are torch's, bit for bit.
+    # 2. torch's FMP replaced in place; for the same draws the outputs are torch's, bit for bit. (Without fixed
+    #    draws both draw per call: the same distribution, from cifarops' Philox stream instead of torch.rand.)
     net = FractionalNet()
     torch.manual_seed(0)
     before = net(x)

@@ -154,3 +154,20 @@ def test_setup_lists_every_subpackage():
     assert subpackages
     for name in subpackages:
         assert f'"cifarops.{name}"' in setup, name
+
+
+def test_compiled_ops_have_their_autograd_in_cpp():
+    """Every compiled op's autograd is a C++ kernel on the Autograd key (issue 16: a Python autograd boundary
+    costs ~25 µs a call), and no op that draws lacks the nondeterministic_seeded tag."""
+    import cifarops  # noqa: F401  (registers the ops)
+
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("cifarops::")]
+    assert names
+    # Composite (pure PyTorch) or never differentiated again: autograd comes from the ops they call.
+    exempt = {"cifarops::_fractional_max_pool2d_select", "cifarops::_probabilistic_maxout_expectation_backward"}
+    missing = [n for n in names if n not in exempt and not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
+    assert not missing, missing
+    for name in names:
+        op = getattr(torch.ops.cifarops, name.split("::")[1]).default
+        draws = any(a.name == "rng_state" for a in op._schema.arguments) and not name.split("::")[1].startswith("_")
+        assert (torch.Tag.nondeterministic_seeded in op.tags) == draws, name

@@ -263,7 +263,7 @@ def test_pipeline_layers_compose_to_the_model(name):
 
 
 def test_seeded_layer_draws_by_call_and_leaves_the_generator_alone():
-    layer = D.SeededLayer(cifarops.ShakeDrop(0.5, level="channel"), index=2, seed=SEED)
+    layer = D.SeededLayer(cifarops.ShakeDrop(1.0, level="channel"), index=2, seed=SEED)  # gate closed: y = alpha * h
     h = torch.ones(4, 3, 2, 2)
     torch.manual_seed(0)
     state = torch.get_rng_state()

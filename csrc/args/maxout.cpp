@@ -349,11 +349,11 @@ class MaxoutBackwardFunction : public torch::autograd::Function<MaxoutBackwardFu
       const at::Tensor index = ctx->get_saved_variables()[0];
       const int64_t pieces = ctx->saved_data["pieces"].toInt();
       const int64_t dim = at::maybe_wrap_dim(ctx->saved_data["dim"].toInt(), grad_grad_x.dim());
-      const int64_t groups = grad_grad_x.size(dim) / pieces;
+      const c10::SymInt groups = grad_grad_x.sym_size(dim) / pieces;  // symbolic under torch.compile
       const bool strided = ctx->saved_data["strided"].toBool();
       const int64_t piece_dim = strided ? dim : dim + 1;
-      const at::Tensor grouped = strided ? grad_grad_x.unflatten(dim, {pieces, groups})
-                                         : grad_grad_x.unflatten(dim, {groups, pieces});
+      const at::Tensor grouped = strided ? grad_grad_x.unflatten_symint(dim, {c10::SymInt(pieces), groups})
+                                         : grad_grad_x.unflatten_symint(dim, {groups, c10::SymInt(pieces)});
       grad_grad_y = grouped.gather(piece_dim, index.to(at::kLong).unsqueeze(piece_dim)).squeeze(piece_dim);
     }
     return {grad_grad_y, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -362,7 +362,11 @@ class MaxoutBackwardFunction : public torch::autograd::Function<MaxoutBackwardFu
 
 // Without a graph to record (grad mode off, as in the engine's backward pass without create_graph, or an
 // input that requires no gradient) the op runs directly below autograd: no node, no saved state.
-bool records(const at::Tensor& t) { return at::GradMode::is_enabled() && t.requires_grad(); }
+// Whether autograd must see the call: an input that requires grad, or a forward-mode tangent (the node's
+// path then raises that forward AD is not implemented, rather than silently dropping the tangent).
+bool records(const at::Tensor& t) {
+  return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+}
 
 std::tuple<at::Tensor, at::Tensor> maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
                                                    c10::string_view grouping) {

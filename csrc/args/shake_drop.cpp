@@ -291,8 +291,12 @@ class ShakeDropFunction : public torch::autograd::Function<ShakeDropFunction> {
                                      alpha, beta, rng_state);
     // Only the noise is saved: never h, the shortcut or the output.
     save_noise(ctx, state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
-    ctx->saved_data["shortcut_channels"] = shortcut.has_value() ? shortcut->size(1) : int64_t(-1);
-    ctx->saved_data["channels"] = h.size(1);
+    // Sizes as SymInts: under torch.compile with a dynamic batch, size() of a fake tensor raises.
+    ctx->saved_data["has_shortcut"] = shortcut.has_value();
+    if (shortcut.has_value()) {
+      ctx->saved_data["shortcut_channels"] = shortcut->sym_size(1);
+      ctx->saved_data["narrower"] = shortcut->sym_size(1) != h.sym_size(1);
+    }
     ctx->mark_non_differentiable({state});
     ctx->set_materialize_grads(false);
     return {out, state};
@@ -303,11 +307,11 @@ class ShakeDropFunction : public torch::autograd::Function<ShakeDropFunction> {
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
     if (ctx->needs_input_grad(0)) result[0] = backward_from_saved(ctx, grad_y);
-    const int64_t shortcut_channels = ctx->saved_data["shortcut_channels"].toInt();
-    if (shortcut_channels >= 0 && ctx->needs_input_grad(1)) {
+    if (ctx->saved_data["has_shortcut"].toBool() && ctx->needs_input_grad(1)) {
       // dL/dx = dL/dy: the incoming gradient itself (a view when the shortcut is narrower), no copy.
-      result[1] = shortcut_channels == ctx->saved_data["channels"].toInt() ? grad_y
-                                                                           : grad_y.narrow(1, 0, shortcut_channels);
+      result[1] = !ctx->saved_data["narrower"].toBool()
+                      ? grad_y
+                      : grad_y.narrow_symint(1, 0, ctx->saved_data["shortcut_channels"].toSymInt());
     }
     return result;
   }
@@ -340,8 +344,11 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_autograd(
     at::ArrayRef<double> beta_range, c10::string_view gate_level, c10::string_view level, bool training,
     const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& alpha,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& rng_state) {
-  const bool records = at::GradMode::is_enabled() &&
-                       (h.requires_grad() || (shortcut.has_value() && shortcut->requires_grad()));
+  // A forward-mode tangent goes to the node's path too, which raises that forward AD is not implemented.
+  const bool records = (at::GradMode::is_enabled() &&
+                        (h.requires_grad() || (shortcut.has_value() && shortcut->requires_grad()))) ||
+                       h._fw_grad(/*level=*/0).defined() ||
+                       (shortcut.has_value() && shortcut->_fw_grad(/*level=*/0).defined());
   if (!records) {  // inference, or nothing to differentiate: no autograd node to build
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_forward(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta,

@@ -57,7 +57,7 @@ __device__ __forceinline__ void split(index_t t, index_t channels, index_t heigh
 template <bool kDraw>
 __device__ __forceinline__ PhiloxState kernel_state(const CudaRng& rng) {
   if (kDraw) return resolve_rng(rng);
-  if (rng.out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+  if (rng.out != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) {
     rng.out[0] = 0;
     rng.out[1] = 0;
   }

@@ -34,7 +34,7 @@ inline CudaRng cuda_rng(const at::Device& device, uint64_t streams, const int64_
   return rng;
 }
 
-// In the kernel: the state this call uses. Thread 0 of block 0 also writes it out (only it, once).
+// In the kernel: the state this call uses. Thread 0 of block (0, 0, 0) also writes it out (only it, once).
 __device__ inline PhiloxState resolve_rng(const CudaRng& rng) {
   PhiloxState s;
   if (rng.explicit_state != nullptr) {
@@ -45,7 +45,7 @@ __device__ inline PhiloxState resolve_rng(const CudaRng& rng) {
     s.seed = std::get<0>(unpacked);
     s.offset = std::get<1>(unpacked);
   }
-  if (rng.out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+  if (rng.out != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) {
     rng.out[0] = static_cast<int64_t>(s.seed);
     rng.out[1] = static_cast<int64_t>(s.offset);
   }

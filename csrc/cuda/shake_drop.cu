@@ -85,12 +85,13 @@ void launch_typed(const ShakeDropParams& p, const CudaRng& rng, cudaStream_t str
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The state comes from the generator (forward, nothing explicit), an explicit tensor, or none is needed.
+// The state comes from the generator (forward, nothing explicit), an explicit tensor, or none is needed. The
+// kernel writes the state output only when this call allocated it (forward), never into a backward's input.
 void run(ShakeDropCall& call, const at::Tensor& ref) {
   const bool explicit_state = call.state_in.has_value();
   const at::Tensor state_in = explicit_state ? call.state_in->contiguous() : at::Tensor();
-  if (!call.state.defined()) call.state = empty_state(ref);
-  const bool writes_state = !call.state.is_same(state_in) || !explicit_state;
+  const bool writes_state = !call.state.defined();
+  if (writes_state) call.state = empty_state(ref);
   const CudaRng rng = cuda_rng(ref.device(), call.draws && !explicit_state ? kShakeDropStreams : 0,
                                explicit_state ? state_in.data_ptr<int64_t>() : nullptr,
                                writes_state ? call.state.data_ptr<int64_t>() : nullptr);

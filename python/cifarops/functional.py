@@ -110,11 +110,15 @@ def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
     """The op call behind F.shake_drop and the ShakeDrop module, with validated hyper-parameters: the op checks
     the tensors (in C++ for the compiled backends) before it draws anything."""
     if not isinstance(h, torch.Tensor) or gate is not None or alpha is not None or beta is not None or (
-        shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype)
-    ):  # the rare cases, off the fast path: Python objects the schema would reject with a vaguer message
+        shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype
+                                  or shortcut.is_meta != h.is_meta)
+    ):  # the rare cases, off the fast path: Python objects the schema would reject with a vaguer message, and
+        # a meta / real device mix, which the backend choice (by h's device) would meet before the op's checks
         for name, value in (("h", h), ("shortcut", shortcut), ("gate", gate), ("alpha", alpha), ("beta", beta)):
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(f"cifarops.shake_drop: {name} must be a torch.Tensor, got {type(value).__name__}")
+        if shortcut is not None and shortcut.device != h.device:
+            raise ValueError(f"cifarops.shake_drop: shortcut is on {shortcut.device} but h is on {h.device}")
         h, shortcut = _autocast_common_dtype(h, shortcut)
     rng = noise.rng_state(h.device, _shake_drop_ops.STREAMS) if noise._active_tapes and training else None
     return backends.op("shake_drop", h.device)(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,

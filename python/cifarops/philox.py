@@ -80,6 +80,8 @@ def draw_state(device: torch.device, streams: int) -> torch.Tensor:
         seed, offset = generator.initial_seed(), generator.get_offset()
         generator.set_offset(offset + 4 * streams)
         return torch.tensor([to_signed(seed), offset], dtype=torch.int64, device=device)
+    if device.type == "meta":  # shape inference (GPipe's stages, fake tensors): nothing to draw
+        return torch.zeros(2, dtype=torch.int64, device=device)
     if device.type != "cpu":
         raise RuntimeError(f"cifarops: no generator for {device} tensors")
     # One random64() of the CPU generator: random_ over the full int64 range reads exactly that.

@@ -80,11 +80,11 @@ int main() {
                                       c10::string_view, c10::string_view)>();
   const at::Tensor h1 = torch::tensor({4.0f, 8.0f}).reshape({2, 1});
   const at::Tensor h2 = torch::tensor({0.0f, 4.0f}).reshape({2, 1});
-  const auto [mix, state] = shake_shake.call(h1, h2, h2, "shake", "shake", "sample", true,
+  const auto [mix, mix_state] = shake_shake.call(h1, h2, h2, "shake", "shake", "sample", true,
                                              torch::tensor({0.25f, 0.5f}), torch::tensor({0.5f, 0.75f}), std::nullopt);
   expect(at::equal(mix, torch::tensor({1.0f, 10.0f}).reshape({2, 1})), "shake_shake forward");
   const auto [g1, g2] =
-      shake_shake_backward.call(torch::ones({2, 1}), state, torch::tensor({0.5f, 0.75f}), "shake", "sample");
+      shake_shake_backward.call(torch::ones({2, 1}), mix_state, torch::tensor({0.5f, 0.75f}), "shake", "sample");
   expect(at::equal(g1, torch::tensor({0.5f, 0.75f}).reshape({2, 1})) &&
              at::equal(g2, torch::tensor({0.5f, 0.25f}).reshape({2, 1})),
          "shake_shake backward");

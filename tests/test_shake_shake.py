@@ -214,15 +214,18 @@ def uniform_ok(samples: torch.Tensor, sigmas: float = 5.0) -> None:
 @pytest.mark.parametrize("level", ["batch", "sample"])
 def test_coefficient_statistics(kernel_backend, level):
     """h1 = 1, h2 = 0 leaves y = alpha and dh1 = beta per sample: read them off."""
-    device, _ = kernel_backend
+    device, backend = kernel_backend
+    # Interpreted Triton runs each program in Python: fewer draws (the standard errors widen to match; that it
+    # draws the reference's numbers is tested on the same state above).
+    samples = 2000 if backend == "triton" and device == "cpu" else 20000
     torch.manual_seed(0)
     if level == "sample":
-        h1, h2 = torch.ones(20000, 1, device=device), torch.zeros(20000, 1, device=device)
+        h1, h2 = torch.ones(samples, 1, device=device), torch.zeros(samples, 1, device=device)
         y, dh1, _, _ = run(h1, h2)
         alpha, beta = y.flatten(), dh1.flatten()
     else:
         h1, h2 = torch.ones(4, 2, device=device), torch.zeros(4, 2, device=device)
-        draws = [run(h1, h2, level="batch") for _ in range(2000)]
+        draws = [run(h1, h2, level="batch") for _ in range(samples // 10)]
         assert all((y == y[0, 0]).all() for y, *_ in draws)  # one alpha for the whole batch
         alpha = torch.stack([y[0, 0] for y, *_ in draws])
         beta = torch.stack([dh1[0, 0] for _, dh1, _, _ in draws])

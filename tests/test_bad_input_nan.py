@@ -15,7 +15,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.functional import _op
+from cifarops.backends import op as _op
 
 NAN, INF = float("nan"), float("inf")
 BACKENDS = cifarops.available_backends("cpu")

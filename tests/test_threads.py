@@ -21,7 +21,7 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops import backends, noise
-from cifarops.functional import _op
+from cifarops.backends import op as _op
 from cifarops.models import PyramidBasicBlock
 
 BACKENDS = [b for b in cifarops.available_backends("cpu") if b != "triton"]

@@ -15,27 +15,13 @@ from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
-from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range, check_same_device, opmath_dtype
+from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range
 
 GATE_LEVELS = ("batch", "sample")
 LEVELS = ("batch", "sample", "channel", "pixel")
 SHAKE_FORWARD_MODES = ("shake", "even")
 SHAKE_BACKWARD_MODES = ("shake", "even", "keep")
 SHAKE_LEVELS = ("batch", "sample")
-
-
-def _op(name: str, device: torch.device):
-    backend = backends.select_backend(device)
-    if backend == "reference":
-        return getattr(reference, name)
-    namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
-    return getattr(namespace, name)
-
-
-def draw_seed(device: torch.device) -> torch.Tensor:
-    """A Philox key for per-element noise, from torch's generator of `device`: on the device, so no host
-    sync, and traceable by torch.compile."""
-    return noise.drawn(lambda: torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device))
 
 
 def _autocast_common_dtype(*tensors: Optional[torch.Tensor]) -> tuple:

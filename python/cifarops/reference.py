@@ -1,7 +1,11 @@
 """Pure-PyTorch versions of every op: the test oracle and the fallback backend.
 
-Each function mirrors its torch.library op argument for argument (noise is an input), and computes in
-the same precision as the kernels: float64 for float64 tensors, float32 otherwise, rounded once at the end.
+Each function mirrors its torch.library op argument for argument and output for output: its noise comes from
+an explicit rng_state or from the state cifarops.philox.draw_state takes from torch's generator, exactly as
+the kernels take it, so the same generator state gives the same numbers on every backend. It computes in the
+same precision as the kernels: float64 for float64 tensors, float32 otherwise, rounded once at the end. It
+checks nothing itself (backends.op runs the ops' Python checks in front of it) and imports nothing from the
+ops it checks.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from cifarops.ops.common import dense_format
 from cifarops.philox import draw_state, philox_uniform
 
 
@@ -127,8 +130,6 @@ def shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, 
 
 # --------------------------------------------------------------------------------------------- Shake-Shake
 
-
-from cifarops.philox import draw_state, philox_uniform  # noqa: E402 (Shake-Shake's noise; kept in its section)
 
 
 def shake_shake_mix(alpha: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor) -> torch.Tensor:
@@ -341,8 +342,6 @@ def probabilistic_maxout_expectation(x: torch.Tensor, pieces: int, dim: int, gro
 
 
 # ------------------------------------------------------------------------------- fractional max-pooling
-
-from cifarops.philox import draw_state, philox_uniform  # noqa: E402 (this section's own imports)
 
 FMP_REGIONS = ("window", "disjoint", "overlapping")
 FMP_SEQUENCES = ("pseudorandom", "random")

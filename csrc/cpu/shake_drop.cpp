@@ -19,14 +19,23 @@ void shake_drop_rows(const ShakeDropParams& p) {
   const int64_t rows = p.numel() / row_length;
   const int64_t grain = std::max<int64_t>(1, 32768 / row_length);
   const bool pixel_philox = p.coef.kind == Noise::Drawn && p.coef.level == Level::Pixel;
+  // A per-batch or per-sample drawn coefficient is the same for every row of a sample: drawn once per sample.
+  const bool per_sample_draw = p.coef.kind == Noise::Drawn && (p.coef.level == Level::Batch || p.coef.level == Level::Sample);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    int64_t cached_n = -1;  // rows run in order, so n changes rarely: the gate's Philox call once per sample
+    acc_t gate = 0, sample_coef = 0;
     for (int64_t r = begin; r < end; ++r) {
       const int64_t m0 = r * row_length;
       const Position q0 = locate<int64_t>(p, m0);
-      const acc_t gate = shake_drop_gate<acc_t>(p, q0.n);
+      if (q0.n != cached_n) {
+        cached_n = q0.n;
+        gate = shake_drop_gate<acc_t>(p, q0.n);
+        if (per_sample_draw) sample_coef = shake_drop_coefficient<acc_t>(p, q0, m0);
+      }
       if (!p.channels_last && !p.pixel_noise()) {
         // One scale for the whole plane: a plain axpy that the compiler vectorises.
-        const acc_t scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q0, m0));
+        const acc_t coef = per_sample_draw ? sample_coef : shake_drop_coefficient<acc_t>(p, q0, m0);
+        const acc_t scale = shake_drop_scale(gate, coef);
         const scalar_t* CIFAROPS_RESTRICT h = static_cast<const scalar_t*>(p.h) + m0;
         scalar_t* CIFAROPS_RESTRICT out = static_cast<scalar_t*>(p.out) + m0;
         if (p.shortcut != nullptr && q0.c < p.shortcut_channels) {
@@ -53,7 +62,8 @@ void shake_drop_rows(const ShakeDropParams& p) {
       }
       for (int64_t j = 0; j < row_length; ++j) {
         const Position q{q0.n, p.channels_last ? j : q0.c, p.channels_last ? q0.s : j};
-        shake_drop_store<scalar_t>(p, q, m0 + j, shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m0 + j)));
+        const acc_t coef = per_sample_draw ? sample_coef : shake_drop_coefficient<acc_t>(p, q, m0 + j);
+        shake_drop_store<scalar_t>(p, q, m0 + j, shake_drop_scale(gate, coef));
       }
     }
   });

@@ -15,7 +15,7 @@ import functools
 import torch
 
 from cifarops import _extension, philox, reference
-from cifarops.ops.common import FLOATING, check_same_device, check_tensor, dense_format
+from cifarops.ops.common import FLOATING, check_rng_state, check_same_device, check_tensor, dense_format
 
 REGIONS = reference.FMP_REGIONS
 SEQUENCES = reference.FMP_SEQUENCES
@@ -84,13 +84,7 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
     if regions == "window" and boundaries is not None:
         raise ValueError(f"{op}: regions='window' takes samples, not boundaries")
     if rng_state is not None:
-        check_tensor(rng_state, "rng_state", op)
-        if rng_state.device != x.device:
-            raise ValueError(f"{op}: rng_state is on {rng_state.device} but the input is on {x.device}")
-        if rng_state.dtype != torch.int64:
-            raise TypeError(f"{op}: rng_state must be an int64 tensor {{seed, offset}}, got {rng_state.dtype}")
-        if rng_state.numel() != 2:
-            raise ValueError(f"{op}: rng_state must have two elements {{seed, offset}}, got {rng_state.numel()}")
+        check_rng_state(rng_state, x, "rng_state", op)
     if samples is None and boundaries is None:
         if needs_state and rng_state is None:
             raise ValueError(f"{op}: rng_state (the forward's) is required when neither samples nor boundaries are given")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cifarops import _extension, philox
-from cifarops.ops.common import FLOATING, check_same_device, check_tensor, dense_format
+from cifarops.ops.common import FLOATING, check_rng_state, check_same_device, check_tensor, dense_format
 
 GROUPINGS = ("contiguous", "strided")
 
@@ -120,7 +120,7 @@ def triton_probabilistic_maxout(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dim = check_args(x, pieces, dim, grouping, "cifarops.probabilistic_maxout", temperature)
     if rng_state is not None:
-        check_rng_state(rng_state, x, "cifarops.probabilistic_maxout")
+        check_rng_state(rng_state, x, "rng_state", "cifarops.probabilistic_maxout")
     # Every check first: a call that fails them draws nothing.
     state = philox.draw_state(x.device, STREAMS) if rng_state is None else rng_state.contiguous().clone()
     x, y, index = _outputs(x, pieces, dim, True)
@@ -173,16 +173,6 @@ def _check_index(grad_y, index):
 STREAMS = 1  # probabilistic maxout's Philox streams: stream 0, one uniform per output element
 
 
-def check_rng_state(state, x, op: str) -> None:
-    """The twin of check_rng_state in csrc/args/rng.h: an int64 tensor {seed, offset} on x's device."""
-    check_tensor(state, "rng_state", op)
-    check_same_device(state, x, "rng_state", op, ref_name="the input")
-    if state.dtype != torch.int64:
-        raise TypeError(f"{op}: rng_state must be an int64 tensor {{seed, offset}}, got {state.dtype}")
-    if state.numel() != 2:
-        raise ValueError(f"{op}: rng_state must have two elements {{seed, offset}}, got {state.numel()}")
-
-
 # ------------------------------------------------------------------------------------- fake and autograd
 
 
@@ -197,7 +187,7 @@ def _fake_sample(x, pieces, dim, grouping, temperature, rng_state):
     dim = check_args(x, pieces, dim, grouping, op, temperature)
     if rng_state is not None:
         # A state on another device dispatches here (Meta): without this check the call would return meta outputs.
-        check_rng_state(rng_state, x, op)
+        check_rng_state(rng_state, x, "rng_state", op)
     _, y, index = _outputs(x, pieces, dim, True)
     return y, index, torch.empty((2,), dtype=torch.int64, device=x.device)
 

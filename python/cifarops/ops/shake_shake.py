@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from cifarops import _extension
-from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_same_device, dense_format
+from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_rng_state, check_same_device, dense_format
 
 OP = "cifarops.shake_shake"
 BACKWARD_OP = "cifarops._shake_shake_backward"
@@ -42,16 +42,6 @@ def check_coefficient(coef, x: torch.Tensor, name: str, ref_name: str = "h1", op
         raise ValueError(f"{op}: {name} must have shape (1,) or (N,) = ({n},), got {tuple(coef.shape)}")
 
 
-def check_rng_state(state, x: torch.Tensor, op: str) -> None:
-    """As csrc/args/rng.h's check_rng_state."""
-    if state.device != x.device:
-        raise ValueError(f"{op}: rng_state is on {state.device} but the input is on {x.device}")
-    if state.dtype != torch.int64:
-        raise TypeError(f"{op}: rng_state must be an int64 tensor {{seed, offset}}, got {state.dtype}")
-    if state.numel() != 2:
-        raise ValueError(f"{op}: rng_state must have two elements {{seed, offset}}, got {state.numel()}")
-
-
 def draws(forward_mode: str, backward_mode: str, training: bool, alpha, beta) -> bool:
     """Whether a call takes an RNG state: alpha drawn, or beta drawn by its backward."""
     if not training:
@@ -76,7 +66,7 @@ def check_op_args(h1, h2, shortcut, forward_mode, backward_mode, level, training
     if not training and (alpha is not None or beta is not None):
         raise ValueError(f"{OP}: alpha and beta are training noise; pass training=True")
     if rng_state is not None:
-        check_rng_state(rng_state, h1, OP)
+        check_rng_state(rng_state, h1, "rng_state", OP)
     return draws(forward_mode, backward_mode, training, alpha, beta)
 
 
@@ -84,7 +74,7 @@ def check_backward_args(grad_y, rng_state, beta, backward_mode, level) -> None:
     check_choice(backward_mode, "backward_mode", BACKWARD_MODES, BACKWARD_OP)
     check_choice(level, "level", LEVELS, BACKWARD_OP)
     check_nc_input(grad_y, "grad_y", BACKWARD_OP)
-    check_rng_state(rng_state, grad_y, BACKWARD_OP)
+    check_rng_state(rng_state, grad_y, "rng_state", BACKWARD_OP)
     if beta is not None:
         check_coefficient(beta, grad_y, "beta", "grad_y", BACKWARD_OP)
 

@@ -316,17 +316,22 @@ def standard_error_ok(samples: torch.Tensor, mean: float, var: float, sigmas: fl
     assert abs(samples.var().item() - var) < sigmas * (2 * var**2 / n) ** 0.5, (samples.var().item(), var)
 
 
+def batch_draws(device, backend) -> int:
+    """Calls for a batch-level statistic (one draw per call). Interpreted Triton runs each launch in Python:
+    fewer calls there (the standard errors widen to match); that it draws the reference's numbers for the same
+    state is tested exactly in test_known_answer_noise_from_the_generator."""
+    return 200 if backend == "triton" and device == "cpu" else 2000
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_noise_statistics(kernel_backend, level):
     """With the gate closed (p_drop = 1), y = alpha * h and dh = beta * dy: read alpha and beta off ones."""
-    device, _ = kernel_backend
+    device, backend = kernel_backend
     torch.manual_seed(0)
     shape = {"batch": (1, 1), "sample": (20000, 1), "channel": (200, 100), "pixel": (4, 5, 50, 20)}
     h = torch.ones(*shape[level], device=device)
     samples = []
-    for _ in range(20000 if level == "batch" else 1):
-        if level == "batch" and len(samples) >= 2000:
-            break
+    for _ in range(batch_draws(device, backend) if level == "batch" else 1):
         y, dh, _ = run(h, p_drop=1.0, level=level, alpha_range=(-1.0, 1.0), beta_range=(0.0, 1.0))
         samples.append((y.flatten()[:1] if level == "batch" else y, dh.flatten()[:1] if level == "batch" else dh))
     alpha = torch.cat([a.flatten() for a, _ in samples])
@@ -341,7 +346,7 @@ def test_noise_statistics(kernel_backend, level):
 @pytest.mark.parametrize("gate_level", ["batch", "sample"])
 def test_gate_rate(kernel_backend, gate_level):
     """alpha = beta = 0 leaves y = b * h: the gate opens with probability 1 - p_drop."""
-    device, _ = kernel_backend
+    device, backend = kernel_backend
     torch.manual_seed(0)
     p_drop, n = 0.3, 20000
     if gate_level == "sample":
@@ -349,7 +354,8 @@ def test_gate_rate(kernel_backend, gate_level):
         gates = y.flatten()
     else:
         h = torch.ones(4, 3, device=device)
-        gates = torch.stack([run(h, p_drop=p_drop, alpha_range=(0, 0), beta_range=(0, 0))[0] for _ in range(2000)])
+        gates = torch.stack([run(h, p_drop=p_drop, alpha_range=(0, 0), beta_range=(0, 0))[0]
+                             for _ in range(batch_draws(device, backend))])
         assert (gates == gates[:, :1, :1]).all()  # one draw for the whole batch
         gates = gates[:, 0, 0]
     assert set(gates.unique().tolist()) <= {0.0, 1.0}

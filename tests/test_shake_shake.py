@@ -217,7 +217,7 @@ def test_coefficient_statistics(kernel_backend, level):
     device, backend = kernel_backend
     # Interpreted Triton runs each program in Python: fewer draws (the standard errors widen to match; that it
     # draws the reference's numbers is tested on the same state above).
-    samples = 2000 if backend == "triton" and device == "cpu" else 20000
+    samples = 500 if backend == "triton" and device == "cpu" else 20000
     torch.manual_seed(0)
     if level == "sample":
         h1, h2 = torch.ones(samples, 1, device=device), torch.zeros(samples, 1, device=device)
@@ -225,7 +225,7 @@ def test_coefficient_statistics(kernel_backend, level):
         alpha, beta = y.flatten(), dh1.flatten()
     else:
         h1, h2 = torch.ones(4, 2, device=device), torch.zeros(4, 2, device=device)
-        draws = [run(h1, h2, level="batch") for _ in range(samples // 10)]
+        draws = [run(h1, h2, level="batch") for _ in range(max(samples // 10, 100))]
         assert all((y == y[0, 0]).all() for y, *_ in draws)  # one alpha for the whole batch
         alpha = torch.stack([y[0, 0] for y, *_ in draws])
         beta = torch.stack([dh1[0, 0] for _, dh1, _, _ in draws])

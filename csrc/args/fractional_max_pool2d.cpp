@@ -5,13 +5,14 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
 
+#include "args/autograd.h"
 #include "args/common.h"
 #include "args/rng.h"
+#include "args/signatures.h"
 
 namespace cifarops {
 namespace {
@@ -297,153 +298,113 @@ FmpCall fmp_backward_call(const at::Tensor& grad_y, const at::Tensor& index, at:
 
 // ------------------------------------------------------------------------------------------ autograd
 //
-// One Function per op, as torchvision's roi_align: forward runs the op below autograd through the dispatcher,
-// saves the choices and the draws (the explicit ones, or the 16-byte RNG state it drew from), and backward
-// calls the backward op through the dispatcher. The index and the state carry no gradient, and undefined
-// output gradients are not materialised (no zeros()).
+// One node per op: the forward runs the op below autograd through the dispatcher and, when a graph is recorded,
+// saves the choices and the draws (the explicit ones, or the 16-byte RNG state it drew from); the backward
+// calls the backward op through the dispatcher. The index and the state carry no gradient (no history, so
+// autograd makes no zeros() for them).
 namespace {
 
-using OptTensor = std::optional<at::Tensor>;
-using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, at::IntArrayRef, at::IntArrayRef, c10::string_view, const OptTensor&, const OptTensor&, bool,
-    c10::string_view, bool, const OptTensor&);
-using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, at::IntArrayRef,
-                                     c10::string_view, const OptTensor&, const OptTensor&, c10::string_view, bool,
-                                     const OptTensor&);
-using SelectSignature = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, c10::string_view,
-                                   const OptTensor&, const OptTensor&, c10::string_view, bool, const OptTensor&);
-
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto handle =
-      c10::Dispatcher::singleton().findSchemaOrThrow("cifarops::fractional_max_pool2d", "").typed<ForwardSignature>();
-  return handle;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("cifarops::_fractional_max_pool2d_backward", "")
-                                 .typed<BackwardSignature>();
-  return handle;
-}
-
-// values at each output's choice (the gradient of the backward op): python/cifarops/ops registers it.
-const c10::TypedOperatorHandle<SelectSignature>& select_op() {
-  static const auto handle = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("cifarops::_fractional_max_pool2d_select", "")
-                                 .typed<SelectSignature>();
-  return handle;
-}
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
 
 OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
-// The string arguments as one saved integer (no strings copied per call): regions * 4 + random * 2 + per_image.
+enum class Regions : int { Window = 0, Disjoint = 1, Overlapping = 2 };
 constexpr const char* kRegionNames[3] = {"window", "disjoint", "overlapping"};
-constexpr const char* kSequenceNames[2] = {"pseudorandom", "random"};
 
-int64_t pack_mode(c10::string_view regions, c10::string_view sequence, bool per_image) {
-  const int64_t r = regions == "window" ? 0 : regions == "disjoint" ? 1 : 2;  // checked by the op already
-  return r * 4 + (sequence == "random" ? 2 : 0) + (per_image ? 1 : 0);
-}
+// What both nodes save: the choices, the draws a backward needs (the explicit samples or boundaries, else the
+// state drawn from) and the arguments as plain values (no strings copied per call). Tensors as saved variables,
+// as torch's own nodes keep them: saved-tensor hooks (checkpointing, offloading) see them, and an in-place
+// change after the forward is an error. The index and the state carry no gradient: no reference cycle.
+struct SavedRegions {
+  SavedVariable index, samples, boundaries, state;
+  std::vector<int64_t> kernel_size;
+  Regions regions = Regions::Window;
+  bool random = false, per_image = false, released = false;
 
-struct Mode {
-  c10::string_view regions, sequence;
-  bool per_image;
+  void save(const at::Tensor& index_, const OptTensor& samples_, const OptTensor& boundaries_, const at::Tensor& state_,
+            at::IntArrayRef kernel, c10::string_view regions_, c10::string_view sequence, bool per_image_) {
+    index = SavedVariable(index_, false);
+    if (samples_.has_value()) samples = SavedVariable(*samples_, false);
+    if (boundaries_.has_value()) boundaries = SavedVariable(*boundaries_, false);
+    if (!samples_.has_value() && !boundaries_.has_value() && state_.defined()) state = SavedVariable(state_, false);
+    kernel_size = kernel.vec();
+    regions = regions_ == "window" ? Regions::Window : regions_ == "disjoint" ? Regions::Disjoint : Regions::Overlapping;
+    random = sequence == "random";
+    per_image = per_image_;
+  }
+  void release() {
+    index.reset_data();
+    samples.reset_data();
+    boundaries.reset_data();
+    state.reset_data();
+    released = true;
+  }
+  c10::string_view regions_name() const { return kRegionNames[static_cast<int>(regions)]; }
+  c10::string_view sequence() const { return random ? "random" : "pseudorandom"; }
+  // An absent saved variable unpacks to an undefined tensor.
+  OptTensor unpack(const SavedVariable& v) const { return optional(v.unpack()); }
 };
 
-Mode unpack_mode(int64_t mode) {
-  return Mode{kRegionNames[mode / 4], kSequenceNames[(mode / 2) % 2], mode % 2 == 1};
-}
+// The backward op is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
+struct FmpBackwardBackward final : torch::autograd::Node {
+  SavedRegions saved;
 
-// Saves the draws a backward needs: the explicit samples or boundaries, else the state drawn from.
-void save_draws(torch::autograd::AutogradContext* ctx, const at::Tensor& index, const OptTensor& samples,
-                const OptTensor& boundaries, const at::Tensor& state, at::IntArrayRef kernel_size,
-                c10::string_view regions, c10::string_view sequence, bool per_image) {
-  const bool drew = !samples.has_value() && !boundaries.has_value();
-  ctx->save_for_backward({index, samples.value_or(at::Tensor()), boundaries.value_or(at::Tensor()),
-                          drew ? state : at::Tensor()});
-  ctx->saved_data["kernel_size"] = kernel_size.vec();
-  ctx->saved_data["mode"] = pack_mode(regions, sequence, per_image);
-}
+  std::string name() const override { return "FractionalMaxPool2dBackwardBackward"; }
+  void release_variables() override { saved.release(); }
 
-class FmpBackwardFunction : public torch::autograd::Function<FmpBackwardFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& grad_y,
-                                                const at::Tensor& index, c10::SymIntArrayRef input_size,
-                                                at::IntArrayRef kernel_size, c10::string_view regions,
-                                                const OptTensor& samples, const OptTensor& boundaries,
-                                                c10::string_view sequence, bool per_image, const OptTensor& rng_state) {
-    ctx->set_materialize_grads(false);
-    const at::Tensor state = rng_state.value_or(at::Tensor());
-    save_draws(ctx, index, samples, boundaries, state, kernel_size, regions, sequence, per_image);
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return out;
+    check_not_released(saved.released);
+    out[0] = fmp_select_op().call(grads[0], saved.index.unpack(), saved.kernel_size, saved.regions_name(),
+                                  saved.unpack(saved.samples), saved.unpack(saved.boundaries), saved.sequence(),
+                                  saved.per_image, saved.unpack(saved.state));
+    return out;
+  }
+};
+
+struct FmpBackward final : torch::autograd::Node {
+  SavedRegions saved;
+  c10::SymInt height, width;  // SymInts: under torch.compile with a dynamic batch, sizes are symbolic
+
+  std::string name() const override { return "FractionalMaxPool2dBackward"; }
+  void release_variables() override { saved.release(); }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return out;
+    check_not_released(saved.released);
+    const c10::SymInt input_size[2] = {height, width};
+    // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
+    const at::Tensor index = saved.index.unpack();
+    const OptTensor samples = saved.unpack(saved.samples), boundaries = saved.unpack(saved.boundaries);
+    const OptTensor state = saved.unpack(saved.state);
+    BackwardGuard guard;
+    out[0] = fmp_backward_op().call(grads[0], index, input_size, saved.kernel_size, saved.regions_name(), samples,
+                                    boundaries, saved.sequence(), saved.per_image, state);
+    return out;
+  }
+};
+
+Tensor3 fractional_max_pool2d_autograd(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef output_size,
+                                       c10::string_view regions, const OptTensor& samples,
+                                       const OptTensor& boundaries, bool return_indices, c10::string_view sequence,
+                                       bool per_image, const OptTensor& rng_state) {
+  const bool records = records_grad(kForward, x);
+  auto [y, index, state] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return {backward_op().call(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
-                               per_image, rng_state)};
+    return fmp_op().call(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence,
+                         per_image, rng_state);
+  }();
+  if (records) {
+    auto node = make_node<FmpBackward>(x);
+    node->saved.save(index, samples, boundaries, state, kernel_size, regions, sequence, per_image);
+    node->height = x.sym_size(2);
+    node->width = x.sym_size(3);
+    set_history(node, y);
   }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    torch::autograd::variable_list out(10);
-    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
-    const auto saved = ctx->get_saved_variables();
-    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
-    // The backward is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
-    out[0] = select_op().call(grads[0], saved[0], kernel_size, mode.regions, optional(saved[1]), optional(saved[2]),
-                              mode.sequence, mode.per_image, optional(saved[3]));
-    return out;
-  }
-};
-
-class FmpFunction : public torch::autograd::Function<FmpFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                                                at::IntArrayRef kernel_size, at::IntArrayRef output_size,
-                                                c10::string_view regions, const OptTensor& samples,
-                                                const OptTensor& boundaries, bool return_indices,
-                                                c10::string_view sequence, bool per_image, const OptTensor& rng_state) {
-    ctx->set_materialize_grads(false);
-    at::Tensor y, index, state;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(y, index, state) = forward_op().call(x, kernel_size, output_size, regions, samples, boundaries,
-                                                    return_indices, sequence, per_image, rng_state);
-    }
-    save_draws(ctx, index, samples, boundaries, state, kernel_size, regions, sequence, per_image);
-    ctx->saved_data["height"] = x.sym_size(2);
-    ctx->saved_data["width"] = x.sym_size(3);
-    ctx->mark_non_differentiable({index, state});
-    return {y, index, state};
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    torch::autograd::variable_list out(10);
-    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
-    const auto saved = ctx->get_saved_variables();
-    const std::vector<c10::SymInt> input_size = {ctx->saved_data["height"].toSymInt(),
-                                                 ctx->saved_data["width"].toSymInt()};
-    const auto kernel_size = ctx->saved_data["kernel_size"].toIntVector();
-    const Mode mode = unpack_mode(ctx->saved_data["mode"].toInt());
-    if (!at::GradMode::is_enabled()) {  // the usual backward: no graph of the backward to record
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out[0] = backward_op().call(grads[0], saved[0], input_size, kernel_size, mode.regions, optional(saved[1]),
-                                  optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]));
-    } else {  // create_graph: differentiable, through the backward op's own autograd
-      out[0] = FmpBackwardFunction::apply(grads[0], saved[0], c10::SymIntArrayRef(input_size),
-                                          at::IntArrayRef(kernel_size), mode.regions, optional(saved[1]),
-                                          optional(saved[2]), mode.sequence, mode.per_image, optional(saved[3]))[0];
-    }
-    return out;
-  }
-};
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fractional_max_pool2d_autograd(
-    const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef output_size, c10::string_view regions,
-    const OptTensor& samples, const OptTensor& boundaries, bool return_indices, c10::string_view sequence,
-    bool per_image, const OptTensor& rng_state) {
-  auto out = FmpFunction::apply(x, kernel_size, output_size, regions, samples, boundaries, return_indices, sequence,
-                                per_image, rng_state);
-  return {out[0], out[1], out[2]};
+  return {std::move(y), std::move(index), std::move(state)};
 }
 
 at::Tensor fractional_max_pool2d_backward_autograd(const at::Tensor& grad_y, const at::Tensor& index,
@@ -451,8 +412,19 @@ at::Tensor fractional_max_pool2d_backward_autograd(const at::Tensor& grad_y, con
                                                    c10::string_view regions, const OptTensor& samples,
                                                    const OptTensor& boundaries, c10::string_view sequence,
                                                    bool per_image, const OptTensor& rng_state) {
-  return FmpBackwardFunction::apply(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
-                                    per_image, rng_state)[0];
+  const bool records = records_grad("cifarops._fractional_max_pool2d_backward", grad_y);
+  at::Tensor grad_x = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return fmp_backward_op().call(grad_y, index, input_size, kernel_size, regions, samples, boundaries, sequence,
+                                  per_image, rng_state);
+  }();
+  if (records) {
+    auto node = make_node<FmpBackwardBackward>(grad_y);
+    node->saved.save(index, samples, boundaries, rng_state.value_or(at::Tensor()), kernel_size, regions, sequence,
+                     per_image);
+    set_history(node, grad_x);
+  }
+  return grad_x;
 }
 
 }  // namespace

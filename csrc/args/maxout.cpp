@@ -1,11 +1,12 @@
 #include "args/maxout.h"
 
 #include <ATen/WrapDimUtils.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "args/autograd.h"
 #include "args/common.h"
 #include "args/rng.h"
+#include "args/signatures.h"
 
 namespace cifarops {
 namespace {
@@ -205,206 +206,136 @@ MaxoutCall maxout_expectation_backward_call(const at::Tensor& grad_y, const at::
 
 // ------------------------------------------------------------------------------------------------ autograd
 //
-// One torch::autograd::Function per forward op, shared by the compiled backends (CPU, CUDA): forward calls
-// the op below autograd through the dispatcher, saves one byte per output (the chosen piece) or the input
-// (the expectation), marks the index and rng_state outputs non-differentiable and does not materialise
-// their (undefined) gradients; backward calls the backward op through the dispatcher.
+// One node per differentiable op, shared by the compiled backends (CPU, CUDA): the forward runs the op below
+// autograd through the dispatcher and, when a graph is recorded, saves one byte per output (the chosen piece)
+// or the input (the expectation). The index and rng_state outputs carry no gradient (no history, so autograd
+// makes no zeros() for them); the backward calls the backward op through the dispatcher.
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-using MaxoutSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, c10::string_view);
-using BackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, c10::string_view);
-using SampleSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t,
-                                                                 c10::string_view, double,
-                                                                 const std::optional<at::Tensor>&);
-using ExpectationSig = at::Tensor(const at::Tensor&, int64_t, int64_t, c10::string_view, double);
-using ExpectationBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, c10::string_view,
-                                          double);
+struct Grouping {
+  int64_t pieces = 0, dim = 0;
+  bool strided = false;
+  c10::string_view name() const { return strided ? "strided" : "contiguous"; }
+};
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+Grouping grouping_of(int64_t pieces, int64_t dim, c10::string_view grouping) {
+  return Grouping{pieces, dim, grouping == "strided"};
 }
 
-const c10::TypedOperatorHandle<MaxoutSig>& maxout_op() {
-  static const auto op = handle<MaxoutSig>("cifarops::maxout");
-  return op;
-}
-const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op = handle<BackwardSig>("cifarops::_maxout_backward");
-  return op;
-}
-const c10::TypedOperatorHandle<SampleSig>& sample_op() {
-  static const auto op = handle<SampleSig>("cifarops::probabilistic_maxout");
-  return op;
-}
-const c10::TypedOperatorHandle<ExpectationSig>& expectation_op() {
-  static const auto op = handle<ExpectationSig>("cifarops::probabilistic_maxout_expectation");
-  return op;
-}
-const c10::TypedOperatorHandle<ExpectationBackwardSig>& expectation_backward_op() {
-  static const auto op = handle<ExpectationBackwardSig>("cifarops::_probabilistic_maxout_expectation_backward");
-  return op;
-}
+// A node saving one tensor (the chosen pieces, or the input) and the grouping.
+struct SavedOne : torch::autograd::Node {
+  SavedVariable saved;
+  Grouping grouping;
+  double temperature = 1.0;  // the expectation's
 
-void save_grouping(AutogradContext* ctx, int64_t pieces, int64_t dim, c10::string_view grouping) {
-  ctx->saved_data["pieces"] = pieces;
-  ctx->saved_data["dim"] = dim;
-  ctx->saved_data["strided"] = grouping == "strided";
-}
+  void release_variables() override { saved.reset_data(); }
+};
 
-c10::string_view saved_grouping(AutogradContext* ctx) {
-  return ctx->saved_data["strided"].toBool() ? c10::string_view("strided") : c10::string_view("contiguous");
-}
-
-// grad_x of the chosen pieces: the backward op, or nothing for an undefined grad_y.
-at::Tensor chosen_backward(AutogradContext* ctx, const at::Tensor& grad_y) {
-  if (!grad_y.defined() || !ctx->needs_input_grad(0)) return at::Tensor();
-  const at::Tensor index = ctx->get_saved_variables()[0];
-  return backward_op().call(grad_y, index, ctx->saved_data["pieces"].toInt(), ctx->saved_data["dim"].toInt(),
-                            saved_grouping(ctx));
-}
-
-class MaxoutFunction : public torch::autograd::Function<MaxoutFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
-                               c10::string_view grouping) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, index] = maxout_op().call(x, pieces, dim, grouping);
-    ctx->save_for_backward({index});  // one byte per output
-    save_grouping(ctx, pieces, dim, grouping);
-    ctx->mark_non_differentiable({index});
-    ctx->set_materialize_grads(false);
-    return {y, index};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {chosen_backward(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor()};
+// maxout and probabilistic maxout in training: the gradient goes to each output's chosen piece.
+struct MaxoutBackward final : SavedOne {
+  std::string name() const override { return "MaxoutBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return out;
+    const at::Tensor index = saved.unpack();
+    BackwardGuard guard;
+    out[0] = maxout_backward_op().call(grads[0], index, grouping.pieces, grouping.dim, grouping.name());
+    return out;
   }
 };
 
-class SampleFunction : public torch::autograd::Function<SampleFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
-                               c10::string_view grouping, double temperature,
-                               const std::optional<at::Tensor>& rng_state) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, index, state] = sample_op().call(x, pieces, dim, grouping, temperature, rng_state);
-    ctx->save_for_backward({index});  // the drawn piece: backward needs no noise again
-    save_grouping(ctx, pieces, dim, grouping);
-    ctx->mark_non_differentiable({index, state});
-    ctx->set_materialize_grads(false);
-    return {y, index, state};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {chosen_backward(ctx, grads[0]), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-class ExpectationFunction : public torch::autograd::Function<ExpectationFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t pieces, int64_t dim,
-                            c10::string_view grouping, double temperature) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor y = expectation_op().call(x, pieces, dim, grouping, temperature);
-    ctx->save_for_backward({x});  // the gradient depends on every piece
-    save_grouping(ctx, pieces, dim, grouping);
-    ctx->saved_data["temperature"] = temperature;
-    ctx->set_materialize_grads(false);
-    return y;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    at::Tensor grad_x;
-    if (grads[0].defined() && ctx->needs_input_grad(0)) {
-      grad_x = expectation_backward_op().call(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["pieces"].toInt(),
-                                              ctx->saved_data["dim"].toInt(), saved_grouping(ctx),
-                                              ctx->saved_data["temperature"].toDouble());
-    }
-    return {grad_x, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+// The expectation's gradient depends on every piece.
+struct ExpectationBackward final : SavedOne {
+  std::string name() const override { return "ProbabilisticMaxoutExpectationBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return out;
+    const at::Tensor x = saved.unpack();
+    out[0] = expectation_backward_op().call(grads[0], x, grouping.pieces, grouping.dim, grouping.name(), temperature);
+    return out;
   }
 };
 
 // _maxout_backward is linear in grad_y: its gradient gathers each output's chosen piece of grad_grad_x
 // (plain ATen ops, themselves differentiable).
-class MaxoutBackwardFunction : public torch::autograd::Function<MaxoutBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces,
-                            int64_t dim, c10::string_view grouping) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor grad_x = backward_op().call(grad_y, index, pieces, dim, grouping);
-    ctx->save_for_backward({index});
-    save_grouping(ctx, pieces, dim, grouping);
-    ctx->set_materialize_grads(false);
-    return grad_x;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+struct MaxoutBackwardBackward final : SavedOne {
+  std::string name() const override { return "MaxoutBackwardBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(1);
     const at::Tensor& grad_grad_x = grads[0];
-    at::Tensor grad_grad_y;
-    if (grad_grad_x.defined() && ctx->needs_input_grad(0)) {
-      const at::Tensor index = ctx->get_saved_variables()[0];
-      const int64_t pieces = ctx->saved_data["pieces"].toInt();
-      const int64_t dim = at::maybe_wrap_dim(ctx->saved_data["dim"].toInt(), grad_grad_x.dim());
-      const c10::SymInt groups = grad_grad_x.sym_size(dim) / pieces;  // symbolic under torch.compile
-      const bool strided = ctx->saved_data["strided"].toBool();
-      const int64_t piece_dim = strided ? dim : dim + 1;
-      const at::Tensor grouped = strided ? grad_grad_x.unflatten_symint(dim, {c10::SymInt(pieces), groups})
-                                         : grad_grad_x.unflatten_symint(dim, {groups, c10::SymInt(pieces)});
-      grad_grad_y = grouped.gather(piece_dim, index.to(at::kLong).unsqueeze(piece_dim)).squeeze(piece_dim);
-    }
-    return {grad_grad_y, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grad_grad_x.defined() || !task_should_compute_output(0)) return out;
+    const at::Tensor index = saved.unpack();
+    const int64_t dim = at::maybe_wrap_dim(grouping.dim, grad_grad_x.dim());
+    const c10::SymInt groups = grad_grad_x.sym_size(dim) / grouping.pieces;  // symbolic under torch.compile
+    const int64_t piece_dim = grouping.strided ? dim : dim + 1;
+    const at::Tensor grouped = grouping.strided
+                                   ? grad_grad_x.unflatten_symint(dim, {c10::SymInt(grouping.pieces), groups})
+                                   : grad_grad_x.unflatten_symint(dim, {groups, c10::SymInt(grouping.pieces)});
+    out[0] = grouped.gather(piece_dim, index.to(at::kLong).unsqueeze(piece_dim)).squeeze(piece_dim);
+    return out;
   }
 };
 
-// Without a graph to record (grad mode off, as in the engine's backward pass without create_graph, or an
-// input that requires no gradient) the op runs directly below autograd: no node, no saved state.
-// Whether autograd must see the call: an input that requires grad, or a forward-mode tangent (the node's
-// path then raises that forward AD is not implemented, rather than silently dropping the tangent).
-bool records(const at::Tensor& t) {
-  return (at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined();
+// The node of a recorded call, next edge `input`, saving `saved` (an input of the call, or an output of it
+// that carries no gradient: neither makes a reference cycle).
+template <typename NodeT>
+c10::intrusive_ptr<NodeT> record(const at::Tensor& input, const at::Tensor& saved, int64_t pieces, int64_t dim,
+                                 c10::string_view grouping) {
+  auto node = make_node<NodeT>(input);
+  node->saved = SavedVariable(saved, /*is_output=*/false);
+  node->grouping = grouping_of(pieces, dim, grouping);
+  return node;
 }
 
-std::tuple<at::Tensor, at::Tensor> maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
-                                                   c10::string_view grouping) {
-  if (!records(x)) {
+Tensor2 maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping) {
+  const bool records = records_grad("cifarops.maxout", x);
+  auto [y, index] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return maxout_op().call(x, pieces, dim, grouping);
-  }
-  const auto out = MaxoutFunction::apply(x, pieces, dim, grouping);
-  return {out[0], out[1]};
+  }();
+  if (records) set_history(record<MaxoutBackward>(x, index, pieces, dim, grouping), y);
+  return {std::move(y), std::move(index)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> probabilistic_maxout_autograd(
-    const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping, double temperature,
-    const std::optional<at::Tensor>& rng_state) {
-  if (!records(x)) {
+Tensor3 probabilistic_maxout_autograd(const at::Tensor& x, int64_t pieces, int64_t dim, c10::string_view grouping,
+                                      double temperature, const OptTensor& rng_state) {
+  const bool records = records_grad("cifarops.probabilistic_maxout", x);
+  auto [y, index, state] = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return sample_op().call(x, pieces, dim, grouping, temperature, rng_state);
-  }
-  const auto out = SampleFunction::apply(x, pieces, dim, grouping, temperature, rng_state);
-  return {out[0], out[1], out[2]};
+    return probabilistic_maxout_op().call(x, pieces, dim, grouping, temperature, rng_state);
+  }();
+  // The drawn piece is saved: backward needs no noise again.
+  if (records) set_history(record<MaxoutBackward>(x, index, pieces, dim, grouping), y);
+  return {std::move(y), std::move(index), std::move(state)};
 }
 
 at::Tensor probabilistic_maxout_expectation_autograd(const at::Tensor& x, int64_t pieces, int64_t dim,
                                                      c10::string_view grouping, double temperature) {
-  if (!records(x)) {
+  const bool records = records_grad("cifarops.probabilistic_maxout", x);
+  at::Tensor y = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
     return expectation_op().call(x, pieces, dim, grouping, temperature);
+  }();
+  if (records) {
+    auto node = record<ExpectationBackward>(x, x, pieces, dim, grouping);
+    node->temperature = temperature;
+    set_history(node, y);
   }
-  return ExpectationFunction::apply(x, pieces, dim, grouping, temperature);
+  return y;
 }
 
 at::Tensor maxout_backward_autograd(const at::Tensor& grad_y, const at::Tensor& index, int64_t pieces, int64_t dim,
                                     c10::string_view grouping) {
-  if (!records(grad_y)) {
+  const bool records = records_grad("cifarops._maxout_backward", grad_y);
+  at::Tensor grad_x = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().call(grad_y, index, pieces, dim, grouping);
-  }
-  return MaxoutBackwardFunction::apply(grad_y, index, pieces, dim, grouping);
+    return maxout_backward_op().call(grad_y, index, pieces, dim, grouping);
+  }();
+  if (records) set_history(record<MaxoutBackwardBackward>(grad_y, index, pieces, dim, grouping), grad_x);
+  return grad_x;
 }
 
 }  // namespace

@@ -2,13 +2,14 @@
 // twin for the Triton and fake kernels), the kernel parameters, and the autograd kernel of the compiled ops.
 #include "args/shake_drop.h"
 
-#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
 
+#include "args/autograd.h"
 #include "args/common.h"
 #include "args/rng.h"
+#include "args/signatures.h"
 
 namespace cifarops {
 namespace {
@@ -205,136 +206,92 @@ ShakeDropCall shake_drop_backward_call(const at::Tensor& grad_y, const at::Tenso
 
 namespace {
 
-using torch::autograd::AutogradContext;
+const char* level_name(Level level) {
+  static const char* const kNames[] = {"batch", "sample", "channel", "pixel"};
+  return kNames[static_cast<int>(level)];
+}
+
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& h, const std::optional<at::Tensor>& shortcut,
-                                                double p_drop, at::ArrayRef<double> alpha_range,
-                                                at::ArrayRef<double> beta_range, c10::string_view gate_level,
-                                                c10::string_view level, bool training,
-                                                const std::optional<at::Tensor>& gate,
-                                                const std::optional<at::Tensor>& alpha,
-                                                const std::optional<at::Tensor>& beta,
-                                                const std::optional<at::Tensor>& rng_state) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cifarops::shake_drop", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const std::optional<at::Tensor>&, double, at::ArrayRef<double>,
-                           at::ArrayRef<double>, c10::string_view, c10::string_view, bool,
-                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
-  return op.call(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta,
-                 rng_state);
-}
+// What the backward op needs, saved by both nodes below: the state, the explicit gate and beta and the
+// hyper-parameters; never h, the shortcut or the output. Tensors as saved variables, as torch's own nodes
+// keep them: saved-tensor hooks (checkpointing, offloading) see them, and an in-place change after the forward
+// is an error.
+struct SavedNoise {
+  SavedVariable state, gate, beta;
+  bool has_gate = false, has_beta = false, released = false;
+  double p_drop = 0, alpha_range[2] = {0, 0}, beta_range[2] = {0, 0};
+  Level gate_level = Level::Batch, level = Level::Sample;
+  bool training = true;
 
-at::Tensor call_backward(const at::Tensor& grad_y, const at::Tensor& rng_state, double p_drop,
-                         at::ArrayRef<double> alpha_range, at::ArrayRef<double> beta_range,
-                         c10::string_view gate_level, c10::string_view level, bool training,
-                         const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& beta) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cifarops::_shake_drop_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, at::ArrayRef<double>,
-                                         at::ArrayRef<double>, c10::string_view, c10::string_view, bool,
-                                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
-  return op.call(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level, training, gate, beta);
-}
-
-std::optional<at::Tensor> defined_or_none(const at::Tensor& t) {
-  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
-}
-
-const char* level_name(int64_t level) {
-  static const char* const kNames[] = {"batch", "sample", "channel", "pixel"};
-  return kNames[level];
-}
-
-// What backward needs: the state, the explicit gate and beta, and the scalar arguments (as IValues that need
-// no allocation: levels as numbers, the ranges as four doubles).
-void save_noise(AutogradContext* ctx, const at::Tensor& state, const std::optional<at::Tensor>& gate,
-                const std::optional<at::Tensor>& beta, double p_drop, at::ArrayRef<double> alpha_range,
-                at::ArrayRef<double> beta_range, c10::string_view gate_level, c10::string_view level, bool training) {
-  ctx->save_for_backward({state, gate.value_or(at::Tensor()), beta.value_or(at::Tensor())});
-  auto& data = ctx->saved_data;
-  data["p_drop"] = p_drop;
-  data["alpha_lo"] = alpha_range[0];
-  data["alpha_hi"] = alpha_range[1];
-  data["beta_lo"] = beta_range[0];
-  data["beta_hi"] = beta_range[1];
-  data["gate_level"] = static_cast<int64_t>(parse_level(gate_level, true));
-  data["level"] = static_cast<int64_t>(parse_level(level, false));
-  data["training"] = training;
-}
-
-// grad_h from the saved noise (the backward op), for both autograd functions below. Plain backward (no
-// create_graph) calls it below autograd: its own autograd kernel would only record what nobody differentiates.
-at::Tensor backward_from_saved(AutogradContext* ctx, const at::Tensor& grad) {
-  const variable_list saved = ctx->get_saved_variables();
-  auto& data = ctx->saved_data;
-  const double alpha_range[2] = {data["alpha_lo"].toDouble(), data["alpha_hi"].toDouble()};
-  const double beta_range[2] = {data["beta_lo"].toDouble(), data["beta_hi"].toDouble()};
-  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
-  if (!at::GradMode::is_enabled()) below_autograd.emplace();
-  return call_backward(grad, saved[0], data["p_drop"].toDouble(), alpha_range, beta_range,
-                       level_name(data["gate_level"].toInt()), level_name(data["level"].toInt()),
-                       data["training"].toBool(), defined_or_none(saved[1]), defined_or_none(saved[2]));
-}
-
-class ShakeDropFunction : public torch::autograd::Function<ShakeDropFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const std::optional<at::Tensor>& shortcut,
-                               double p_drop, at::ArrayRef<double> alpha_range, at::ArrayRef<double> beta_range,
-                               c10::string_view gate_level, c10::string_view level, bool training,
-                               const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& alpha,
-                               const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& rng_state) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, state] = call_forward(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate,
-                                     alpha, beta, rng_state);
-    // Only the noise is saved: never h, the shortcut or the output.
-    save_noise(ctx, state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
-    // Sizes as SymInts: under torch.compile with a dynamic batch, size() of a fake tensor raises.
-    ctx->saved_data["has_shortcut"] = shortcut.has_value();
-    if (shortcut.has_value()) {
-      ctx->saved_data["shortcut_channels"] = shortcut->sym_size(1);
-      ctx->saved_data["narrower"] = shortcut->sym_size(1) != h.sym_size(1);
-    }
-    ctx->mark_non_differentiable({state});
-    ctx->set_materialize_grads(false);
-    return {out, state};
+  void save(const at::Tensor& rng_state, const std::optional<at::Tensor>& gate_, const std::optional<at::Tensor>& beta_,
+            double p, at::ArrayRef<double> alpha, at::ArrayRef<double> beta_r, c10::string_view gate_lvl,
+            c10::string_view lvl, bool train) {
+    state = SavedVariable(rng_state, /*is_output=*/false);  // carries no gradient: no reference cycle
+    has_gate = gate_.has_value();
+    has_beta = beta_.has_value();
+    if (has_gate) gate = SavedVariable(*gate_, /*is_output=*/false);
+    if (has_beta) beta = SavedVariable(*beta_, /*is_output=*/false);
+    p_drop = p;
+    alpha_range[0] = alpha[0], alpha_range[1] = alpha[1], beta_range[0] = beta_r[0], beta_range[1] = beta_r[1];
+    gate_level = parse_level(gate_lvl, /*gate=*/true);
+    level = parse_level(lvl, /*gate=*/false);
+    training = train;
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(12);
+  void release() {
+    state.reset_data();
+    gate.reset_data();
+    beta.reset_data();
+    released = true;
+  }
+
+  // grad_h = (b + beta - b * beta) * grad, through the backward op.
+  at::Tensor backward(const at::Tensor& grad) {
+    check_not_released(released);
+    // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
+    const at::Tensor s = state.unpack();
+    const std::optional<at::Tensor> g = has_gate ? std::optional<at::Tensor>(gate.unpack()) : std::nullopt;
+    const std::optional<at::Tensor> b = has_beta ? std::optional<at::Tensor>(beta.unpack()) : std::nullopt;
+    BackwardGuard guard;
+    return shake_drop_backward_op().call(grad, s, p_drop, alpha_range, beta_range, level_name(gate_level), level_name(level),
+                         training, g, b);
+  }
+};
+
+// The node of a training call; its next edges are h and the shortcut.
+struct ShakeDropBackward final : torch::autograd::Node {
+  SavedNoise noise;
+  bool has_shortcut = false, narrower = false;
+  c10::SymInt shortcut_channels;  // a SymInt: under torch.compile with a dynamic batch, sizes are symbolic
+
+  std::string name() const override { return "ShakeDropBackward"; }
+  void release_variables() override { noise.release(); }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(2);
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return result;
-    if (ctx->needs_input_grad(0)) result[0] = backward_from_saved(ctx, grad_y);
-    if (ctx->saved_data["has_shortcut"].toBool() && ctx->needs_input_grad(1)) {
+    if (task_should_compute_output(0)) result[0] = noise.backward(grad_y);
+    if (has_shortcut && task_should_compute_output(1)) {
       // dL/dx = dL/dy: the incoming gradient itself (a view when the shortcut is narrower), no copy.
-      result[1] = !ctx->saved_data["narrower"].toBool()
-                      ? grad_y
-                      : grad_y.narrow_symint(1, 0, ctx->saved_data["shortcut_channels"].toSymInt());
+      result[1] = narrower ? grad_y.narrow_symint(1, 0, shortcut_channels) : grad_y;
     }
     return result;
   }
 };
 
 // The backward op is linear in grad_y with the same coefficients: its own gradient is itself.
-class ShakeDropBackwardFunction : public torch::autograd::Function<ShakeDropBackwardFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& rng_state,
-                               double p_drop, at::ArrayRef<double> alpha_range, at::ArrayRef<double> beta_range,
-                               c10::string_view gate_level, c10::string_view level, bool training,
-                               const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& beta) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor grad_h = call_backward(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level,
-                                      training, gate, beta);
-    save_noise(ctx, rng_state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
-    ctx->set_materialize_grads(false);
-    return {grad_h};
-  }
+struct ShakeDropBackwardBackward final : torch::autograd::Node {
+  SavedNoise noise;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list result(10);
-    if (grads[0].defined() && ctx->needs_input_grad(0)) result[0] = backward_from_saved(ctx, grads[0]);
+  std::string name() const override { return "ShakeDropBackwardBackward"; }
+  void release_variables() override { noise.release(); }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(1);
+    if (grads[0].defined() && task_should_compute_output(0)) result[0] = noise.backward(grads[0]);
     return result;
   }
 };
@@ -344,19 +301,23 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_autograd(
     at::ArrayRef<double> beta_range, c10::string_view gate_level, c10::string_view level, bool training,
     const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& alpha,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& rng_state) {
-  // A forward-mode tangent goes to the node's path too, which raises that forward AD is not implemented.
-  const bool records = (at::GradMode::is_enabled() &&
-                        (h.requires_grad() || (shortcut.has_value() && shortcut->requires_grad()))) ||
-                       h._fw_grad(/*level=*/0).defined() ||
-                       (shortcut.has_value() && shortcut->_fw_grad(/*level=*/0).defined());
-  if (!records) {  // inference, or nothing to differentiate: no autograd node to build
+  const bool records = records_grad(kOp, h, shortcut);
+  auto [out, state] = [&] {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_forward(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta,
-                        rng_state);
+    return shake_drop_op().call(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha,
+                                beta, rng_state);
+  }();
+  if (records) {
+    auto node = make_node<ShakeDropBackward>(h, shortcut);
+    node->noise.save(state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
+    if (shortcut.has_value()) {
+      node->has_shortcut = true;
+      node->shortcut_channels = shortcut->sym_size(1);
+      node->narrower = shortcut->sym_size(1) != h.sym_size(1);
+    }
+    set_history(node, out);
   }
-  auto out = ShakeDropFunction::apply(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate,
-                                      alpha, beta, rng_state);
-  return {out[0], out[1]};
+  return {std::move(out), std::move(state)};
 }
 
 at::Tensor shake_drop_backward_autograd(const at::Tensor& grad_y, const at::Tensor& rng_state, double p_drop,
@@ -364,8 +325,18 @@ at::Tensor shake_drop_backward_autograd(const at::Tensor& grad_y, const at::Tens
                                         c10::string_view gate_level, c10::string_view level, bool training,
                                         const std::optional<at::Tensor>& gate,
                                         const std::optional<at::Tensor>& beta) {
-  return ShakeDropBackwardFunction::apply(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level,
-                                          training, gate, beta)[0];
+  const bool records = records_grad("cifarops._shake_drop_backward", grad_y);
+  at::Tensor grad_h = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return shake_drop_backward_op().call(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level,
+                                         training, gate, beta);
+  }();
+  if (records) {
+    auto node = make_node<ShakeDropBackwardBackward>(grad_y);
+    node->noise.save(rng_state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
+    set_history(node, grad_h);
+  }
+  return grad_h;
 }
 
 }  // namespace

@@ -1,13 +1,14 @@
 #include "args/shake_shake.h"
 
-#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <sstream>
 #include <string>
 
+#include "args/autograd.h"
 #include "args/common.h"
 #include "args/rng.h"
+#include "args/signatures.h"
 
 namespace cifarops {
 namespace {
@@ -176,35 +177,8 @@ ShakeShakeCall shake_shake_backward_call(const at::Tensor& grad_y, const at::Ten
 
 namespace {
 
-using torch::autograd::AutogradContext;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-std::tuple<at::Tensor, at::Tensor> call_forward(const at::Tensor& h1, const at::Tensor& h2,
-                                                const std::optional<at::Tensor>& shortcut,
-                                                c10::string_view forward_mode, c10::string_view backward_mode,
-                                                c10::string_view level, bool training,
-                                                const std::optional<at::Tensor>& alpha,
-                                                const std::optional<at::Tensor>& beta,
-                                                const std::optional<at::Tensor>& rng_state) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cifarops::shake_shake", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(
-                           const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, c10::string_view,
-                           c10::string_view, c10::string_view, bool, const std::optional<at::Tensor>&,
-                           const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>();
-  return op.call(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, rng_state);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_backward(const at::Tensor& grad_y, const at::Tensor& rng_state,
-                                                 const std::optional<at::Tensor>& beta,
-                                                 c10::string_view backward_mode, c10::string_view level) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cifarops::_shake_shake_backward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const std::optional<at::Tensor>&, c10::string_view,
-                                                                 c10::string_view)>();
-  return op.call(grad_y, rng_state, beta, backward_mode, level);
-}
 
 // The backward's mode and level, and whether there is a shortcut, packed into one saved int.
 constexpr int64_t kHasShortcut = 8;
@@ -238,113 +212,121 @@ const char* beta_source(c10::string_view forward_mode, c10::string_view backward
   return backward_mode == "shake" ? "shake" : "even";
 }
 
-class ShakeShakeBackwardFunction : public torch::autograd::Function<ShakeShakeBackwardFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_y, const at::Tensor& rng_state,
-                               const std::optional<at::Tensor>& beta, c10::string_view backward_mode,
-                               c10::string_view level) {
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [grad_h1, grad_h2] = call_backward(grad_y, rng_state, beta, backward_mode, level);
-    ctx->save_for_backward({rng_state, beta.has_value() ? *beta : at::Tensor()});
-    ctx->saved_data["flags"] = flags(backward_mode, level, false);
-    return {grad_h1, grad_h2};
-  }
+// What both nodes save: the state, an explicit beta and the flags; never h1, h2 or the shortcut. Tensors as
+// saved variables, as torch's own nodes keep them: saved-tensor hooks (checkpointing, offloading) see them,
+// and an in-place change after the forward is an error.
+struct SavedMix {
+  SavedVariable state, beta;
+  bool has_beta = false, released = false;
+  int64_t flags = 0;
 
-  // The backward is linear in grad_y: its gradient is the forward mix with beta as alpha. A drawn beta is
-  // the forward op's alpha under a state whose stream 0 is beta's stream (stream 1 = stream 0 at offset + 4).
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  void save(const at::Tensor& rng_state, const OptTensor& explicit_beta, int64_t f) {
+    state = SavedVariable(rng_state, /*is_output=*/false);  // carries no gradient: no reference cycle
+    has_beta = explicit_beta.has_value();
+    if (has_beta) beta = SavedVariable(*explicit_beta, /*is_output=*/false);
+    flags = f;
+  }
+  void release() {
+    state.reset_data();
+    beta.reset_data();
+    released = true;
+  }
+  OptTensor unpack_beta() const { return has_beta ? OptTensor(beta.unpack()) : std::nullopt; }
+};
+
+// The node of a training call; its next edges are h1, h2 and the shortcut.
+struct ShakeShakeBackward final : torch::autograd::Node {
+  SavedMix saved;
+
+  std::string name() const override { return "ShakeShakeBackward"; }
+  void release_variables() override { saved.release(); }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(3);
+    const at::Tensor& grad_y = grads[0];
+    if (!grad_y.defined()) return out;
+    if (task_should_compute_output(0) || task_should_compute_output(1)) {
+      check_not_released(saved.released);
+      // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
+      const at::Tensor state = saved.state.unpack();
+      const OptTensor beta = saved.unpack_beta();
+      BackwardGuard guard;
+      std::tie(out[0], out[1]) =
+          shake_shake_backward_op().call(grad_y, state, beta, mode_of(saved.flags), level_of(saved.flags));
+    }
+    if ((saved.flags & kHasShortcut) && task_should_compute_output(2)) out[2] = grad_y;  // dL/dx = dL/dy, no copy
+    return out;
+  }
+};
+
+// The backward op is linear in grad_y: its gradient is the forward mix with beta as alpha. A drawn beta is
+// the forward op's alpha under a state whose stream 0 is beta's stream (stream 1 = stream 0 at offset + 4).
+struct ShakeShakeBackwardBackward final : torch::autograd::Node {
+  SavedMix saved;
+
+  std::string name() const override { return "ShakeShakeBackwardBackward"; }
+  void release_variables() override { saved.release(); }
+
+  variable_list apply(variable_list&& grads) override {
     const at::Tensor& gg1 = grads[0];
     const at::Tensor& gg2 = grads[1];
-    variable_list out(5);
-    if (!gg1.defined() && !gg2.defined()) return out;
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& state = saved[0];
-    const std::optional<at::Tensor> beta = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
-    const int64_t f = ctx->saved_data["flags"].toInt();
-    const c10::string_view mode = mode_of(f), level = level_of(f);
+    variable_list out(1);
+    if ((!gg1.defined() && !gg2.defined()) || !task_should_compute_output(0)) return out;
+    check_not_released(saved.released);
+    const OptTensor beta = saved.unpack_beta();
+    const c10::string_view mode = mode_of(saved.flags), level = level_of(saved.flags);
     const at::Tensor a = gg1.defined() ? gg1 : at::zeros_like(gg2);
     const at::Tensor b = gg2.defined() ? gg2 : at::zeros_like(gg1);
-    std::optional<at::Tensor> alpha_state;
+    OptTensor alpha_state;
     const char* forward_mode = "even";
     if (!beta.has_value() && mode != "even") {
       forward_mode = "shake";
       if (mode == "keep") {
-        alpha_state = state;
+        alpha_state = saved.state.unpack();
       } else {
-        at::Tensor shifted = state.clone();
+        at::Tensor shifted = saved.state.unpack().clone();
         shifted.narrow(0, 1, 1).add_(4 * kShakeShakeBetaStream);
         alpha_state = shifted;
       }
     }
-    out[0] = std::get<0>(call_forward(a, b, std::nullopt, forward_mode, "even", level, true, beta, std::nullopt,
-                                      alpha_state));
+    out[0] = std::get<0>(shake_shake_op().call(a, b, std::nullopt, forward_mode, "even", level, true, beta,
+                                               std::nullopt, alpha_state));
     return out;
   }
 };
 
-class ShakeShakeFunction : public torch::autograd::Function<ShakeShakeFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& h1, const at::Tensor& h2,
-                               const std::optional<at::Tensor>& shortcut, c10::string_view forward_mode,
-                               c10::string_view backward_mode, c10::string_view level, bool training,
-                               const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& beta,
-                               const std::optional<at::Tensor>& rng_state) {
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, state] =
-        call_forward(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, rng_state);
-    std::optional<at::Tensor> explicit_beta;
+Tensor2 shake_shake_autograd(const at::Tensor& h1, const at::Tensor& h2, const OptTensor& shortcut,
+                             c10::string_view forward_mode, c10::string_view backward_mode, c10::string_view level,
+                             bool training, const OptTensor& alpha, const OptTensor& beta, const OptTensor& rng_state) {
+  const bool records = records_grad(kOp, h1, h2, shortcut);
+  auto [y, state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return shake_shake_op().call(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta,
+                                 rng_state);
+  }();
+  if (records) {
+    auto node = make_node<ShakeShakeBackward>(h1, h2, shortcut);
+    OptTensor explicit_beta;
     const char* mode = beta_source(forward_mode, backward_mode, training, alpha, beta, explicit_beta);
-    // The per-sample coefficients and the state only: never h1, h2 or the shortcut.
-    ctx->save_for_backward({state, explicit_beta.has_value() ? *explicit_beta : at::Tensor()});
-    ctx->saved_data["flags"] = flags(mode, level, shortcut.has_value());
-    ctx->mark_non_differentiable({state});
-    return {y, state};
+    node->saved.save(state, explicit_beta, flags(mode, level, shortcut.has_value()));
+    set_history(node, y);
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const at::Tensor& grad_y = grads[0];
-    variable_list out(10);
-    if (!grad_y.defined()) return out;
-    const int64_t f = ctx->saved_data["flags"].toInt();
-    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      const auto saved = ctx->get_saved_variables();
-      const std::optional<at::Tensor> beta =
-          saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
-      std::tuple<at::Tensor, at::Tensor> grads_h;
-      if (at::GradMode::is_enabled()) {  // create_graph: through the backward op's autograd (double backward)
-        grads_h = call_backward(grad_y, saved[0], beta, mode_of(f), level_of(f));
-      } else {  // the usual case: straight to the kernel, no graph node for the backward op
-        at::AutoDispatchBelowADInplaceOrView guard;
-        grads_h = call_backward(grad_y, saved[0], beta, mode_of(f), level_of(f));
-      }
-      out[0] = std::get<0>(grads_h);
-      out[1] = std::get<1>(grads_h);
-    }
-    if (f & kHasShortcut) out[2] = grad_y;  // dL/dx = dL/dy: the gradient itself, no copy
-    return out;
-  }
-};
-
-std::tuple<at::Tensor, at::Tensor> shake_shake_autograd(const at::Tensor& h1, const at::Tensor& h2,
-                                                        const std::optional<at::Tensor>& shortcut,
-                                                        c10::string_view forward_mode, c10::string_view backward_mode,
-                                                        c10::string_view level, bool training,
-                                                        const std::optional<at::Tensor>& alpha,
-                                                        const std::optional<at::Tensor>& beta,
-                                                        const std::optional<at::Tensor>& rng_state) {
-  auto out = ShakeShakeFunction::apply(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta,
-                                       rng_state);
-  return {out[0], out[1]};
+  return {std::move(y), std::move(state)};
 }
 
-std::tuple<at::Tensor, at::Tensor> shake_shake_backward_autograd(const at::Tensor& grad_y, const at::Tensor& rng_state,
-                                                                 const std::optional<at::Tensor>& beta,
-                                                                 c10::string_view backward_mode,
-                                                                 c10::string_view level) {
-  auto out = ShakeShakeBackwardFunction::apply(grad_y, rng_state, beta, backward_mode, level);
-  return {out[0], out[1]};
+Tensor2 shake_shake_backward_autograd(const at::Tensor& grad_y, const at::Tensor& rng_state, const OptTensor& beta,
+                                      c10::string_view backward_mode, c10::string_view level) {
+  const bool records = records_grad("cifarops._shake_shake_backward", grad_y);
+  auto [grad_h1, grad_h2] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return shake_shake_backward_op().call(grad_y, rng_state, beta, backward_mode, level);
+  }();
+  if (records) {
+    auto node = make_node<ShakeShakeBackwardBackward>(grad_y);
+    node->saved.save(rng_state, beta, flags(backward_mode, level, false));
+    set_history(node, grad_h1, grad_h2);
+  }
+  return {std::move(grad_h1), std::move(grad_h2)};
 }
 
 }  // namespace

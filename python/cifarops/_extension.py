@@ -30,6 +30,11 @@ except Exception as error:  # ImportError, or an undefined symbol from a torch A
 BUILD_INFO: dict = dict(_C.build_info(), loaded=True) if LOADED else {"loaded": False, "error": LOAD_ERROR, "cuda": False}
 
 
+def entry(name: str):
+    """The compiled op's direct Python entry (csrc/python_module.cpp), or None without the extension."""
+    return getattr(_C, name, None) if LOADED else None
+
+
 def build_info() -> dict:
     """What the compiled extension contains (version, CUDA, architectures, OpenMP, torch it was built on)."""
     return dict(BUILD_INFO)

@@ -155,6 +155,9 @@ def _op_for_backend(name: str, backend: str):
         else:
             namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
             fn = getattr(namespace, name).default
+            entry = _extension.entry(name) if backend != "triton" else None
+            if entry is not None:
+                _entries[fn] = entry
         _op_cache[(name, backend)] = fn
     return fn
 
@@ -181,3 +184,19 @@ def op(name: str, device: torch.device):
 
 
 _automatic: dict[tuple[str, str], object] = {}  # (op, device type) -> the automatic choice's callable
+
+
+def fast_op(name: str, x: torch.Tensor):
+    """`op(name, x.device)` for a call whose first tensor is `x`; when that is a compiled op (the cpu or cuda
+    backend), its direct Python entry cifarops._C.<name> instead: the same dispatcher call without torch.ops'
+    generic argument conversion (several µs a call). Only where torch.ops would add nothing: eager mode
+    (torch.compile and torch.export trace the OpOverload), a plain tensor (a subclass may override
+    __torch_function__) and no torch-function mode."""
+    fn = op(name, x.device)
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or _torch_function_mode_enabled():
+        return fn
+    return _entries.get(fn, fn)
+
+
+_entries: dict = {}  # compiled OpOverload -> its direct entry (filled by _op_for_backend)
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled

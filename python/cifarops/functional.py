@@ -107,8 +107,8 @@ def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
             raise ValueError(f"cifarops.shake_drop: shortcut is on {shortcut.device} but h is on {h.device}")
         h, shortcut = _autocast_common_dtype(h, shortcut)
     rng = noise.rng_state(h.device, _shake_drop_ops.STREAMS) if noise._active_tapes and training else None
-    return backends.op("shake_drop", h.device)(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
-                                               training, gate, alpha, beta, rng)[0]
+    return backends.fast_op("shake_drop", h)(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
+                                             training, gate, alpha, beta, rng)[0]
 
 
 def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float]:
@@ -163,7 +163,7 @@ def shake_shake(
             check_floating(t, name, "cifarops.shake_shake")
     if h2.dtype != h1.dtype or (shortcut is not None and shortcut.dtype != h1.dtype):
         h1, h2, shortcut = _autocast_common_dtype(h1, h2, shortcut)
-    op = backends.op("shake_shake", h1.device)
+    op = backends.fast_op("shake_shake", h1)
     state = None
     if op is reference.shake_shake or noise._active_tapes:
         # The reference has no checks of its own, and a checkpointed block draws its state here: check first.
@@ -175,15 +175,16 @@ def shake_shake(
     return op(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, state)[0]
 
 
-_OpOverload = torch._ops.OpOverload
+# The compiled ops' callables: an OpOverload, or the direct entry (a builtin) that backends.fast_op gives.
+_COMPILED_OP_TYPES = (torch._ops.OpOverload, type(len))
 
 
 def _maxout_checks(fn, x, pieces, dim, grouping, op, temperature=None) -> None:
     """What the op itself cannot check: hyper-parameters of the wrong Python type (a bool or float for an int,
-    a str for a float), and everything on the reference backend (a plain function, not an OpOverload). The
+    a str for a float), and everything on the reference backend (a plain function, not a compiled op). The
     compiled and Triton ops check the rest themselves, with the same exception types and messages."""
     if (
-        type(pieces) is not int or type(dim) is not int or type(grouping) is not str or type(fn) is not _OpOverload
+        type(pieces) is not int or type(dim) is not int or type(grouping) is not str or type(fn) not in _COMPILED_OP_TYPES
         or (temperature is not None and type(temperature) is not float and type(temperature) is not int)
     ):
         _maxout_ops.check_args(x, pieces, dim, grouping, op, temperature)
@@ -197,7 +198,7 @@ def maxout(x: torch.Tensor, pieces: int, dim: int = 1, grouping: str = "contiguo
     """
     if not isinstance(x, torch.Tensor):
         _maxout_ops.check_args(x, pieces, dim, grouping, "cifarops.maxout")
-    fn = backends.op("maxout", x.device)
+    fn = backends.fast_op("maxout", x)
     _maxout_checks(fn, x, pieces, dim, grouping, "cifarops.maxout")
     return fn(x, pieces, dim, grouping)[0]
 
@@ -223,10 +224,10 @@ def probabilistic_maxout(
     if not isinstance(x, torch.Tensor):
         _maxout_ops.check_args(x, pieces, dim, grouping, op_name, temperature)
     if not training:
-        fn = backends.op("probabilistic_maxout_expectation", x.device)
+        fn = backends.fast_op("probabilistic_maxout_expectation", x)
         _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
         return fn(x, pieces, dim, grouping, float(temperature))
-    fn = backends.op("probabilistic_maxout", x.device)
+    fn = backends.fast_op("probabilistic_maxout", x)
     _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
     return fn(x, pieces, dim, grouping, float(temperature), noise.rng_state(x.device, _maxout_ops.STREAMS))[0]
 
@@ -348,7 +349,7 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
                                  sequence=sequence)
     else:
         state = noise.rng_state(x.device, _fmp_ops.STREAMS)  # None unless a checkpointed block records it
-    fn = backends.op("fractional_max_pool2d", x.device)
+    fn = backends.fast_op("fractional_max_pool2d", x)
     if fn is _reference_fmp:  # the compiled and Triton ops check their own arguments
         kernel_, size_out_, size_in = _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
         _fmp_ops.check_draws(x, size_in, size_out_, regions, samples, boundaries, op,

@@ -192,11 +192,23 @@ def fast_op(name: str, x: torch.Tensor):
     generic argument conversion (several µs a call). Only where torch.ops would add nothing: eager mode
     (torch.compile and torch.export trace the OpOverload), a plain tensor (a subclass may override
     __torch_function__) and no torch-function mode."""
-    fn = op(name, x.device)
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor or _torch_function_mode_enabled():
-        return fn
-    return _entries.get(fn, fn)
+        return op(name, x.device)
+    if _active_pins or _override is not None or _ENV_OVERRIDE is not None:
+        fn = op(name, x.device)
+        return _entries.get(fn, fn)
+    # Keyed by is_cuda: reading x.device builds a torch.device, the largest cost left in this function.
+    table = _automatic_cuda if x.is_cuda else _automatic_cpu if x.is_cpu else None
+    if table is None:
+        return op(name, x.device)
+    fn = table.get(name)
+    if fn is None:
+        fn = op(name, x.device)
+        fn = table[name] = _entries.get(fn, fn)
+    return fn
 
 
 _entries: dict = {}  # compiled OpOverload -> its direct entry (filled by _op_for_backend)
+_automatic_cpu: dict[str, object] = {}  # op -> fast_op's automatic choice for CPU tensors
+_automatic_cuda: dict[str, object] = {}  # ... and for CUDA tensors (every CUDA device has the same choice)
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled

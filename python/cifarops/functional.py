@@ -15,7 +15,7 @@ from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
-from cifarops.ops.common import check_choice, check_floating, check_nc_input, check_range
+from cifarops.ops.common import FLOATING, check_choice, check_floating, check_nc_input, check_range
 
 GATE_LEVELS = ("batch", "sample")
 LEVELS = ("batch", "sample", "channel", "pixel")
@@ -229,7 +229,8 @@ def probabilistic_maxout(
         return fn(x, pieces, dim, grouping, float(temperature))
     fn = backends.fast_op("probabilistic_maxout", x)
     _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
-    return fn(x, pieces, dim, grouping, float(temperature), noise.rng_state(x.device, _maxout_ops.STREAMS))[0]
+    state = noise.rng_state(x.device, _maxout_ops.STREAMS) if noise._active_tapes else None
+    return fn(x, pieces, dim, grouping, float(temperature), state)[0]
 
 
 FMP_SEQUENCES = ("pseudorandom", "random")
@@ -301,6 +302,21 @@ def fractional_max_pool2d(
     Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
     offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
     """
+    if _random_samples is None and boundaries is None and type(input) is torch.Tensor:
+        # The usual call (hyper-parameters seen before, a 4-D input, draws made by the op): parsed once.
+        try:
+            kernel, size_out, ratio = _FMP_PARSED[_fmp_key(kernel_size, output_size, output_ratio, regions, sequence)]
+        except (KeyError, TypeError):
+            pass
+        else:
+            if input.dim() == 4 and input.dtype in _FLOATING and not noise._active_tapes:
+                if size_out is None:
+                    size_out = [int(input.shape[2] * ratio[0]), int(input.shape[3] * ratio[1])]
+                fn = backends.fast_op("fractional_max_pool2d", input)
+                if fn is not _reference_fmp:  # the compiled and Triton ops check the rest themselves
+                    y, index, _ = fn(input, kernel, size_out, regions, None, None, return_indices, sequence,
+                                     per_image, None)
+                    return (y, index) if return_indices else y
     op = FMP_OP
     check_nc_input(input, "input", op)
     dim = input.dim()
@@ -310,11 +326,33 @@ def fractional_max_pool2d(
     check_choice(sequence, "sequence", FMP_SEQUENCES, op)
     x = input.unsqueeze(0) if dim == 3 else input
     size_out = _fmp_output_size(x.shape[2:], output_size, output_ratio, op)
-    return _fmp_call(x, _fmp_kernel(kernel_size, regions, op), list(size_out), return_indices, _random_samples,
-                     boundaries, regions, sequence, per_image, dim == 3)
+    kernel = _fmp_kernel(kernel_size, regions, op)
+    try:  # valid: remembered for the next call
+        key = _fmp_key(kernel_size, output_size, output_ratio, regions, sequence)
+        if len(_FMP_PARSED) < 1024:
+            ratio = None if output_ratio is None else (
+                (output_ratio, output_ratio) if isinstance(output_ratio, (int, float)) else tuple(output_ratio))
+            _FMP_PARSED[key] = (kernel, None if ratio else list(size_out), ratio)
+    except TypeError:  # unhashable (a list): parsed every call
+        pass
+    return _fmp_call(x, kernel, list(size_out), return_indices, _random_samples, boundaries, regions, sequence,
+                     per_image, dim == 3)
 
 
 FMP_OP = "cifarops.fractional_max_pool2d"
+_FLOATING = frozenset(FLOATING)
+# Validated FMP hyper-parameters -> (kernel, output size or None, output ratio or None), as the op takes them.
+_FMP_PARSED: dict = {}
+
+
+def _fmp_key(kernel_size, output_size, output_ratio, regions, sequence) -> tuple:
+    """The cache key of FMP's hyper-parameters. It tells 2 from 2.0 and True (hash-equal, but not the same
+    argument): the values with their types, and a tuple's element types. TypeError for what cannot be a key."""
+    key = [regions, sequence]
+    for value in (kernel_size, output_size, output_ratio):
+        key.append(value)
+        key.append(type(value) if type(value) is not tuple else tuple(map(type, value)))
+    return tuple(key)
 
 
 def _fmp_kernel(kernel_size, regions, op) -> list:
@@ -347,8 +385,8 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
             _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
             _fmp_ops.check_draws(x, tuple(x.shape[2:]), size_out, regions, samples, boundaries, op, values=True,
                                  sequence=sequence)
-    else:
-        state = noise.rng_state(x.device, _fmp_ops.STREAMS)  # None unless a checkpointed block records it
+    elif noise._active_tapes:  # a checkpointed block records the state (else the op draws it itself)
+        state = noise.rng_state(x.device, _fmp_ops.STREAMS)
     fn = backends.fast_op("fractional_max_pool2d", x)
     if fn is _reference_fmp:  # the compiled and Triton ops check their own arguments
         kernel_, size_out_, size_in = _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)

@@ -214,8 +214,12 @@ def rows(device: torch.device) -> list[Row]:
 
 # --- the section -------------------------------------------------------------------------------------------
 
-def _backend(backend: Optional[str]) -> Callable[[], ContextManager]:
-    return (lambda: cifarops.use_backend(backend)) if backend else contextlib.nullcontext
+def _backend(backend: Optional[str], device: torch.device) -> Callable[[], ContextManager]:
+    """The context a backend is measured in: none for the automatic choice (the path a model takes), else
+    `use_backend` (whose per-call backend lookup is then part of the figure)."""
+    if not backend or backend == cifarops.backends.default_backend(device):
+        return contextlib.nullcontext
+    return lambda: cifarops.use_backend(backend)
 
 
 def run(device: torch.device, backends: Sequence[str], ops: Optional[Sequence[str]] = None, quick: bool = False,
@@ -248,7 +252,7 @@ def run(device: torch.device, backends: Sequence[str], ops: Optional[Sequence[st
                 impls[row.peer_name] = (None, row.peer())
             fns, contexts = {}, {}
             for name, (backend, impl) in impls.items():
-                contexts[name] = _backend(backend)
+                contexts[name] = _backend(backend, device)
                 with contexts[name]():
                     fns[name] = impl.timed(row.mode)
             samples = measure(fns, rounds, inner, warmup=max(5, inner), contexts=contexts)
@@ -310,7 +314,8 @@ def print_row(row: dict) -> None:
 
 NOTES = """Host time: thread CPU time per call (`time.thread_time_ns`, one torch thread), the median of samples of
 back-to-back calls, each implementation of a call alternating with its peer in the same run. Training rows
-are `torch.autograd.grad(forward(), inputs, grad)`, no_grad rows the forward alone (training mode). Ratio =
+are `torch.autograd.grad(forward(), inputs, grad)`, no_grad rows the forward alone (training mode). The
+automatic backend runs as a model calls it (no override); another backend runs under `use_backend`. Ratio =
 cifarops / peer, targets from issue 16. Kernels: dispatcher ops seen by a TorchDispatchMode below autograd,
 forward and backward counted separately, views and allocations left out (the lists are in
 `cifarops.bench.kernels`); owruby-style's ops depend on the gate the counted call drew (a closed gate adds

@@ -235,7 +235,7 @@ def test_only_noise_is_saved_for_backward(kernel_backend):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         F.shake_drop(h, x, level="channel")
-    assert sum(saved) <= 2  # the RNG state {seed, offset} alone; never the noise, h, x or y
+    assert saved == [2]  # the RNG state {seed, offset} alone, where hooks see it; never the noise, h, x or y
 
 
 # ------------------------------------------------------------------------------- library and compiler

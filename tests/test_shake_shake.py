@@ -362,7 +362,10 @@ def test_double_backward_recomputes_the_drawn_beta(kernel_backend):
     ns = namespace_for(backend)
     state = torch.tensor([987654321, 20], dtype=torch.int64, device=device)
     g = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
-    for mode, level in [("shake", "sample"), ("keep", "sample"), ("shake", "batch"), ("even", "sample")]:
+    modes = [("shake", "sample"), ("keep", "sample"), ("shake", "batch"), ("even", "sample")]
+    if backend == "triton" and device == "cpu":  # interpreted: each program in Python; the two drawn betas
+        modes = modes[:2]
+    for mode, level in modes:
         assert torch.autograd.gradcheck(lambda g: ns._shake_shake_backward(g, state, None, mode, level), (g,))
     h1, h2, x = (torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
     fn = lambda a, b, c: ns.shake_shake(a, b, c, "shake", "keep", "sample", True, None, None, state)[0]  # noqa: E731

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/SmallVector.h>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -15,6 +16,10 @@
 #include "cifarops/tensor_types.h"
 
 namespace cifarops {
+
+// The dense copies a call's parameter struct points into, kept until the kernel has run: inline up to four, so
+// that a call makes no heap allocation for the list.
+using KeepAlive = c10::SmallVector<at::Tensor, 4>;
 
 // float64 tensors compute in float64, every other floating type in float32.
 inline at::ScalarType opmath_type(const at::Tensor& t) {

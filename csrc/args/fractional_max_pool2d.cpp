@@ -4,9 +4,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/SmallVector.h>
 
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 
 #include "args/autograd.h"
@@ -96,7 +98,7 @@ void check_boundary_values(const at::Tensor& boundaries, const FmpAxis& axis, in
               ", :] must increase in steps of 1 or 2");
 }
 
-std::vector<int64_t> pair(at::IntArrayRef values, const char* name, const char* op) {
+std::array<int64_t, 2> pair(at::IntArrayRef values, const char* name, const char* op) {
   TORCH_CHECK_VALUE(values.size() == 2, op, ": ", name, " must be a pair of ints (height, width), got ", values);
   return {values[0], values[1]};
 }
@@ -107,7 +109,7 @@ FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, 
                   at::IntArrayRef input_size, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
                   c10::string_view regions, const std::optional<at::Tensor>& samples,
                   const std::optional<at::Tensor>& boundaries, c10::string_view sequence, bool per_image,
-                  std::vector<at::Tensor>& keep_alive, const char* op) {
+                  KeepAlive& keep_alive, const char* op) {
   p.regions = parse_regions(regions, op);
   const bool random = parse_sequence(sequence, op);
   p.batch = batch;
@@ -117,7 +119,7 @@ FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, 
   const char* names[2] = {"height", "width"};
   const bool window = p.regions == FmpRegions::Window;
   TORCH_CHECK_VALUE(!(window && random), op, ": sequence='random' is for Graham's 'disjoint' and 'overlapping' regions");
-  std::vector<int64_t> k = {0, 0};
+  std::array<int64_t, 2> k = {0, 0};
   if (window) {
     k = pair(kernel_size, "kernel_size", op);
   } else {
@@ -250,7 +252,7 @@ FmpCall fmp_forward_call(const at::Tensor& x, at::IntArrayRef kernel_size, at::I
   const at::MemoryFormat format = dense_format(x);
   const at::Tensor dense = x.contiguous(format);
   call.keep_alive.push_back(dense);
-  const std::vector<int64_t> sizes = {x.size(0), x.size(1), p.rows.out, p.cols.out};
+  const std::array<int64_t, 4> sizes = {x.size(0), x.size(1), p.rows.out, p.cols.out};
   call.output = empty_output(sizes, x.options(), format);
   call.index = empty_output(sizes, x.options().dtype(p.wide_index ? at::kLong : at::kByte), format);
   p.input = dense.data_ptr();
@@ -318,7 +320,7 @@ constexpr const char* kRegionNames[3] = {"window", "disjoint", "overlapping"};
 // change after the forward is an error. The index and the state carry no gradient: no reference cycle.
 struct SavedRegions {
   SavedVariable index, samples, boundaries, state;
-  std::vector<int64_t> kernel_size;
+  c10::SmallVector<int64_t, 2> kernel_size;  // [] or [kh, kw]: inline, no allocation per call
   Regions regions = Regions::Window;
   bool random = false, per_image = false, released = false;
 
@@ -328,7 +330,7 @@ struct SavedRegions {
     if (samples_.has_value()) samples = SavedVariable(*samples_, false);
     if (boundaries_.has_value()) boundaries = SavedVariable(*boundaries_, false);
     if (!samples_.has_value() && !boundaries_.has_value() && state_.defined()) state = SavedVariable(state_, false);
-    kernel_size = kernel.vec();
+    kernel_size.assign(kernel.begin(), kernel.end());
     regions = regions_ == "window" ? Regions::Window : regions_ == "disjoint" ? Regions::Disjoint : Regions::Overlapping;
     random = sequence == "random";
     per_image = per_image_;

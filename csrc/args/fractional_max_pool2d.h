@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "args/common.h"
 #include "cifarops/fractional_max_pool2d.h"
 
 namespace cifarops {
@@ -20,7 +21,7 @@ struct FmpCall {
   FmpParams params;
   FmpDraw draw = FmpDraw::None;
   const at::Tensor* explicit_state = nullptr;  // the rng_state argument, when given and needed
-  std::vector<at::Tensor> keep_alive;
+  KeepAlive keep_alive;
 };
 
 // fractional_max_pool2d: y, the chosen input of each output (int64 flat index, or a byte of offset) and the

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "args/common.h"
 #include "cifarops/maxout.h"
 
 namespace cifarops {
@@ -17,7 +18,7 @@ struct MaxoutCall {
   at::Tensor output, index, grad_input;
   at::Tensor explicit_state;  // Sample: the caller's rng_state, dense (undefined: draw from the generator)
   MaxoutParams params;
-  std::vector<at::Tensor> keep_alive;
+  KeepAlive keep_alive;
 };
 
 // maxout / probabilistic_maxout / probabilistic_maxout_expectation: checks everything (before any draw),

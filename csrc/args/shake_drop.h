@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "args/common.h"
 #include "cifarops/shake_drop.h"
 
 namespace cifarops {
@@ -19,7 +20,7 @@ struct ShakeDropCall {
   std::optional<at::Tensor> state_in;    // an explicit state to use instead of the generator's
   bool draws = false;                    // some noise is drawn from Philox
   ShakeDropParams params;
-  std::vector<at::Tensor> keep_alive;    // dense copies the params point into
+  KeepAlive keep_alive;    // dense copies the params point into
 };
 
 // shake_drop: out = shortcut + (gate + alpha - gate * alpha) * h. The caller sets params.rng (CPU) or passes

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "args/common.h"
 #include "cifarops/shake_shake.h"
 
 namespace cifarops {
@@ -18,7 +19,7 @@ struct ShakeShakeCall {
   at::Tensor state;       // forward: the rng_state output (int64 {seed, offset}; zeros when nothing is drawn)
   ShakeShakeParams params;
   bool draws = false;  // forward: the call takes (or was given) an RNG state that alpha or the backward's beta uses
-  std::vector<at::Tensor> keep_alive;
+  KeepAlive keep_alive;
 };
 
 // shake_shake: y = shortcut + alpha * h1 + (1 - alpha) * h2. Checks everything (beta included, so that the

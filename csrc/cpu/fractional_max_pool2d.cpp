@@ -7,6 +7,7 @@
 // and the additions happen in the order of ATen's CPU loop (and of the GPU kernels' gather).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <cstring>
@@ -21,13 +22,14 @@ namespace cifarops {
 namespace {
 
 // Region tables of one plane (output i of an axis pools [begin[i], end[i])) and scratch for the window path,
-// reused across the planes of one parallel chunk.
+// reused across the planes of one parallel chunk. Stored inline up to CIFAR sizes (a 32 x 32 plane): a tiny
+// call then makes no heap allocation for them.
 struct PlaneRegions {
-  std::vector<int64_t> row_begin, row_end, col_begin, col_end;
+  c10::SmallVector<int64_t, 32> row_begin, row_end, col_begin, col_end;
   // forward_window_plane's row folds: the best value (in the compute type) and its column offset.
-  std::vector<float> run_best_float;
-  std::vector<double> run_best_double;
-  std::vector<int32_t> run_offset;
+  c10::SmallVector<float, 1024> run_best_float;
+  c10::SmallVector<double, 256> run_best_double;
+  c10::SmallVector<int32_t, 1024> run_offset;
 
   template <typename acc_t>
   acc_t* run_best(int64_t size) {

@@ -304,8 +304,15 @@ def fractional_max_pool2d(
     """
     if _random_samples is None and boundaries is None and type(input) is torch.Tensor:
         # The usual call (hyper-parameters seen before, a 4-D input, draws made by the op): parsed once.
+        last = _fmp_last
         try:
-            kernel, size_out, ratio = _FMP_PARSED[_fmp_key(kernel_size, output_size, output_ratio, regions, sequence)]
+            if (kernel_size is last[0] and output_size is last[1] and output_ratio is last[2] and regions is last[3]
+                    and sequence is last[4]):  # the very objects of the last call (a layer's own): no key to build
+                kernel, size_out, ratio = last[5]
+            else:
+                kernel, size_out, ratio = _FMP_PARSED[_fmp_key(kernel_size, output_size, output_ratio, regions,
+                                                               sequence)]
+                _remember_fmp(kernel_size, output_size, output_ratio, regions, sequence, (kernel, size_out, ratio))
         except (KeyError, TypeError):
             pass
         else:
@@ -343,6 +350,14 @@ FMP_OP = "cifarops.fractional_max_pool2d"
 _FLOATING = frozenset(FLOATING)
 # Validated FMP hyper-parameters -> (kernel, output size or None, output ratio or None), as the op takes them.
 _FMP_PARSED: dict = {}
+
+
+_fmp_last: tuple = (object(),) * 5 + (None,)  # the hyper-parameter objects of the last cached call, parsed
+
+
+def _remember_fmp(*last) -> None:
+    global _fmp_last
+    _fmp_last = last
 
 
 def _fmp_key(kernel_size, output_size, output_ratio, regions, sequence) -> tuple:

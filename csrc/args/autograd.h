@@ -43,10 +43,11 @@ void set_history(const c10::intrusive_ptr<torch::autograd::Node>& node, Outputs&
   (torch::autograd::set_history(outputs, node), ...);
 }
 
-// A node's saved values are dropped after a backward that does not retain the graph; a second backward then
-// gets torch's own message.
-inline void check_not_released(bool released) {
-  TORCH_CHECK(!released, torch::autograd::ERR_BACKWARD_TWICE);
+// A saved variable that may never have been set (an absent explicit draw): unset unpacks to nullopt. One that
+// was set and released (a backward that did not retain the graph) raises torch's own second-backward error.
+inline std::optional<at::Tensor> unpack_optional(const torch::autograd::SavedVariable& saved) {
+  at::Tensor t = saved.unpack();
+  return t.defined() ? std::optional<at::Tensor>(std::move(t)) : std::nullopt;
 }
 
 // Plain backward (no create_graph) runs the backward op below autograd: its own node would only record what

@@ -309,8 +309,6 @@ namespace {
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-OptTensor optional(const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
-
 enum class Regions : int { Window = 0, Disjoint = 1, Overlapping = 2 };
 constexpr const char* kRegionNames[3] = {"window", "disjoint", "overlapping"};
 
@@ -322,7 +320,7 @@ struct SavedRegions {
   SavedVariable index, samples, boundaries, state;
   c10::SmallVector<int64_t, 2> kernel_size;  // [] or [kh, kw]: inline, no allocation per call
   Regions regions = Regions::Window;
-  bool random = false, per_image = false, released = false;
+  bool random = false, per_image = false;
 
   void save(const at::Tensor& index_, const OptTensor& samples_, const OptTensor& boundaries_, const at::Tensor& state_,
             at::IntArrayRef kernel, c10::string_view regions_, c10::string_view sequence, bool per_image_) {
@@ -340,12 +338,9 @@ struct SavedRegions {
     samples.reset_data();
     boundaries.reset_data();
     state.reset_data();
-    released = true;
   }
   c10::string_view regions_name() const { return kRegionNames[static_cast<int>(regions)]; }
   c10::string_view sequence() const { return random ? "random" : "pseudorandom"; }
-  // An absent saved variable unpacks to an undefined tensor.
-  OptTensor unpack(const SavedVariable& v) const { return optional(v.unpack()); }
 };
 
 // The backward op is linear in grad_y: its gradient reads grad_grad_x at each output's choice.
@@ -358,10 +353,9 @@ struct FmpBackwardBackward final : torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     variable_list out(1);
     if (!grads[0].defined() || !task_should_compute_output(0)) return out;
-    check_not_released(saved.released);
     out[0] = fmp_select_op().call(grads[0], saved.index.unpack(), saved.kernel_size, saved.regions_name(),
-                                  saved.unpack(saved.samples), saved.unpack(saved.boundaries), saved.sequence(),
-                                  saved.per_image, saved.unpack(saved.state));
+                                  unpack_optional(saved.samples), unpack_optional(saved.boundaries), saved.sequence(),
+                                  saved.per_image, unpack_optional(saved.state));
     return out;
   }
 };
@@ -376,12 +370,11 @@ struct FmpBackward final : torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     variable_list out(1);
     if (!grads[0].defined() || !task_should_compute_output(0)) return out;
-    check_not_released(saved.released);
     const c10::SymInt input_size[2] = {height, width};
     // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
     const at::Tensor index = saved.index.unpack();
-    const OptTensor samples = saved.unpack(saved.samples), boundaries = saved.unpack(saved.boundaries);
-    const OptTensor state = saved.unpack(saved.state);
+    const OptTensor samples = unpack_optional(saved.samples), boundaries = unpack_optional(saved.boundaries);
+    const OptTensor state = unpack_optional(saved.state);
     BackwardGuard guard;
     out[0] = fmp_backward_op().call(grads[0], index, input_size, saved.kernel_size, saved.regions_name(), samples,
                                     boundaries, saved.sequence(), saved.per_image, state);

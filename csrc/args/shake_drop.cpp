@@ -219,8 +219,7 @@ using torch::autograd::variable_list;
 // keep them: saved-tensor hooks (checkpointing, offloading) see them, and an in-place change after the forward
 // is an error.
 struct SavedNoise {
-  SavedVariable state, gate, beta;
-  bool has_gate = false, has_beta = false, released = false;
+  SavedVariable state, gate, beta;  // gate and beta: set only when explicit
   double p_drop = 0, alpha_range[2] = {0, 0}, beta_range[2] = {0, 0};
   Level gate_level = Level::Batch, level = Level::Sample;
   bool training = true;
@@ -229,10 +228,8 @@ struct SavedNoise {
             double p, at::ArrayRef<double> alpha, at::ArrayRef<double> beta_r, c10::string_view gate_lvl,
             c10::string_view lvl, bool train) {
     state = SavedVariable(rng_state, /*is_output=*/false);  // carries no gradient: no reference cycle
-    has_gate = gate_.has_value();
-    has_beta = beta_.has_value();
-    if (has_gate) gate = SavedVariable(*gate_, /*is_output=*/false);
-    if (has_beta) beta = SavedVariable(*beta_, /*is_output=*/false);
+    if (gate_.has_value()) gate = SavedVariable(*gate_, /*is_output=*/false);
+    if (beta_.has_value()) beta = SavedVariable(*beta_, /*is_output=*/false);
     p_drop = p;
     alpha_range[0] = alpha[0], alpha_range[1] = alpha[1], beta_range[0] = beta_r[0], beta_range[1] = beta_r[1];
     gate_level = parse_level(gate_lvl, /*gate=*/true);
@@ -244,19 +241,16 @@ struct SavedNoise {
     state.reset_data();
     gate.reset_data();
     beta.reset_data();
-    released = true;
   }
 
   // grad_h = (b + beta - b * beta) * grad, through the backward op.
   at::Tensor backward(const at::Tensor& grad) {
-    check_not_released(released);
     // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
     const at::Tensor s = state.unpack();
-    const std::optional<at::Tensor> g = has_gate ? std::optional<at::Tensor>(gate.unpack()) : std::nullopt;
-    const std::optional<at::Tensor> b = has_beta ? std::optional<at::Tensor>(beta.unpack()) : std::nullopt;
+    const std::optional<at::Tensor> g = unpack_optional(gate), b = unpack_optional(beta);
     BackwardGuard guard;
-    return shake_drop_backward_op().call(grad, s, p_drop, alpha_range, beta_range, level_name(gate_level), level_name(level),
-                         training, g, b);
+    return shake_drop_backward_op().call(grad, s, p_drop, alpha_range, beta_range, level_name(gate_level),
+                                         level_name(level), training, g, b);
   }
 };
 

@@ -216,22 +216,18 @@ const char* beta_source(c10::string_view forward_mode, c10::string_view backward
 // saved variables, as torch's own nodes keep them: saved-tensor hooks (checkpointing, offloading) see them,
 // and an in-place change after the forward is an error.
 struct SavedMix {
-  SavedVariable state, beta;
-  bool has_beta = false, released = false;
+  SavedVariable state, beta;  // beta: set only when explicit
   int64_t flags = 0;
 
   void save(const at::Tensor& rng_state, const OptTensor& explicit_beta, int64_t f) {
     state = SavedVariable(rng_state, /*is_output=*/false);  // carries no gradient: no reference cycle
-    has_beta = explicit_beta.has_value();
-    if (has_beta) beta = SavedVariable(*explicit_beta, /*is_output=*/false);
+    if (explicit_beta.has_value()) beta = SavedVariable(*explicit_beta, /*is_output=*/false);
     flags = f;
   }
   void release() {
     state.reset_data();
     beta.reset_data();
-    released = true;
   }
-  OptTensor unpack_beta() const { return has_beta ? OptTensor(beta.unpack()) : std::nullopt; }
 };
 
 // The node of a training call; its next edges are h1, h2 and the shortcut.
@@ -246,10 +242,9 @@ struct ShakeShakeBackward final : torch::autograd::Node {
     const at::Tensor& grad_y = grads[0];
     if (!grad_y.defined()) return out;
     if (task_should_compute_output(0) || task_should_compute_output(1)) {
-      check_not_released(saved.released);
       // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
       const at::Tensor state = saved.state.unpack();
-      const OptTensor beta = saved.unpack_beta();
+      const OptTensor beta = unpack_optional(saved.beta);
       BackwardGuard guard;
       std::tie(out[0], out[1]) =
           shake_shake_backward_op().call(grad_y, state, beta, mode_of(saved.flags), level_of(saved.flags));
@@ -272,8 +267,7 @@ struct ShakeShakeBackwardBackward final : torch::autograd::Node {
     const at::Tensor& gg2 = grads[1];
     variable_list out(1);
     if ((!gg1.defined() && !gg2.defined()) || !task_should_compute_output(0)) return out;
-    check_not_released(saved.released);
-    const OptTensor beta = saved.unpack_beta();
+    const OptTensor beta = unpack_optional(saved.beta);
     const c10::string_view mode = mode_of(saved.flags), level = level_of(saved.flags);
     const at::Tensor a = gg1.defined() ? gg1 : at::zeros_like(gg2);
     const at::Tensor b = gg2.defined() ? gg2 : at::zeros_like(gg1);

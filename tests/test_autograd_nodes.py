@@ -41,6 +41,58 @@ def test_eager_calls_take_the_direct_entry(device, i):
     name, _, forward, shape = calls(device)[i]
     x = torch.randn(shape, device=device)
     assert backends.fast_op(name, x) is getattr(cifarops._C, name)
+    first = backends.fast_ops(name, x)[1]  # the entry that returns y alone, for the ops with more outputs
+    assert first is (None if name == "probabilistic_maxout_expectation" else getattr(cifarops._C, name + "_output"))
+
+
+def op_args(name, device):
+    """Positional arguments of each op with more than one output, drawing from the generator."""
+    x = torch.randn(3, 4, 7, 7, device=device)
+    return {
+        "shake_drop": (x, x * 2, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "channel", True, None, None, None, None),
+        "shake_shake": (x, x * 3, None, "shake", "shake", "sample", True, None, None, None),
+        "maxout": (x, 2, 1, "contiguous"),
+        "probabilistic_maxout": (x, 2, 1, "contiguous", 1.0, None),
+        "fractional_max_pool2d": (x, [2, 2], [4, 4], "window", None, None, False, "pseudorandom", False, None),
+    }[name]
+
+
+MULTI = [pytest.param(device, name, id=f"{device}-{name}") for device, _ in COMPILED
+         for name in ("shake_drop", "shake_shake", "maxout", "probabilistic_maxout", "fractional_max_pool2d")]
+
+
+@pytest.mark.parametrize("device, name", MULTI)
+def test_first_output_entry_equals_the_op_overload(device, name):
+    """cifarops._C.<op>_output is the OpOverload's first output for the same generator state, and its
+    gradient is the same."""
+    args = op_args(name, device)
+    x = args[0].requires_grad_()
+    torch.manual_seed(5)
+    expected = getattr(torch.ops.cifarops, name).default(*args)
+    torch.manual_seed(5)
+    y = getattr(cifarops._C, name + "_output")(*args)
+    assert isinstance(y, torch.Tensor) and torch.equal(y, expected[0])
+    g = torch.randn_like(y)
+    assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected[0], x, g)[0])
+
+
+@pytest.mark.parametrize("entry", ["fractional_max_pool2d", "fractional_max_pool2d_output", "maxout"])
+def test_direct_entry_rejects_bad_arguments_by_name(entry):
+    """A wrong Python type is a TypeError that names the schema's argument, and a wrong count lists them,
+    before the op runs: the generator does not move."""
+    fn = getattr(cifarops._C, entry)
+    args = list(op_args(entry.removesuffix("_output"), "cpu"))
+    state = torch.get_rng_state()
+    for index, bad, expected in [(0, "x", "argument x must be a Tensor, got str"),
+                                 (1, 2.0 if entry == "maxout" else [2, 2.0], "argument"),
+                                 (-1 if entry == "maxout" else 6, 1, "must be")]:
+        wrong = list(args)
+        wrong[index] = bad
+        with pytest.raises(TypeError, match=expected):
+            fn(*wrong)
+    with pytest.raises(TypeError, match=r"takes \d+ positional arguments \(x, "):
+        fn(*args[:2])
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("device, i", CASES)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from cifarops.triton_kernels.philox import load_state, philox_quad, philox_uniform
+from cifarops.triton_kernels.philox import bits_to_uniform, load_state, philox_quad
 
 BLOCK = 256
 REGIONS = {"window": 0, "disjoint": 1, "overlapping": 2}
@@ -109,8 +109,11 @@ def _samples(ptr, axis_stride, mask, state_ptr, n, c, draw_channels, sample_max,
     if DRAW:
         seed, offset = load_state(state_ptr)
         index = (n * draw_channels + tl.where(draw_channels == 1, 0, c)) * 2
-        u_w = _as_storage(philox_uniform(seed, offset, index, 0), sample_max, STORE).to(acc)
-        u_h = _as_storage(philox_uniform(seed, offset, index + 1, 0), sample_max, STORE).to(acc)
+        # index is even: both axes' words are in one quad (words 0 and 1, or 2 and 3), one Philox call
+        w0, w1, w2, w3 = philox_quad(seed, offset, index >> 2, 0)
+        low = (index & 3) == 0
+        u_w = _as_storage(bits_to_uniform(tl.where(low, w0, w2)), sample_max, STORE).to(acc)
+        u_h = _as_storage(bits_to_uniform(tl.where(low, w1, w3)), sample_max, STORE).to(acc)
     elif not EXPLICIT:
         u_w = tl.load(ptr, mask=mask, other=0).to(acc)
         u_h = tl.load(ptr + axis_stride, mask=mask, other=0).to(acc)

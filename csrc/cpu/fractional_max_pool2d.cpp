@@ -42,15 +42,23 @@ struct PlaneRegions {
     }
   }
 
+  FmpQuadCache quads;  // the Philox quad of the last plane's draws: neighbouring planes share one
+
   template <typename scalar_t>
   void fill(const FmpParams& p, PhiloxState state, int64_t n, int64_t c) {
     using acc_t = typename OpMath<scalar_t>::type;
-    const auto rows = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 1, state);
-    const auto cols = fmp_sequence<scalar_t, scalar_t, acc_t>(p, n, c, 0, state);
+    const auto [rows, cols] = fmp_plane_sequences<scalar_t, scalar_t, acc_t>(p, n, c, state, &quads);
     row_begin.resize(p.rows.out);
     row_end.resize(p.rows.out);
     col_begin.resize(p.cols.out);
     col_end.resize(p.cols.out);
+    if (p.regions == FmpRegions::Window) {  // the common case, vectorised
+      fmp_window_starts<scalar_t>(static_cast<scalar_t>(rows.u), p.rows, row_begin.data());
+      fmp_window_starts<scalar_t>(static_cast<scalar_t>(cols.u), p.cols, col_begin.data());
+      for (int64_t i = 0; i < p.rows.out; ++i) row_end[i] = row_begin[i] + p.rows.kernel;
+      for (int64_t i = 0; i < p.cols.out; ++i) col_end[i] = col_begin[i] + p.cols.kernel;
+      return;
+    }
     for (int64_t i = 0; i < p.rows.out; ++i) rows.region(i, row_begin[i], row_end[i]);
     for (int64_t i = 0; i < p.cols.out; ++i) cols.region(i, col_begin[i], col_end[i]);
   }
@@ -211,9 +219,35 @@ void scatter_plane(const FmpParams& p, scalar_t* plane, int64_t n, int64_t c, co
   }
 }
 
+// scatter_plane for PyTorch's K x K windows (kSpan = K on both axes): every window lies inside the plane, so
+// only an offset beyond the window (a hand-made index) is skipped; no region ends are read.
+template <typename scalar_t, int K>
+void scatter_window_plane(const FmpParams& p, scalar_t* plane, int64_t n, int64_t c, const PlaneRegions& r) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const int64_t out_h = p.rows.out, out_w = p.cols.out;
+  const int64_t out_row_stride = p.out_strides.h, out_col_stride = p.out_strides.w;
+  const int64_t in_row_stride = p.in_strides.h, in_col_stride = p.in_strides.w;
+  const int64_t base = p.out_strides.at(n, c, 0, 0);
+  const scalar_t* grad_y = static_cast<const scalar_t*>(p.grad_output) + base;
+  const uint8_t* offsets = static_cast<const uint8_t*>(p.index) + base;
+  const int64_t* row_begin = r.row_begin.data();
+  const int64_t* col_begin = r.col_begin.data();
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    scalar_t* top = plane + row_begin[oh] * in_row_stride;
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      const int64_t out = oh * out_row_stride + ow * out_col_stride;
+      const uint32_t o = offsets[out];
+      if (o >= K * K) continue;
+      scalar_t& g = top[(o / K) * in_row_stride + (col_begin[ow] + o % K) * in_col_stride];
+      g = static_cast<scalar_t>(static_cast<acc_t>(g) + static_cast<acc_t>(grad_y[out]));
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward(const FmpParams& p, PhiloxState state) {
   const int64_t span = p.wide_index ? 0 : p.cols.span;
+  const bool window = p.regions == FmpRegions::Window && p.rows.kernel == p.cols.kernel;
   for_each_plane(p, p.rows.in * p.cols.in, [&](int64_t n, int64_t c, PlaneRegions& r) {
     r.fill<scalar_t>(p, state, n, c);
     scalar_t* plane = static_cast<scalar_t*>(p.grad_input) + p.in_strides.at(n, c, 0, 0);
@@ -224,6 +258,8 @@ void backward(const FmpParams& p, PhiloxState state) {
         for (int64_t w = 0; w < p.cols.in; ++w) plane[h * p.in_strides.h + w * p.in_strides.w] = scalar_t(0);
       }
     }
+    if (window && span == 2) return scatter_window_plane<scalar_t, 2>(p, plane, n, c, r);
+    if (window && span == 3) return scatter_window_plane<scalar_t, 3>(p, plane, n, c, r);
     if (span == 2) return scatter_plane<scalar_t, 2>(p, plane, n, c, r);
     if (span == 3) return scatter_plane<scalar_t, 3>(p, plane, n, c, r);
     scatter_plane<scalar_t, 0>(p, plane, n, c, r);

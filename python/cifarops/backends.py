@@ -157,7 +157,7 @@ def _op_for_backend(name: str, backend: str):
             fn = getattr(namespace, name).default
             entry = _extension.entry(name) if backend != "triton" else None
             if entry is not None:
-                _entries[fn] = entry
+                _entries[fn] = (entry, _extension.entry(name + "_output"))
         _op_cache[(name, backend)] = fn
     return fn
 
@@ -187,28 +187,38 @@ _automatic: dict[tuple[str, str], object] = {}  # (op, device type) -> the autom
 
 
 def fast_op(name: str, x: torch.Tensor):
-    """`op(name, x.device)` for a call whose first tensor is `x`; when that is a compiled op (the cpu or cuda
-    backend), its direct Python entry cifarops._C.<name> instead: the same dispatcher call without torch.ops'
-    generic argument conversion (several µs a call). Only where torch.ops would add nothing: eager mode
-    (torch.compile and torch.export trace the OpOverload), a plain tensor (a subclass may override
-    __torch_function__) and no torch-function mode."""
-    if torch.compiler.is_compiling() or type(x) is not torch.Tensor or _torch_function_mode_enabled():
-        return op(name, x.device)
+    """The first of fast_ops(name, x): the callable that returns every output of the op."""
+    return fast_ops(name, x)[0]
+
+
+def fast_ops(name: str, x: torch.Tensor) -> tuple:
+    """(fn, first) for a call of op `name` whose first tensor is `x`. fn is `op(name, x.device)` or, when that
+    is a compiled op (the cpu or cuda backend), its direct Python entry cifarops._C.<name> instead: the same
+    dispatcher call without torch.ops' generic argument conversion (several µs a call). first is the entry
+    cifarops._C.<name>_output, which returns the first output alone (no Python objects made and freed for the
+    choices and RNG state a functional drops), or None: then call fn and take [0]. The entries only where
+    torch.ops would add nothing: eager mode (torch.compile and torch.export trace the OpOverload), a plain
+    tensor (a subclass may override __torch_function__) and no torch-function mode."""
+    if _is_compiling() or type(x) is not torch.Tensor or _torch_function_mode_enabled():
+        return op(name, x.device), None
     if _active_pins or _override is not None or _ENV_OVERRIDE is not None:
-        fn = op(name, x.device)
-        return _entries.get(fn, fn)
+        return _direct(op(name, x.device))
     # Keyed by is_cuda: reading x.device builds a torch.device, the largest cost left in this function.
     table = _automatic_cuda if x.is_cuda else _automatic_cpu if x.is_cpu else None
     if table is None:
-        return op(name, x.device)
-    fn = table.get(name)
-    if fn is None:
-        fn = op(name, x.device)
-        fn = table[name] = _entries.get(fn, fn)
-    return fn
+        return op(name, x.device), None
+    pair = table.get(name)
+    if pair is None:
+        pair = table[name] = _direct(op(name, x.device))
+    return pair
 
 
-_entries: dict = {}  # compiled OpOverload -> its direct entry (filled by _op_for_backend)
-_automatic_cpu: dict[str, object] = {}  # op -> fast_op's automatic choice for CPU tensors
-_automatic_cuda: dict[str, object] = {}  # ... and for CUDA tensors (every CUDA device has the same choice)
+def _direct(fn) -> tuple:
+    return _entries.get(fn, (fn, None))
+
+
+_entries: dict = {}  # compiled OpOverload -> (its direct entry, its first-output entry or None); _op_for_backend
+_automatic_cpu: dict[str, tuple] = {}  # op -> fast_ops' automatic choice for CPU tensors
+_automatic_cuda: dict[str, tuple] = {}  # ... and for CUDA tensors (every CUDA device has the same choice)
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+_is_compiling = torch.compiler.is_compiling  # the function itself, which torch.compile folds to True

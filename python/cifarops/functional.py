@@ -5,6 +5,7 @@ op. Data flows module -> functional -> torch.ops.cifarops* (or reference) -> ker
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -107,8 +108,10 @@ def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
             raise ValueError(f"cifarops.shake_drop: shortcut is on {shortcut.device} but h is on {h.device}")
         h, shortcut = _autocast_common_dtype(h, shortcut)
     rng = noise.rng_state(h.device, _shake_drop_ops.STREAMS) if noise._active_tapes and training else None
-    return backends.fast_op("shake_drop", h)(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
-                                             training, gate, alpha, beta, rng)[0]
+    fn, first = backends.fast_ops("shake_drop", h)
+    if first is not None:  # the direct entry that returns y alone
+        return first(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta, rng)
+    return fn(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta, rng)[0]
 
 
 def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float]:
@@ -163,7 +166,7 @@ def shake_shake(
             check_floating(t, name, "cifarops.shake_shake")
     if h2.dtype != h1.dtype or (shortcut is not None and shortcut.dtype != h1.dtype):
         h1, h2, shortcut = _autocast_common_dtype(h1, h2, shortcut)
-    op = backends.fast_op("shake_shake", h1)
+    op, first = backends.fast_ops("shake_shake", h1)
     state = None
     if op is reference.shake_shake or noise._active_tapes:
         # The reference has no checks of its own, and a checkpointed block draws its state here: check first.
@@ -172,6 +175,8 @@ def shake_shake(
         )
         if drawing:
             state = noise.rng_state(h1.device, _shake_shake_ops.STREAMS)
+    if first is not None:
+        return first(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, state)
     return op(h1, h2, shortcut, forward_mode, backward_mode, level, training, alpha, beta, state)[0]
 
 
@@ -198,8 +203,10 @@ def maxout(x: torch.Tensor, pieces: int, dim: int = 1, grouping: str = "contiguo
     """
     if not isinstance(x, torch.Tensor):
         _maxout_ops.check_args(x, pieces, dim, grouping, "cifarops.maxout")
-    fn = backends.fast_op("maxout", x)
+    fn, first = backends.fast_ops("maxout", x)
     _maxout_checks(fn, x, pieces, dim, grouping, "cifarops.maxout")
+    if first is not None:
+        return first(x, pieces, dim, grouping)
     return fn(x, pieces, dim, grouping)[0]
 
 
@@ -227,9 +234,11 @@ def probabilistic_maxout(
         fn = backends.fast_op("probabilistic_maxout_expectation", x)
         _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
         return fn(x, pieces, dim, grouping, float(temperature))
-    fn = backends.fast_op("probabilistic_maxout", x)
+    fn, first = backends.fast_ops("probabilistic_maxout", x)
     _maxout_checks(fn, x, pieces, dim, grouping, op_name, temperature)
     state = noise.rng_state(x.device, _maxout_ops.STREAMS) if noise._active_tapes else None
+    if first is not None:
+        return first(x, pieces, dim, grouping, float(temperature), state)
     return fn(x, pieces, dim, grouping, float(temperature), state)[0]
 
 
@@ -296,8 +305,9 @@ def fractional_max_pool2d(
     ``"random"`` (increments of 1 and 2 in a uniformly random order). ``per_image=True`` shares one draw across
     the channels of an image (Graham); the default draws per (image, channel) (PyTorch). Explicit draws:
     ``_random_samples`` for pseudorandom sequences, ``boundaries`` ((N, C or 1, 2, L) int64, a_0 = 0 ...
-    a_out = input, index 0 for the width) for any sequence; they may be shared per image with C = 1, and their
-    values are checked (one host read; skipped under torch.compile, where the kernels clamp to the plane).
+    a_out = input, index 0 for the width) for any sequence; they may be shared per image with C = 1. Their
+    values are checked on the CPU; on a GPU only with CIFAROPS_CHECK_VALUES=1, since that reads them back (a
+    host sync), and never under torch.compile: the kernels clamp every region to the plane whatever the draws.
 
     Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
     offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
@@ -319,7 +329,9 @@ def fractional_max_pool2d(
             if input.dim() == 4 and input.dtype in _FLOATING and not noise._active_tapes:
                 if size_out is None:
                     size_out = [int(input.shape[2] * ratio[0]), int(input.shape[3] * ratio[1])]
-                fn = backends.fast_op("fractional_max_pool2d", input)
+                fn, first = backends.fast_ops("fractional_max_pool2d", input)
+                if first is not None and not return_indices:  # the direct entry that returns y alone
+                    return first(input, kernel, size_out, regions, None, None, False, sequence, per_image, None)
                 if fn is not _reference_fmp:  # the compiled and Triton ops check the rest themselves
                     y, index, _ = fn(input, kernel, size_out, regions, None, None, return_indices, sequence,
                                      per_image, None)
@@ -347,6 +359,10 @@ def fractional_max_pool2d(
 
 
 FMP_OP = "cifarops.fractional_max_pool2d"
+# The values of explicit draws on a GPU (samples in [0, 1), boundaries in steps of 1 or 2) are checked only
+# when CIFAROPS_CHECK_VALUES=1: the check reads them back, a host sync on every call. Without it the kernels
+# clamp every region to the plane, so no value makes them read out of bounds. CPU tensors are always checked.
+CHECK_DEVICE_VALUES = os.environ.get("CIFAROPS_CHECK_VALUES", "") == "1"
 _FLOATING = frozenset(FLOATING)
 # Validated FMP hyper-parameters -> (kernel, output size or None, output ratio or None), as the op takes them.
 _FMP_PARSED: dict = {}
@@ -396,7 +412,8 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
             if regions == "window":
                 raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
             boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
-        if x.device.type != "cpu" and not torch.compiler.is_compiling():  # the CPU ops read the values themselves
+        if x.device.type != "cpu" and CHECK_DEVICE_VALUES and not torch.compiler.is_compiling():
+            # Off by default: a host read, a device sync every call. The CPU ops read the values themselves.
             _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
             _fmp_ops.check_draws(x, tuple(x.shape[2:]), size_out, regions, samples, boundaries, op, values=True,
                                  sequence=sequence)
@@ -406,7 +423,8 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
     if fn is _reference_fmp:  # the compiled and Triton ops check their own arguments
         kernel_, size_out_, size_in = _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
         _fmp_ops.check_draws(x, size_in, size_out_, regions, samples, boundaries, op,
-                             values=not torch.compiler.is_compiling(), sequence=sequence, rng_state=state)
+                             values=(x.device.type == "cpu" or CHECK_DEVICE_VALUES) and not torch.compiler.is_compiling(),
+                             sequence=sequence, rng_state=state)
     y, index, _ = fn(x, kernel, size_out, regions, samples, boundaries, return_indices, sequence, per_image, state)
     if unbatched:
         y, index = y.squeeze(0), index.squeeze(0)

@@ -88,14 +88,39 @@ struct FmpParams {
 
 constexpr uint32_t kFmpSampleStream = 0, kFmpSequenceStream = 1, kFmpStreams = 2;
 
-// The drawn u of (n, c, axis) in the compute type: the input's dtype's value of the uniform, never 1.
+// A drawn uniform as a sample in the compute type: the input's dtype's value of it, never 1.
 template <typename scalar_t, typename acc_t>
-CIFAROPS_INLINE acc_t fmp_drawn_sample(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int axis_index) {
-  const int64_t draw_c = p.draw_channels == 1 ? 0 : c;
-  const float u = philox_uniform(state, static_cast<uint64_t>((n * p.draw_channels + draw_c) * 2 + axis_index),
-                                 kFmpSampleStream);
+CIFAROPS_INLINE acc_t fmp_sample_of(const FmpParams& p, float u) {
   const acc_t v = to_acc<acc_t>(from_acc<scalar_t>(u));
   return v < acc_t(1) ? v : static_cast<acc_t>(p.sample_max);
+}
+
+// The last Philox quad a loop over consecutive planes drew (the CPU kernels' plane loops): two neighbouring
+// planes' samples share a quad. The GPU kernels pass none.
+struct FmpQuadCache {
+  uint64_t quad = ~uint64_t(0);
+  Philox4 words{};
+};
+
+// The drawn u of both axes of (n, c) (u[0] the columns, u[1] the rows): their logical indices 2k and 2k + 1
+// fall in one Philox quad, so one Philox call gives both.
+template <typename scalar_t, typename acc_t>
+CIFAROPS_INLINE void fmp_drawn_samples(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, acc_t u[2],
+                                       FmpQuadCache* cache) {
+  const int64_t draw_c = p.draw_channels == 1 ? 0 : c;
+  const uint64_t index = static_cast<uint64_t>((n * p.draw_channels + draw_c) * 2);
+  Philox4 words;
+  if (cache == nullptr) {
+    words = philox_quad(state, index / 4, kFmpSampleStream);
+  } else {
+    if (cache->quad != index / 4) {
+      cache->quad = index / 4;
+      cache->words = philox_quad(state, index / 4, kFmpSampleStream);
+    }
+    words = cache->words;
+  }
+  u[0] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(words.v[index % 4]));
+  u[1] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(words.v[index % 4 + 1]));
 }
 
 // Graham's random sequence of draw plane `draw_plane` (n * C' + c') and axis (0: columns, 1: rows), a_0..a_out
@@ -136,6 +161,22 @@ CIFAROPS_INLINE int64_t fmp_window_start(interval_t u, int64_t i, const FmpAxis&
   const interval_t shifted = static_cast<interval_t>(static_cast<wide_t>(i)) + u;
   const int start = static_cast<int>(static_cast<wide_t>(shifted * alpha)) - static_cast<int>(static_cast<wide_t>(u * alpha));
   return fmp_clamp(start, 0, a.in - a.kernel);
+}
+
+// fmp_window_start of outputs 0 .. out - 1 into begin[], operation for operation, in a branch-free loop the
+// compiler vectorises (the CPU kernels fill a plane's tables with it).
+template <typename interval_t>
+CIFAROPS_INLINE void fmp_window_starts(interval_t u, const FmpAxis& a, int64_t* begin) {
+  using wide_t = typename OpMath<interval_t>::type;
+  const interval_t alpha = static_cast<interval_t>(static_cast<wide_t>(a.alpha));
+  const int base = static_cast<int>(static_cast<wide_t>(u * alpha));
+  const int high = static_cast<int>(a.in - a.kernel);
+  for (int64_t i = 0; i < a.out - 1; ++i) {
+    const interval_t shifted = static_cast<interval_t>(static_cast<wide_t>(i)) + u;
+    const int start = static_cast<int>(static_cast<wide_t>(shifted * alpha)) - base;
+    begin[i] = start < 0 ? 0 : (start > high ? high : start);
+  }
+  if (a.out >= 1) begin[a.out - 1] = high;
 }
 
 // Graham's pseudorandom boundary a_i = floor(alpha (i + u)) - floor(alpha u) in the compute type, clamped so
@@ -195,26 +236,38 @@ struct FmpSequence {
   }
 };
 
-// The sequence of `axis_index` (0: columns, 1: rows) for plane (n, c).
+// The row and column sequences of plane (n, c).
+template <typename interval_t, typename acc_t>
+struct FmpPlaneSequences {
+  FmpSequence<interval_t, acc_t> rows, cols;
+};
+
 template <typename scalar_t, typename interval_t, typename acc_t>
-CIFAROPS_INLINE FmpSequence<interval_t, acc_t> fmp_sequence(const FmpParams& p, int64_t n, int64_t c, int axis_index,
-                                                            PhiloxState state = PhiloxState{}) {
-  FmpSequence<interval_t, acc_t> s;
-  s.axis = axis_index == 0 ? &p.cols : &p.rows;
-  s.regions = p.regions;
-  s.u = acc_t(0);
-  s.boundaries = nullptr;
-  s.boundary_stride = 0;
-  if (p.boundaries != nullptr) {
-    s.boundaries = p.boundaries + n * p.boundary_stride_n + c * p.boundary_stride_c + axis_index * p.boundary_stride_axis;
-    s.boundary_stride = p.boundary_stride_i;
-  } else if (p.draw) {
-    s.u = fmp_drawn_sample<scalar_t, acc_t>(p, state, n, c, axis_index);
-  } else {
-    const scalar_t* samples = static_cast<const scalar_t*>(p.samples);
-    s.u = to_acc<acc_t>(samples[n * p.sample_stride_n + c * p.sample_stride_c + axis_index * p.sample_stride_axis]);
+CIFAROPS_INLINE FmpPlaneSequences<interval_t, acc_t> fmp_plane_sequences(const FmpParams& p, int64_t n, int64_t c,
+                                                                         PhiloxState state,
+                                                                         FmpQuadCache* cache = nullptr) {
+  FmpSequence<interval_t, acc_t> axes[2];  // 0: columns, 1: rows (the samples' and boundaries' order)
+  acc_t u[2] = {acc_t(0), acc_t(0)};
+  if (p.draw) {
+    fmp_drawn_samples<scalar_t, acc_t>(p, state, n, c, u, cache);
+  } else if (p.boundaries == nullptr) {
+    const scalar_t* samples = static_cast<const scalar_t*>(p.samples) + n * p.sample_stride_n + c * p.sample_stride_c;
+    u[0] = to_acc<acc_t>(samples[0]);
+    u[1] = to_acc<acc_t>(samples[p.sample_stride_axis]);
   }
-  return s;
+  for (int axis_index = 0; axis_index < 2; ++axis_index) {
+    FmpSequence<interval_t, acc_t>& s = axes[axis_index];
+    s.axis = axis_index == 0 ? &p.cols : &p.rows;
+    s.regions = p.regions;
+    s.u = u[axis_index];
+    s.boundaries = nullptr;
+    s.boundary_stride = 0;
+    if (p.boundaries != nullptr) {
+      s.boundaries = p.boundaries + n * p.boundary_stride_n + c * p.boundary_stride_c + axis_index * p.boundary_stride_axis;
+      s.boundary_stride = p.boundary_stride_i;
+    }
+  }
+  return {axes[1], axes[0]};
 }
 
 // The maximum of rows [r0, r1) x columns [c0, c1) of a plane and where it is. Row-major scan with ATen's
@@ -256,8 +309,7 @@ CIFAROPS_INLINE void fmp_store_choice(const FmpParams& p, int64_t out, int64_t h
 template <typename scalar_t, typename interval_t>
 CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t oh, int64_t ow) {
   using acc_t = typename OpMath<scalar_t>::type;
-  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1, state);
-  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0, state);
+  const auto [rows, cols] = fmp_plane_sequences<scalar_t, interval_t, acc_t>(p, n, c, state);
   int64_t r0, r1, c0, c1, h, w;
   rows.region(oh, r0, r1);
   cols.region(ow, c0, c1);
@@ -295,8 +347,7 @@ CIFAROPS_INLINE bool fmp_inside(const FmpParams& p, int64_t flat, int64_t r0, in
 template <typename scalar_t, typename interval_t>
 CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t h, int64_t w) {
   using acc_t = typename OpMath<scalar_t>::type;
-  const auto rows = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 1, state);
-  const auto cols = fmp_sequence<scalar_t, interval_t, acc_t>(p, n, c, 0, state);
+  const auto [rows, cols] = fmp_plane_sequences<scalar_t, interval_t, acc_t>(p, n, c, state);
   const scalar_t* grad_output = static_cast<const scalar_t*>(p.grad_output);
   const int64_t target = h * p.cols.in + w;
   const int64_t first_col = cols.first_ending_after(w);

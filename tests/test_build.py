@@ -13,7 +13,14 @@ import cifarops
 OPS = [
     "shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
     "probabilistic_maxout", "probabilistic_maxout_expectation", "_probabilistic_maxout_expectation_backward",
+    "fractional_max_pool2d", "_fractional_max_pool2d_backward",
 ]
+
+
+def test_op_list_is_every_registered_op():
+    """OPS is the registry itself, less the composite double-backward helper (pure PyTorch, no kernels)."""
+    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("cifarops::")}
+    assert registered - {"_fractional_max_pool2d_select"} == set(OPS)
 
 
 def test_compiled_extension_loaded():
@@ -114,6 +121,7 @@ def _triton_variants():
             yield _shake_shake_bwd_kernel, {
                 "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", **common,
             }, {**flags, "STREAM": 1}
+        yield from _fmp_variants(element, acc)
         for width in widths:
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
             for mode in (0, 1, 2) if element == "fp32" else (1,):
@@ -126,6 +134,37 @@ def _triton_variants():
                     "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
                     "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
                 }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
+
+
+def _fmp_variants(element, acc):
+    """Fractional max-pooling's kernels as the launcher (triton_kernels/fractional_max_pool2d.py) calls them:
+    window regions drawn, from explicit samples and with int64 indices; Graham's regions drawn and from a
+    boundary table (explicit boundaries, random sequences); both layouts in float32, the heaviest in the others."""
+    from cifarops.triton_kernels.fractional_max_pool2d import BLOCK, _fmp_bwd_kernel, _fmp_fwd_kernel, _fmp_table_kernel
+
+    ints = ("total", "channels", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "xs_n", "xs_c", "xs_h", "xs_w",
+            "ys_n", "ys_c", "ys_h", "ys_w", "ss_n", "ss_c", "ss_a", "bs_n", "bs_c", "bs_a", "bs_i", "draw_channels")
+    # (REGIONS, EXPLICIT, DRAW, WIDE, span): window drawn / from samples / int64 indices, Graham drawn / table
+    modes = [(0, False, True, False, 2), (0, False, False, False, 3), (0, False, True, True, 2),
+             (1, True, False, False, 2), (2, False, True, False, 3), (2, True, False, True, 3)]
+    if element != "fp32":
+        modes = [modes[0], modes[-1]]
+    for (regions, explicit, draw, wide, span), channel_fastest in itertools.product(
+            modes, (False, True) if element == "fp32" else (False,)):
+        pointers = {"samples_ptr": f"*{element}", "bnd_ptr": "*i64" if explicit else f"*{element}",
+                    "alpha_ptr": f"*{acc}", "state_ptr": "*i64" if draw else f"*{acc}",
+                    "index_ptr": "*i64" if wide else "*u8"}
+        flags = {"REGIONS": regions, "EXPLICIT": explicit, "DRAW": draw, "WIDE": wide, "ROUND": False,
+                 "CHANNEL_FASTEST": channel_fastest, "SPAN_W": span, "BLOCK": BLOCK}
+        yield _fmp_fwd_kernel, {"x_ptr": f"*{element}", "y_ptr": f"*{element}", **pointers,
+                                **{n: "i32" for n in ints}, "sample_max": "fp32"}, {**flags, "SPAN_H": span}
+        yield _fmp_bwd_kernel, {"grad_y_ptr": f"*{element}", "grad_x_ptr": f"*{element}", **pointers,
+                                **{n: "i32" for n in ints}, "steps_h": "i32", "steps_w": "i32",
+                                "sample_max": "fp32"}, flags
+    if element == "fp32":
+        yield _fmp_table_kernel, {"state_ptr": "*i64", "table_ptr": "*i64", "lanes": "i32", "in_w": "i32",
+                                  "out_w": "i32", "in_h": "i32", "out_h": "i32", "max_out": "i32",
+                                  "length": "i32"}, {"BLOCK": 128}
 
 
 @pytest.mark.parametrize("arch", [80, 90])

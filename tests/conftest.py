@@ -60,6 +60,27 @@ def assert_close(actual, expected, dtype=None):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
+def assert_compiled_step_equals_eager(compiled, module, x, seed: int, backend: str) -> None:
+    """A training step of compiled (torch.compile of module) equals module's eager step from the same seed:
+    output and the gradients of x and of every parameter, to rounding (inductor reorders the arithmetic
+    around the ops). The compiled and Triton ops draw their noise inside the op from the generator's state,
+    in the graph as in eager, so the same seed gives the same noise. The reference's traced draws take their
+    key from the graph's own RNG (cifarops.philox.draw_state: same distributions, another stream), so there
+    the compiled step must repeat itself under the same seed instead. Either way another seed must change
+    the step (or the comparison would hold for any noise)."""
+    def step(fn, seed):
+        torch.manual_seed(seed)
+        y = fn(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *module.parameters()])
+        return [y.detach(), *grads]
+
+    traced = step(compiled, seed)
+    expected = step(module, seed) if backend != "reference" else step(compiled, seed)
+    for a, b in zip(traced, expected):
+        assert_close(a, b)
+    assert not torch.equal(step(compiled, seed + 1)[0], traced[0]), "the compiled step does not depend on the seed"
+
+
 def namespace_for(backend: str):
     """The torch.ops namespace whose ops run on `backend`."""
     return torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops

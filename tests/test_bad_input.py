@@ -7,6 +7,8 @@ the model zoo: tests/test_bad_input_models.py; NaN and infinities: tests/test_ba
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -463,3 +465,32 @@ def test_errors_leave_module_state_alone():
     with pytest.raises(ValueError):
         layer(h(), randn(3, 6, 3, 3))
     assert vars(layer) == before
+
+
+TWO_GPUS = torch.cuda.is_available() and torch.cuda.device_count() >= 2
+
+
+@pytest.mark.skipif(not TWO_GPUS, reason="needs two GPUs: not run on this machine (no GPU, or one)")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_two_real_devices(backend):
+    """Tensors on cuda:1 while cuda:0 is current: a mix of the two devices is a ValueError naming the argument
+    and both devices, and a call whose tensors all live on cuda:1 runs there (the launch's device guard) and
+    equals the CPU op."""
+    if backend not in cifarops.available_backends("cuda"):
+        pytest.fail(f"backend {backend} is missing on a machine with two GPUs")
+    first, second = torch.device("cuda:0"), torch.device("cuda:1")
+    h = torch.randn(4, 6, 5, 5)
+    mixes = [
+        (lambda: F.shake_drop(h.to(second), h.to(first)), "shortcut is on cuda:0 but h is on cuda:1"),
+        (lambda: F.shake_shake(h.to(second), h.to(first)), "is on cuda:"),
+        (lambda: F.shake_drop(h.to(second), gate=torch.ones(4, device=first)), "gate is on cuda:0"),
+        (lambda: F.fractional_max_pool2d(h.to(second), 2, output_size=3, _random_samples=torch.rand(4, 6, 2, device=first)),
+         "_random_samples is on cuda:0 but"),
+    ]
+    with torch.cuda.device(first), cifarops.use_backend(backend):
+        for call, message in mixes:
+            with pytest.raises(ValueError, match=re.escape(message)):
+                call()
+        on_second = F.maxout(h.to(second), 2)
+        assert on_second.device == second
+        torch.testing.assert_close(on_second.cpu(), h.view(4, 3, 2, 5, 5).amax(2))

@@ -7,6 +7,7 @@ checkpoint(), Checkpoint, models.create and the zoo's constructors and blocks, t
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -152,16 +153,26 @@ def noise_case(name):
     return cases[name]
 
 
-NOISE_CASES = ["shake_drop bad beta", "shake_drop bad shortcut", "shake_shake bad beta", "maxout indivisible",
-               "probabilistic_maxout temperature", "fmp sample values", "fmp sample shape", "fmp boundary values"]
+# Each case's exception and a message fragment that both backends give (the C++ checks print sizes as lists).
+NOISE_CASES = {
+    "shake_drop bad beta": (ValueError, "shake_drop: beta must have shape (1,), (N,) = (4,), (N, C) = (4, 6) or h's shape"),
+    "shake_drop bad shortcut": (ValueError, "shake_drop: shortcut must match h in batch and spatial sizes"),
+    "shake_shake bad beta": (ValueError, "shake_shake: beta must have shape (1,) or (N,) = (4,), got (4, 6)"),
+    "maxout indivisible": (ValueError, "maxout: x.shape[1] = 6 channels are not divisible by pieces = 4"),
+    "probabilistic_maxout temperature": (ValueError, "probabilistic_maxout: temperature must be a positive number"),
+    "fmp sample values": (ValueError, "samples must lie in [0, 1), got values from 1.5 to 1.5"),
+    "fmp sample shape": (ValueError, "_random_samples must have shape (N, C, 2) or (N, 1, 2) with N = 4, C = 6, got (4, 2, 2)"),
+    "fmp boundary values": (ValueError, "boundaries[..., 0, :] must start at 0 and reach the input size 5 at index 3"),
+}
 
 
 @pytest.mark.parametrize("backend", cifarops.available_backends("cpu"))
 @pytest.mark.parametrize("name", NOISE_CASES)
 def test_failing_calls_leave_inputs_noise_and_generator_alone(backend, name):
     call, tensors = noise_case(name)
+    error, message = NOISE_CASES[name]
     saved, rng_state = snapshot(tensors), torch.get_rng_state()
-    with cifarops.use_backend(backend), pytest.raises((TypeError, ValueError)):
+    with cifarops.use_backend(backend), pytest.raises(error, match=re.escape(message)):
         call()
     assert_untouched(saved)
     assert torch.equal(torch.get_rng_state(), rng_state)
@@ -183,6 +194,13 @@ BAD_INPUTS = {
     "bfloat16": lambda c: randn(2, c, 6, 6, dtype=torch.bfloat16),
     "meta": lambda c: randn(2, c, 6, 6, device="meta"),
 }
+# What a block's first check says of each (csrc-free: the blocks check in Python, models/blocks.py).
+BLOCK_ERRORS = {
+    "channels": (ValueError, "x must have shape (N, 8, H, W), got (2, 9, 6, 6)"),
+    "float64": (TypeError, "x must have the parameters' dtype torch.float32 outside autocast, got torch.float64"),
+    "bfloat16": (TypeError, "x must have the parameters' dtype torch.float32 outside autocast, got torch.bfloat16"),
+    "meta": (ValueError, "x is on meta but the block's parameters are on cpu"),
+}
 
 
 @pytest.mark.parametrize("bad", BAD_INPUTS)
@@ -193,7 +211,8 @@ def test_bad_input_leaves_block_buffers_and_generator_alone(block, mode, bad):
     module = make(mode).train()
     x = BAD_INPUTS[bad](channels)
     saved, rng_state = module_state(module), torch.get_rng_state()
-    with pytest.raises((TypeError, ValueError, RuntimeError, NotImplementedError)):
+    error, message = BLOCK_ERRORS[bad]
+    with pytest.raises(error, match=re.escape(f"{block}: {message}")):
         module(x.requires_grad_() if x.device.type == "cpu" else x)
     assert_untouched(saved)
     assert torch.equal(torch.get_rng_state(), rng_state)
@@ -205,8 +224,17 @@ def test_bad_input_leaves_zoo_models_alone(name):
     model = small(name, checkpoint="full").train()
     size = 32 if name == "maxout-goodfellow-cifar10" else 16
     saved, rng_state = module_state(model), torch.get_rng_state()
+    first_block = {"fmp-graham-cifar10": "FMPLayer", "maxout-goodfellow-cifar10": "MaxoutConvLayer"}.get(name)
     for x in (randn(2, 4, size, size), randn(2, 3, size, size, dtype=torch.float64)):
-        with pytest.raises((TypeError, ValueError, RuntimeError)):
+        if first_block is not None:  # the first layer is a cifarops block, which checks its input
+            error, message = ((ValueError, f"{first_block}: x must have shape (N, 3, H, W), got (2, 4,")
+                              if x.shape[1] == 4 else
+                              (TypeError, f"{first_block}: x must have the parameters' dtype torch.float32 outside "
+                                          "autocast, got torch.float64"))
+        else:  # a plain convolution stem: torch's own error
+            error, message = ((RuntimeError, "expected input[2, 4, 16, 16] to have 3 channels, but got 4 channels")
+                              if x.shape[1] == 4 else (RuntimeError, "expected scalar type Double but found Float"))
+        with pytest.raises(error, match=re.escape(message)):
             model(x)
     assert_untouched(saved)
     assert torch.equal(torch.get_rng_state(), rng_state)
@@ -227,12 +255,14 @@ def test_checkpoint_adds_no_writes_to_a_user_block(user_block, bad):
     block = USER_BLOCKS[user_block]().train()
     wrapped = Checkpoint(copy.deepcopy(block))
     rng_state = torch.get_rng_state()
-    writes, x = [], BAD_INPUTS[bad](8)
+    writes, errors, x = [], [], BAD_INPUTS[bad](8)
     for module in (block, wrapped):
         before = [t._version for t in module.state_dict(keep_vars=True).values()]
-        with pytest.raises((TypeError, ValueError, RuntimeError, NotImplementedError)):
+        with pytest.raises(RuntimeError) as raised:  # torch's own layers' error
             module(x.requires_grad_() if x.device.type == "cpu" else x)
+        errors.append(str(raised.value))
         writes.append([t._version - v for t, v in zip(module.state_dict(keep_vars=True).values(), before)])
+    assert errors[0] == errors[1]  # the wrapper raises exactly what the block raises
     assert writes[0] == writes[1]
     for (name, a), b in zip(block.state_dict().items(), wrapped.block.state_dict().values()):
         assert torch.equal(a, b), name

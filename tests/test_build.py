@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
 import torch
 
 import cifarops
+from cifarops.triton_kernels.variants import compile_options, variants
 
 OPS = [
     "shake_drop", "_shake_drop_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
@@ -85,102 +85,36 @@ def test_missing_extension_falls_back_with_one_warning(tmp_path):
     assert "ok (2, 3)" in result.stdout
 
 
-def _triton_variants():
-    """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
-    and each option in float32."""
-    import triton.language as tl
+def _local_memory_instructions(cubin: bytes, tmp_path) -> list[str]:
+    """The LDL / STL instructions of a cubin's SASS (Triton's own cuobjdump): spills, or an array the compiler
+    could not keep in registers."""
+    import subprocess
 
-    from cifarops.triton_kernels.maxout import _maxout_bwd_kernel, _maxout_fwd_kernel
-    from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
-    from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
+    import triton
 
-    for element in ("fp32", "fp64", "fp16", "bf16"):
-        acc = "fp64" if element == "fp64" else "fp32"
-        sources = (0, 1, 2, 3) if element == "fp32" else (3,)
-        widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
-        for source, channels_last, width in itertools.product(sources, (False, True), widths):
-            levels = (0, 1, 2, 3) if source == 3 else (0,)
-            for level in levels:
-                yield _shake_drop_kernel, {
-                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
-                    "state_ptr": "*i64", "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32",
-                    "gate_value": "fp32", "coef_ptr": f"*{acc}", "coef_stride_n": width, "coef_stride_c": width,
-                    "lo": "fp32", "hi": "fp32", "coef_value": "fp32", "coef_stream": "i32", "numel": width,
-                    "channels": width, "spatial": width, "shortcut_channels": width,
-                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
-                    "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level,
-                    "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
-        for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
-            common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,
-                      "sample_size": width}
-            flags = {"KIND": kind, "PER_SAMPLE": per_sample, "IS_DOUBLE": element == "fp64", "BLOCK": 1024}
-            yield _shake_shake_fwd_kernel, {
-                "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
-                **common,
-            }, {**flags, "HAS_SHORTCUT": True}
-            yield _shake_shake_bwd_kernel, {
-                "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", **common,
-            }, {**flags, "STREAM": 1}
-        yield from _fmp_variants(element, acc)
-        for width in widths:
-            sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
-            for mode in (0, 1, 2) if element == "fp32" else (1,):
-                yield _maxout_fwd_kernel, {
-                    "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "state_ptr": "*i64",
-                    "lambda_bits": "i64", "groups": width, **sizes,
-                }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512}
-            for expectation in (False, True):
-                yield _maxout_bwd_kernel, {
-                    "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
-                    "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
-                }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
-
-
-def _fmp_variants(element, acc):
-    """Fractional max-pooling's kernels as the launcher (triton_kernels/fractional_max_pool2d.py) calls them:
-    window regions drawn, from explicit samples and with int64 indices; Graham's regions drawn and from a
-    boundary table (explicit boundaries, random sequences); both layouts in float32, the heaviest in the others."""
-    from cifarops.triton_kernels.fractional_max_pool2d import BLOCK, _fmp_bwd_kernel, _fmp_fwd_kernel, _fmp_table_kernel
-
-    ints = ("total", "channels", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "xs_n", "xs_c", "xs_h", "xs_w",
-            "ys_n", "ys_c", "ys_h", "ys_w", "ss_n", "ss_c", "ss_a", "bs_n", "bs_c", "bs_a", "bs_i", "draw_channels")
-    # (REGIONS, EXPLICIT, DRAW, WIDE, span): window drawn / from samples / int64 indices, Graham drawn / table
-    modes = [(0, False, True, False, 2), (0, False, False, False, 3), (0, False, True, True, 2),
-             (1, True, False, False, 2), (2, False, True, False, 3), (2, True, False, True, 3)]
-    if element != "fp32":
-        modes = [modes[0], modes[-1]]
-    for (regions, explicit, draw, wide, span), channel_fastest in itertools.product(
-            modes, (False, True) if element == "fp32" else (False,)):
-        pointers = {"samples_ptr": f"*{element}", "bnd_ptr": "*i64" if explicit else f"*{element}",
-                    "alpha_ptr": f"*{acc}", "state_ptr": "*i64" if draw else f"*{acc}",
-                    "index_ptr": "*i64" if wide else "*u8"}
-        flags = {"REGIONS": regions, "EXPLICIT": explicit, "DRAW": draw, "WIDE": wide, "ROUND": False,
-                 "CHANNEL_FASTEST": channel_fastest, "SPAN_W": span, "BLOCK": BLOCK}
-        yield _fmp_fwd_kernel, {"x_ptr": f"*{element}", "y_ptr": f"*{element}", **pointers,
-                                **{n: "i32" for n in ints}, "sample_max": "fp32"}, {**flags, "SPAN_H": span}
-        yield _fmp_bwd_kernel, {"grad_y_ptr": f"*{element}", "grad_x_ptr": f"*{element}", **pointers,
-                                **{n: "i32" for n in ints}, "steps_h": "i32", "steps_w": "i32",
-                                "sample_max": "fp32"}, flags
-    if element == "fp32":
-        yield _fmp_table_kernel, {"state_ptr": "*i64", "table_ptr": "*i64", "lanes": "i32", "in_w": "i32",
-                                  "out_w": "i32", "in_h": "i32", "out_h": "i32", "max_out": "i32",
-                                  "length": "i32"}, {"BLOCK": 128}
+    path = tmp_path / "kernel.cubin"
+    path.write_bytes(cubin)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", str(path)], check=True, capture_output=True, text=True).stdout
+    return [line.strip() for line in sass.splitlines() if " LDL" in line or " STL" in line]
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_triton_kernels_compile_for_gpus(arch):
+def test_triton_kernels_compile_for_gpus(arch, tmp_path):
     """Compile the Triton kernels to cubin for the GPUs we ship for, without a GPU (the interpreter skips
-    Triton's real compiler, so this catches what TRITON_INTERPRET=1 tests cannot)."""
+    Triton's real compiler, so this catches what TRITON_INTERPRET=1 tests cannot), and none uses local memory
+    (no spill). The CUDA kernels' spills: scripts/kernel_report.py, run by CI after the CUDA build."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.fail("run this test without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     import triton
     from triton.backends.compiler import GPUTarget
 
-    for kernel, signature, constexprs in _triton_variants():
+    for kernel, signature, constexprs in variants():
         signature = {**signature, **{name: "constexpr" for name in constexprs}}
         source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options=compile_options(kernel))
         assert compiled.asm["cubin"], kernel.__name__
+        assert not _local_memory_instructions(compiled.asm["cubin"], tmp_path), (kernel.__name__, constexprs)
 
 
 def test_setup_lists_every_subpackage():

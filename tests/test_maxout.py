@@ -5,13 +5,15 @@ saved for backward, and the statistics of the probabilistic draws."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import COMPILE_BACKENDS, DTYPES, assert_close, deterministic, ids, matches_reference, namespace_for
+from conftest import (COMPILE_BACKENDS, DTYPES, assert_close, assert_compiled_step_equals_eager, deterministic, ids,
+                      matches_reference, namespace_for)
 from layouts import LAYOUTS, in_layout
 
 GROUPINGS = ["contiguous", "strided"]
@@ -249,8 +251,7 @@ def test_torch_compile_fullgraph(device, backend):
     compiled = torch.compile(model, fullgraph=True)
     x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
     with cifarops.use_backend(backend):
-        compiled(x).sum().backward()
-        assert x.grad is not None and torch.isfinite(x.grad).all()
+        assert_compiled_step_equals_eager(compiled, model, x, seed=11, backend=backend)
         model.eval()
         assert_close(compiled(x), model(x))
 
@@ -402,18 +403,20 @@ def test_uniforms_are_philox_words_in_logical_order():
 def test_failing_call_advances_no_generator(backend):
     x = torch.randn(2, 6, 3, 3)
     bad_calls = [
-        lambda op: op(x, 4, 1, "contiguous", 1.0, None),  # indivisible
-        lambda op: op(x, 2, 1, "contiguous", -1.0, None),  # temperature
-        lambda op: op(x, 2, 1, "other", 1.0, None),  # grouping
-        lambda op: op(x, 2, 1, "contiguous", 1.0, torch.zeros(3, dtype=torch.int64)),
-        lambda op: op(torch.ones(2, 6, 3, 3, dtype=torch.int32), 2, 1, "contiguous", 1.0, None),
+        (lambda op: op(x, 4, 1, "contiguous", 1.0, None), ValueError, "x.shape[1] = 6 channels are not divisible by pieces = 4"),
+        (lambda op: op(x, 2, 1, "contiguous", -1.0, None), ValueError, "temperature must be a positive number"),
+        (lambda op: op(x, 2, 1, "other", 1.0, None), ValueError, "grouping must be one of ('contiguous', 'strided')"),
+        (lambda op: op(x, 2, 1, "contiguous", 1.0, torch.zeros(3, dtype=torch.int64)), ValueError,
+         "rng_state must have two elements {seed, offset}, got 3"),
+        (lambda op: op(torch.ones(2, 6, 3, 3, dtype=torch.int32), 2, 1, "contiguous", 1.0, None), TypeError,
+         "x must be float32, float64, float16 or bfloat16, got torch.int32"),
     ]
     with cifarops.use_backend(backend):
         op = cifarops.backends.op("probabilistic_maxout", torch.device("cpu"))
         # The reference function itself checks nothing: the functional checks for it (below).
-        for call in bad_calls if backend != "reference" else []:
+        for call, error, message in bad_calls if backend != "reference" else []:
             before = torch.get_rng_state()
-            with pytest.raises((ValueError, TypeError, IndexError)):
+            with pytest.raises(error, match=re.escape("cifarops.probabilistic_maxout: " + message)):
                 call(op)
             assert torch.equal(torch.get_rng_state(), before)
         before = torch.get_rng_state()

@@ -3,12 +3,14 @@ torch.library and torch.compile integration, seeding and the statistics of alpha
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import COMPILE_BACKENDS, DTYPES, assert_close, ids, matches_reference, namespace_for
+from conftest import COMPILE_BACKENDS, DTYPES, assert_close, assert_compiled_step_equals_eager, ids, matches_reference, namespace_for
 from layouts import LAYOUTS, in_layout
 
 MODES = [(f, b) for f in ("shake", "even") for b in ("shake", "even", "keep")]
@@ -186,8 +188,7 @@ def test_torch_compile_fullgraph(device, backend):
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     with cifarops.use_backend(backend):
-        compiled(x).sum().backward()
-        assert x.grad is not None and torch.isfinite(x.grad).all()
+        assert_compiled_step_equals_eager(compiled, block, x, seed=11, backend=backend)
         block.eval()
         assert_close(compiled(x), block(x))
 
@@ -201,6 +202,10 @@ def test_same_seed_same_result(kernel_backend, forward_mode, backward_mode):
     torch.manual_seed(7)
     second = run(h1, h2, h1, forward_mode=forward_mode, backward_mode=backward_mode)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+    if forward_mode == "shake" or backward_mode == "shake":  # something is drawn: another seed, other noise
+        torch.manual_seed(8)
+        third = run(h1, h2, h1, forward_mode=forward_mode, backward_mode=backward_mode)
+        assert not all(torch.equal(a, b) for a, b in zip(first, third))
 
 
 def uniform_ok(samples: torch.Tensor, sigmas: float = 5.0) -> None:
@@ -337,10 +342,15 @@ def test_explicit_state_replays_and_nothing_drawn_gives_zeros(backend):
 def test_failing_op_call_advances_no_generator(backend):
     op = backends._op_for_backend("shake_shake", backend)
     h = torch.randn(4, 3, 2)
-    cases = [dict(beta=torch.rand(3)), dict(h2=torch.randn(4, 3, 3)), dict(level="pixel"),
-             dict(rng_state=torch.zeros(3, dtype=torch.int64)), dict(h1=torch.ones(4, 3, 2, dtype=torch.int64))]
+    cases = [
+        (dict(beta=torch.rand(3)), ValueError, "beta must have shape (1,) or (N,) = (4,), got (3,)"),
+        (dict(h2=torch.randn(4, 3, 3)), ValueError, "h2 must have h1's shape (4, 3, 2), got (4, 3, 3)"),
+        (dict(level="pixel"), ValueError, "level must be one of ('batch', 'sample'), got 'pixel'"),
+        (dict(rng_state=torch.zeros(3, dtype=torch.int64)), ValueError, "rng_state must have two elements {seed, offset}"),
+        (dict(h1=torch.ones(4, 3, 2, dtype=torch.int64)), TypeError, "h1 must be float32, float64, float16 or bfloat16"),
+    ]
     rng = torch.get_rng_state()
-    for bad in cases:
+    for bad, error, message in cases:
         args = dict(h1=h, h2=h, shortcut=None, forward_mode="shake", backward_mode="shake", level="sample",
                     training=True, alpha=None, beta=None, rng_state=None)
         args.update(bad)
@@ -350,7 +360,7 @@ def test_failing_op_call_advances_no_generator(backend):
                 continue
         else:
             call = lambda: op(*args.values())  # noqa: E731
-        with pytest.raises((TypeError, ValueError)):
+        with pytest.raises(error, match=re.escape("cifarops.shake_shake: " + message)):
             call()
         assert torch.equal(torch.get_rng_state(), rng), bad
 

@@ -19,6 +19,10 @@ import triton.language as tl
 from cifarops.triton_kernels.philox import bits_to_uniform, load_state, philox_quad
 
 BLOCK = 256
+# Launch options by kernel (cifarops.triton_kernels.variants compiles with the same). The backward's binary
+# searches need registers: with ptxas' own limit, Graham's regions from a boundary table spilled on sm_80
+# (tests/test_build.py compiles every variant and fails on local memory); 128 registers a thread do not.
+LAUNCH_OPTIONS = {"_fmp_fwd_kernel": {}, "_fmp_bwd_kernel": {"maxnreg": 128}}
 REGIONS = {"window": 0, "disjoint": 1, "overlapping": 2}
 
 
@@ -310,6 +314,7 @@ def fmp_fwd(x, y, index, samples, boundaries, kernel_size, regions, alpha, state
             draw_channels, sample_max,
             REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, DRAW=draw, WIDE=index.dtype == torch.int64,
             ROUND=round_each, CHANNEL_FASTEST=x.stride(1) < x.stride(3), SPAN_H=span_h, SPAN_W=span_w, BLOCK=BLOCK,
+            **LAUNCH_OPTIONS["_fmp_fwd_kernel"],
         )
 
 
@@ -331,4 +336,5 @@ def fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel_size, regions, al
             *grad_y.stride(), *s_strides, *b_strides, out_h.bit_length(), out_w.bit_length(), draw_channels, sample_max,
             REGIONS=REGIONS[regions], EXPLICIT=boundaries is not None, DRAW=draw, WIDE=index.dtype == torch.int64,
             ROUND=round_each, CHANNEL_FASTEST=grad_x.stride(1) < grad_x.stride(3), SPAN_W=span_w, BLOCK=BLOCK,
+            **LAUNCH_OPTIONS["_fmp_bwd_kernel"],
         )

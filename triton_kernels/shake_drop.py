@@ -14,6 +14,10 @@ from cifarops.triton_kernels.philox import load_state, philox_uniform
 CONSTANT, PER_CHANNEL, PER_ELEMENT, DRAWN = 0, 1, 2, 3
 LEVEL = {"batch": 0, "sample": 1, "channel": 2, "pixel": 3}
 BLOCK = 1024
+# Launch options by kernel (cifarops.triton_kernels.variants compiles with the same): 4 elements a thread. With
+# Triton's default of 4 warps (8 a thread) the channels_last float32 variants spilled on sm_80 (tests/test_build.py
+# compiles every variant and fails on local memory).
+LAUNCH_OPTIONS = {"_shake_drop_kernel": {"num_warps": 8}}
 
 
 @triton.jit
@@ -117,7 +121,7 @@ def shake_drop_apply(h, shortcut, p_drop, alpha_range, coef_range, gate_level, l
         h.numel(), channels, h.numel() // (batch * channels), shortcut.shape[1] if shortcut is not None else 0,
         HAS_SHORTCUT=shortcut is not None, CHANNELS_LAST=fmt == torch.channels_last, GATE_SOURCE=gate_source,
         GATE_LEVEL=LEVEL[gate_level], COEF_SOURCE=coef_source, COEF_LEVEL=LEVEL[level],
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, **LAUNCH_OPTIONS["_shake_drop_kernel"],
     )
     if h.is_cuda:
         with torch.cuda.device(h.device):  # the launch goes to h's device, also when another one is current

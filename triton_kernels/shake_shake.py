@@ -18,6 +18,10 @@ from cifarops.ops.common import dense_format
 from cifarops.triton_kernels.philox import load_state, philox_uniform
 
 BLOCK = 1024
+# Launch options by kernel (cifarops.triton_kernels.variants compiles with the same): 4 elements a thread. With
+# Triton's default of 4 warps (8 a thread) the forward spilled on sm_80 (tests/test_build.py compiles every variant
+# and fails on local memory).
+LAUNCH_OPTIONS = {"_shake_shake_fwd_kernel": {"num_warps": 8}, "_shake_shake_bwd_kernel": {"num_warps": 8}}
 MAX_GRID_Y = 65535
 CONSTANT, EXPLICIT, DRAWN = 0, 1, 2
 
@@ -121,7 +125,7 @@ def shake_shake_fwd(h1, h2, shortcut, forward_mode, level, training, alpha, rng_
         _shake_shake_fwd_kernel[_grid(sample_size, batch)](
             h1, h2, shortcut if shortcut is not None else h1, y, coef, stride, state, batch, sample_size,
             KIND=kind, PER_SAMPLE=level == "sample", IS_DOUBLE=h1.dtype == torch.float64,
-            HAS_SHORTCUT=shortcut is not None, BLOCK=BLOCK,
+            HAS_SHORTCUT=shortcut is not None, BLOCK=BLOCK, **LAUNCH_OPTIONS["_shake_shake_fwd_kernel"],
         )
     return y, state
 
@@ -143,6 +147,6 @@ def shake_shake_bwd(grad_y, rng_state, beta, backward_mode, level):
         _shake_shake_bwd_kernel[_grid(sample_size, batch)](
             grad_y, g1, g2, coef, stride, rng_state, batch, sample_size,
             KIND=kind, PER_SAMPLE=level == "sample", STREAM=stream, IS_DOUBLE=grad_y.dtype == torch.float64,
-            BLOCK=BLOCK,
+            BLOCK=BLOCK, **LAUNCH_OPTIONS["_shake_shake_bwd_kernel"],
         )
     return g1, g2

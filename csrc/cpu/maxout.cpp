@@ -219,7 +219,7 @@ void forward(const MaxoutParams& p, PhiloxState rng) {
       if (draws) {
         const uint64_t logical = base + static_cast<uint64_t>(i);
         if (i == 0 || (logical & 3) == 0) words = philox_quad(rng, logical >> 2, 0);
-        u = philox_bits_to_uniform(words.v[logical & 3]);
+        u = philox_bits_to_uniform(philox_word(words, logical & 3));
       }
       maxout_forward_element<scalar_t>(p, o, j, i, u);
     }

@@ -55,7 +55,7 @@ void shake_drop_rows(const ShakeDropParams& p) {
         for (int64_t j = 0; j < row_length; ++j) {
           const uint64_t index = base + static_cast<uint64_t>(j);
           if (j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, p.coef.stream);
-          const acc_t coef = coefficient_from_uniform<acc_t>(p.coef, philox_bits_to_uniform(quad.v[index % 4]));
+          const acc_t coef = coefficient_from_uniform<acc_t>(p.coef, philox_bits_to_uniform(philox_word(quad, index % 4)));
           shake_drop_store<scalar_t>(p, Position{q0.n, q0.c, j}, m0 + j, shake_drop_scale(gate, coef));
         }
         continue;

@@ -64,8 +64,10 @@ __device__ __forceinline__ PhiloxState kernel_state(const CudaRng& rng) {
   return PhiloxState{};
 }
 
+// The minimum of one block per SM stated: with __launch_bounds__(kThreads) alone, ptxas (CUDA 13.0) kept the
+// grid-stride counter of the float64 drawn forward in local memory (scripts/kernel_report.py).
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kDraw>
-__global__ void __launch_bounds__(kThreads) fmp_forward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
+__global__ void __launch_bounds__(kThreads, 1) fmp_forward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const PhiloxState state = kernel_state<kDraw>(rng);
   const index_t channels = static_cast<index_t>(p.channels), height = static_cast<index_t>(p.rows.out),

@@ -1,7 +1,6 @@
 // ShakeDrop on CUDA: one memory-bound pass, out = shortcut + scale * h (math in shake_drop.h), with the
 // noise drawn in the kernel from the CUDA generator's Philox state (graph-safe, as native dropout).
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -15,73 +14,21 @@
 namespace cifarops {
 namespace {
 
-// Each thread handles kVec consecutive elements of one row (row = the HW plane in NCHW, the C vector in
-// channels_last), loaded and stored as one 16-byte packet. All kVec share n, and the row's coordinates
-// advance by one along s (NCHW) or c (channels_last), so locate()'s divisions happen once per packet, in
-// 32-bit arithmetic when the tensor has fewer than 2^31 elements (index_t).
+// The kernel is a thin wrapper: its body, shake_drop_thread, and the launch geometry, shake_drop_launch, are
+// host/device code in cifarops/shake_drop.h, which cpp_tests/kernel_grid_test.cpp runs on the host.
 template <typename scalar_t, int kVec, typename index_t>
 __global__ void __launch_bounds__(kElementwiseThreads) shake_drop_kernel(ShakeDropParams p, CudaRng rng) {
-  using acc_t = at::opmath_type<scalar_t>;
   p.rng = resolve_rng(rng);
-  const index_t packets = static_cast<index_t>(p.numel() / kVec);
-  const index_t step = static_cast<index_t>(gridDim.x) * kElementwiseThreads;
-  const auto* h = static_cast<const Packet<scalar_t, kVec>*>(p.h);
-  auto* out = static_cast<Packet<scalar_t, kVec>*>(p.out);
-  const bool pixel_philox = p.coef.kind == Noise::Drawn && p.coef.level == Level::Pixel;
-  for (index_t i = static_cast<index_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x; i < packets; i += step) {
-    const index_t m0 = i * kVec;
-    const Position q0 = locate<index_t>(p, m0);
-    const acc_t gate = shake_drop_gate<acc_t>(p, q0.n);
-    const Packet<scalar_t, kVec> hv = h[i];
-    Packet<scalar_t, kVec> xv;
-    // The row alignment check in the launcher guarantees a packet is wholly inside or outside the shortcut.
-    const bool has_shortcut = p.shortcut != nullptr && q0.c < p.shortcut_channels;
-    if (has_shortcut) {
-      xv = *reinterpret_cast<const Packet<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.shortcut) +
-                                                            shortcut_offset(p, q0));
-    }
-    // Per-packet scale for every level but pixel (the packet shares n and, in NCHW, c).
-    acc_t scale = p.pixel_noise() || p.channels_last ? acc_t(0) : shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q0, m0));
-    Philox4 quad{};
-    Packet<scalar_t, kVec> yv;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const Position q{q0.n, p.channels_last ? q0.c + j : q0.c, p.channels_last ? q0.s : q0.s + j};
-      if (pixel_philox && !p.channels_last) {
-        // Consecutive logical indices: one Philox call per four elements.
-        const uint64_t index = static_cast<uint64_t>(logical_index(p, q));
-        if (j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, p.coef.stream);
-        scale = shake_drop_scale(gate, coefficient_from_uniform<acc_t>(p.coef, philox_bits_to_uniform(quad.v[index % 4])));
-      } else if (p.pixel_noise() || p.channels_last) {
-        scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m0 + j));
-      }
-      acc_t y = scale * static_cast<acc_t>(hv.v[j]);
-      if (has_shortcut) y += static_cast<acc_t>(xv.v[j]);
-      yv.v[j] = static_cast<scalar_t>(y);
-    }
-    out[i] = yv;
-  }
+  shake_drop_thread<scalar_t, kVec, index_t>(p, static_cast<index_t>(blockIdx.x), static_cast<index_t>(threadIdx.x),
+                                             static_cast<index_t>(gridDim.x));
 }
 
 template <typename scalar_t>
 void launch_typed(const ShakeDropParams& p, const CudaRng& rng, cudaStream_t stream) {
-  constexpr int kVec = packet_size<scalar_t>();
-  const int64_t row = p.channels_last ? p.channels : p.spatial;
-  const int64_t shortcut_row = p.channels_last ? p.shortcut_channels : p.spatial;
-  const bool vectorize = row % kVec == 0 && shortcut_row % kVec == 0 && aligned16(p.h) &&
-                         aligned16(p.out) && (p.shortcut == nullptr || aligned16(p.shortcut));
-  // At least one block, also for an empty tensor: it writes the RNG state.
-  const unsigned grid = elementwise_blocks(p.numel() / (vectorize ? kVec : 1));
-  const bool small = p.numel() < (int64_t(1) << 31) - kElementwiseThreads * 65536LL * kVec;
-  if (vectorize && small) {
-    shake_drop_kernel<scalar_t, kVec, int32_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
-  } else if (vectorize) {
-    shake_drop_kernel<scalar_t, kVec, int64_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
-  } else if (small) {
-    shake_drop_kernel<scalar_t, 1, int32_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
-  } else {
-    shake_drop_kernel<scalar_t, 1, int64_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
-  }
+  const ShakeDropLaunch launch = shake_drop_launch<scalar_t>(p);
+  shake_drop_dispatch<scalar_t>(launch, [&]<int kVec, typename index_t>() {
+    shake_drop_kernel<scalar_t, kVec, index_t><<<launch.blocks, kElementwiseThreads, 0, stream>>>(p, rng);
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

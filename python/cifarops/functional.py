@@ -412,11 +412,12 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
             if regions == "window":
                 raise ValueError(f"{op}: boundaries are for Graham's 'disjoint' and 'overlapping' regions")
             boundaries = _fmp_explicit(boundaries, "boundaries", x, (2, None), op)
-        if x.device.type != "cpu" and CHECK_DEVICE_VALUES and not torch.compiler.is_compiling():
-            # Off by default: a host read, a device sync every call. The CPU ops read the values themselves.
+        if x.device.type != "cpu" and not torch.compiler.is_compiling():
+            # Shapes, dtypes and devices here, before the backend is chosen by x's device; the values only when
+            # asked (a host read, a device sync every call). The CPU ops read the values themselves.
             _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
-            _fmp_ops.check_draws(x, tuple(x.shape[2:]), size_out, regions, samples, boundaries, op, values=True,
-                                 sequence=sequence)
+            _fmp_ops.check_draws(x, tuple(x.shape[2:]), size_out, regions, samples, boundaries, op,
+                                 values=CHECK_DEVICE_VALUES, sequence=sequence)
     elif noise._active_tapes:  # a checkpointed block records the state (else the op draws it itself)
         state = noise.rng_state(x.device, _fmp_ops.STREAMS)
     fn = backends.fast_op("fractional_max_pool2d", x)

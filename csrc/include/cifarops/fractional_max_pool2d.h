@@ -119,8 +119,9 @@ CIFAROPS_INLINE void fmp_drawn_samples(const FmpParams& p, PhiloxState state, in
     }
     words = cache->words;
   }
-  u[0] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(words.v[index % 4]));
-  u[1] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(words.v[index % 4 + 1]));
+  const bool low = index % 4 == 0;  // index is even: words 0 and 1, or 2 and 3
+  u[0] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(low ? words.v[0] : words.v[2]));
+  u[1] = fmp_sample_of<scalar_t, acc_t>(p, philox_bits_to_uniform(low ? words.v[1] : words.v[3]));
 }
 
 // Graham's random sequence of draw plane `draw_plane` (n * C' + c') and axis (0: columns, 1: rows), a_0..a_out
@@ -138,7 +139,7 @@ CIFAROPS_INLINE void fmp_random_sequence(PhiloxState state, int64_t draw_plane, 
       quad_index = index / 4;
       quad = philox_quad(state, quad_index, kFmpSequenceStream);
     }
-    const uint64_t bits = quad.v[index % 4] >> 8;
+    const uint64_t bits = philox_word(quad, index % 4) >> 8;
     const bool two = bits * static_cast<uint64_t>(out - i) < (static_cast<uint64_t>(twos_left) << 24);
     twos_left -= two ? 1 : 0;
     position += two ? 2 : 1;

@@ -64,9 +64,16 @@ CIFAROPS_INLINE Philox4 philox_quad(PhiloxState s, uint64_t quad, uint32_t strea
   return philox4x32_10(ctr, static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
 }
 
+// Word `lane` (0..3) of a quad, by selects: indexing q.v with a value unknown at compile time makes the GPU
+// compilers put the quad in local memory (scripts/kernel_report.py shows it as LDL / STL).
+CIFAROPS_INLINE uint32_t philox_word(const Philox4& q, uint64_t lane) {
+  const uint32_t low = (lane & 1) ? q.v[1] : q.v[0], high = (lane & 1) ? q.v[3] : q.v[2];
+  return (lane & 2) ? high : low;
+}
+
 // u(index, stream): one uniform. Loops that need consecutive indices call philox_quad once per four.
 CIFAROPS_INLINE float philox_uniform(PhiloxState s, uint64_t index, uint32_t stream) {
-  return philox_bits_to_uniform(philox_quad(s, index / 4, stream).v[index % 4]);
+  return philox_bits_to_uniform(philox_word(philox_quad(s, index / 4, stream), index % 4));
 }
 
 // Bernoulli(1 - p_drop) from one uniform: exactly 1 for p_drop = 0 and 0 for p_drop = 1.

@@ -2,11 +2,14 @@
 // alpha in the forward pass, beta in the backward pass (which is the same formula with no shortcut).
 //
 // Torch-free on purpose: the CPU loop (csrc/cpu/shake_drop.cpp) and the CUDA kernel
-// (csrc/cuda/shake_drop.cu) both include this header, so they compute the same thing by construction.
+// (csrc/cuda/shake_drop.cu) both include this header, so they compute the same thing by construction. The
+// CUDA kernel's body and its launch geometry live here too (shake_drop_thread, shake_drop_launch), so that
+// cpp_tests/kernel_grid_test.cpp runs every thread of the launch grid on the host.
 #pragma once
 
 #include <stdint.h>
 
+#include "cifarops/cuda_elementwise.cuh"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
@@ -135,6 +138,97 @@ CIFAROPS_INLINE void shake_drop_store(const ShakeDropParams& p, Position q, int6
     y += to_acc<acc_t>(static_cast<const scalar_t*>(p.shortcut)[shortcut_offset(p, q)]);
   }
   static_cast<scalar_t*>(p.out)[m] = from_acc<scalar_t>(y);
+}
+
+// ------------------------------------------------------------------------ the CUDA kernel, host-runnable
+//
+// How the launcher sizes the grid: 16-byte packets of kVec elements when every row (the H x W plane in NCHW,
+// the C vector in channels_last) of h and of the shortcut holds whole packets and the pointers are aligned,
+// else one element a thread; 32-bit indices below 2^31 elements (minus what the last grid stride may
+// overshoot); at least one block, also for an empty tensor (it writes the RNG state).
+struct ShakeDropLaunch {
+  bool vectorize = false, small = false;
+  unsigned blocks = 1;
+};
+
+template <typename scalar_t>
+inline ShakeDropLaunch shake_drop_launch(const ShakeDropParams& p) {
+  constexpr int kVec = packet_size<scalar_t>();
+  const int64_t row = p.channels_last ? p.channels : p.spatial;
+  const int64_t shortcut_row = p.channels_last ? p.shortcut_channels : p.spatial;
+  ShakeDropLaunch launch;
+  launch.vectorize = row % kVec == 0 && shortcut_row % kVec == 0 && aligned16(p.h) && aligned16(p.out) &&
+                     (p.shortcut == nullptr || aligned16(p.shortcut));
+  launch.blocks = elementwise_blocks(p.numel() / (launch.vectorize ? kVec : 1));
+  launch.small = p.numel() < (int64_t(1) << 31) - kElementwiseThreads * 65536LL * kVec;
+  return launch;
+}
+
+// Calls launcher.template operator()<kVec, index_t>() with the instantiation `launch` needs (the CUDA
+// launcher launches that kernel; the host test runs its grid).
+template <typename scalar_t, typename Launcher>
+inline void shake_drop_dispatch(const ShakeDropLaunch& launch, Launcher&& launcher) {
+  constexpr int kVec = packet_size<scalar_t>();
+  if (launch.vectorize && launch.small) {
+    launcher.template operator()<kVec, int32_t>();
+  } else if (launch.vectorize) {
+    launcher.template operator()<kVec, int64_t>();
+  } else if (launch.small) {
+    launcher.template operator()<1, int32_t>();
+  } else {
+    launcher.template operator()<1, int64_t>();
+  }
+}
+
+// Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop. It handles kVec
+// consecutive elements of one row at a time (one packet load and store); all kVec share n, and the row's
+// coordinates advance by one along s (NCHW) or c (channels_last), so locate()'s divisions happen once per
+// packet, in index_t (32-bit when the tensor has fewer than 2^31 elements). p.rng is resolved.
+template <typename scalar_t, int kVec, typename index_t>
+CIFAROPS_INLINE void shake_drop_thread(const ShakeDropParams& p, index_t block, index_t thread, index_t blocks) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const index_t packets = static_cast<index_t>(p.numel() / kVec);
+  const index_t step = blocks * kElementwiseThreads;
+  const auto* h = static_cast<const Packet<scalar_t, kVec>*>(p.h);
+  auto* out = static_cast<Packet<scalar_t, kVec>*>(p.out);
+  const bool pixel_philox = p.coef.kind == Noise::Drawn && p.coef.level == Level::Pixel;
+  for (index_t i = block * kElementwiseThreads + thread; i < packets; i += step) {
+    const index_t m0 = i * kVec;
+    const Position q0 = locate<index_t>(p, m0);
+    const acc_t gate = shake_drop_gate<acc_t>(p, q0.n);
+    const Packet<scalar_t, kVec> hv = h[i];
+    Packet<scalar_t, kVec> xv;
+    // The launcher's row check guarantees a packet is wholly inside or outside the shortcut.
+    const bool has_shortcut = p.shortcut != nullptr && q0.c < p.shortcut_channels;
+    if (has_shortcut) {
+      xv = *reinterpret_cast<const Packet<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.shortcut) +
+                                                            shortcut_offset(p, q0));
+    }
+    // Per-packet scale for every level but pixel (the packet shares n and, in NCHW, c).
+    acc_t scale = p.pixel_noise() || p.channels_last ? acc_t(0)
+                                                     : shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q0, m0));
+    Philox4 quad{};
+    Packet<scalar_t, kVec> yv;
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+    for (int j = 0; j < kVec; ++j) {
+      const Position q{q0.n, p.channels_last ? q0.c + j : q0.c, p.channels_last ? q0.s : q0.s + j};
+      if (pixel_philox && !p.channels_last) {
+        // Consecutive logical indices: one Philox call per four elements.
+        const uint64_t index = static_cast<uint64_t>(logical_index(p, q));
+        if (j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, p.coef.stream);
+        const float u = philox_bits_to_uniform(philox_word(quad, index % 4));  // no quad in local memory
+        scale = shake_drop_scale(gate, coefficient_from_uniform<acc_t>(p.coef, u));
+      } else if (p.pixel_noise() || p.channels_last) {
+        scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m0 + j));
+      }
+      acc_t y = scale * to_acc<acc_t>(hv.v[j]);
+      if (has_shortcut) y += to_acc<acc_t>(xv.v[j]);
+      yv.v[j] = from_acc<scalar_t>(y);
+    }
+    out[i] = yv;
+  }
 }
 
 }  // namespace cifarops

@@ -1,0 +1,97 @@
+"""The argument types and compile-time options with which the launchers (one file per op here) call every
+Triton kernel: (kernel, signature, constexprs) triples for triton.compile, each element type with the
+heaviest options and each option in float32. tests/test_build.py compiles them all for sm_80 and sm_90
+without a GPU, and scripts/kernel_report.py reports their registers, spills and SASS."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+
+
+def compile_options(kernel) -> dict:
+    """The options its launcher launches a kernel with (its module's LAUNCH_OPTIONS[name]; none: Triton's
+    defaults, 4 warps)."""
+    return dict(getattr(importlib.import_module(kernel.fn.__module__), "LAUNCH_OPTIONS", {}).get(kernel.fn.__name__, {}))
+
+
+def variants():
+    """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
+    and each option in float32."""
+    import triton.language as tl
+
+    from cifarops.triton_kernels.maxout import _maxout_bwd_kernel, _maxout_fwd_kernel
+    from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
+    from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
+
+    for element in ("fp32", "fp64", "fp16", "bf16"):
+        acc = "fp64" if element == "fp64" else "fp32"
+        sources = (0, 1, 2, 3) if element == "fp32" else (3,)
+        widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
+        for source, channels_last, width in itertools.product(sources, (False, True), widths):
+            levels = (0, 1, 2, 3) if source == 3 else (0,)
+            for level in levels:
+                yield _shake_drop_kernel, {
+                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
+                    "state_ptr": "*i64", "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32",
+                    "gate_value": "fp32", "coef_ptr": f"*{acc}", "coef_stride_n": width, "coef_stride_c": width,
+                    "lo": "fp32", "hi": "fp32", "coef_value": "fp32", "coef_stream": "i32", "numel": width,
+                    "channels": width, "spatial": width, "shortcut_channels": width,
+                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
+                    "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level,
+                    "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
+        for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
+            common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,
+                      "sample_size": width}
+            flags = {"KIND": kind, "PER_SAMPLE": per_sample, "IS_DOUBLE": element == "fp64", "BLOCK": 1024}
+            yield _shake_shake_fwd_kernel, {
+                "h1_ptr": f"*{element}", "h2_ptr": f"*{element}", "x_ptr": f"*{element}", "y_ptr": f"*{element}",
+                **common,
+            }, {**flags, "HAS_SHORTCUT": True}
+            yield _shake_shake_bwd_kernel, {
+                "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", **common,
+            }, {**flags, "STREAM": 1}
+        yield from _fmp_variants(element, acc)
+        for width in widths:
+            sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
+            for mode in (0, 1, 2) if element == "fp32" else (1,):
+                yield _maxout_fwd_kernel, {
+                    "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "state_ptr": "*i64",
+                    "lambda_bits": "i64", "groups": width, **sizes,
+                }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512}
+            for expectation in (False, True):
+                yield _maxout_bwd_kernel, {
+                    "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
+                    "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
+                }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
+
+
+def _fmp_variants(element, acc):
+    """Fractional max-pooling's kernels as the launcher (triton_kernels/fractional_max_pool2d.py) calls them:
+    window regions drawn, from explicit samples and with int64 indices; Graham's regions drawn and from a
+    boundary table (explicit boundaries, random sequences); both layouts in float32, the heaviest in the others."""
+    from cifarops.triton_kernels.fractional_max_pool2d import BLOCK, _fmp_bwd_kernel, _fmp_fwd_kernel, _fmp_table_kernel
+
+    ints = ("total", "channels", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "xs_n", "xs_c", "xs_h", "xs_w",
+            "ys_n", "ys_c", "ys_h", "ys_w", "ss_n", "ss_c", "ss_a", "bs_n", "bs_c", "bs_a", "bs_i", "draw_channels")
+    # (REGIONS, EXPLICIT, DRAW, WIDE, span): window drawn / from samples / int64 indices, Graham drawn / table
+    modes = [(0, False, True, False, 2), (0, False, False, False, 3), (0, False, True, True, 2),
+             (1, True, False, False, 2), (2, False, True, False, 3), (2, True, False, True, 3)]
+    if element != "fp32":
+        modes = [modes[0], modes[-1]]
+    for (regions, explicit, draw, wide, span), channel_fastest in itertools.product(
+            modes, (False, True) if element == "fp32" else (False,)):
+        pointers = {"samples_ptr": f"*{element}", "bnd_ptr": "*i64" if explicit else f"*{element}",
+                    "alpha_ptr": f"*{acc}", "state_ptr": "*i64" if draw else f"*{acc}",
+                    "index_ptr": "*i64" if wide else "*u8"}
+        flags = {"REGIONS": regions, "EXPLICIT": explicit, "DRAW": draw, "WIDE": wide, "ROUND": False,
+                 "CHANNEL_FASTEST": channel_fastest, "SPAN_W": span, "BLOCK": BLOCK}
+        yield _fmp_fwd_kernel, {"x_ptr": f"*{element}", "y_ptr": f"*{element}", **pointers,
+                                **{n: "i32" for n in ints}, "sample_max": "fp32"}, {**flags, "SPAN_H": span}
+        yield _fmp_bwd_kernel, {"grad_y_ptr": f"*{element}", "grad_x_ptr": f"*{element}", **pointers,
+                                **{n: "i32" for n in ints}, "steps_h": "i32", "steps_w": "i32",
+                                "sample_max": "fp32"}, flags
+    if element == "fp32":
+        yield _fmp_table_kernel, {"state_ptr": "*i64", "table_ptr": "*i64", "lanes": "i32", "in_w": "i32",
+                                  "out_w": "i32", "in_h": "i32", "out_h": "i32", "max_out": "i32",
+                                  "length": "i32"}, {"BLOCK": 128}

@@ -4,7 +4,9 @@
 // and the grid-stride loop go wrong here first: every dtype, the packet and scalar paths, rows that are not a
 // whole number of packets, channels_last, narrower shortcuts, every level and gate level, evaluation, and
 // both directions (the backward is the same kernel with beta and no shortcut). Each case also runs the
-// 64-bit-index instantiation, which the launcher takes only past 2^31 elements.
+// 64-bit-index instantiation, which the launcher takes only past 2^31 elements. What it cannot show: races
+// (the threads run one after another) and the CUDA side of the RNG state (resolve_rng; the state comes from
+// the same explicit tensor here).
 //
 // So far ShakeDrop, whose kernel body is host/device code in csrc/include/cifarops/shake_drop.h; the other
 // kernels follow the same pattern (docs/ARCHITECTURE.md).
@@ -114,7 +116,6 @@ void check(const Case& c, at::ScalarType type) {
     call.out.fill_(std::nan(""));  // what the grid does not write shows
     launch_any(call.params, type, wide);
     expect(call.out.equal(expected), path + " forward");
-    expect(call.out.is_contiguous(format), path + " forward layout");
     // backward: the same kernel, with beta and no shortcut
     const at::Tensor grad = torch::randn(c.shape).to(type).contiguous(format);
     const at::Tensor grad_expected =

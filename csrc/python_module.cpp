@@ -80,26 +80,45 @@ struct FromPy<const std::optional<at::Tensor>&> {
 
 inline bool is_int(PyObject* o) { return PyLong_Check(o) && !PyBool_Check(o); }
 
+// numpy's bool scalar, which torch.ops takes for a bool (as it takes numpy's integers for an int).
+inline bool is_numpy_bool(PyObject* o) {
+  const char* name = Py_TYPE(o)->tp_name;
+  return std::strcmp(name, "numpy.bool_") == 0 || std::strcmp(name, "numpy.bool") == 0;
+}
+
 template <>
 struct FromPy<int64_t> {
-  static constexpr const char* kExpected = "an int";
+  static constexpr const char* kExpected = "an int (in the int64 range)";
   int64_t value = 0;
   bool load(PyObject* o) {
-    if (!is_int(o)) return false;
+    if (PyBool_Check(o) || is_numpy_bool(o)) return false;
+    PyObject* number = is_int(o) ? (Py_INCREF(o), o) : (PyIndex_Check(o) ? PyNumber_Index(o) : nullptr);
+    if (number == nullptr) {  // neither an int nor an integer with __index__ (numpy's)
+      PyErr_Clear();
+      return false;
+    }
     int overflow = 0;
-    value = PyLong_AsLongLongAndOverflow(o, &overflow);
+    value = PyLong_AsLongLongAndOverflow(number, &overflow);
+    Py_DECREF(number);
+    if (value == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
     return overflow == 0;
   }
   int64_t get() const { return value; }
 };
 
+// A float, an int, or numpy's floating and integer scalars (as torch.ops takes them); never a bool.
 inline bool load_double(PyObject* o, double& value) {
   if (PyFloat_Check(o)) {
     value = PyFloat_AS_DOUBLE(o);
     return true;
   }
-  if (!is_int(o)) return false;
-  value = PyLong_AsDouble(o);
+  if (PyBool_Check(o) || is_numpy_bool(o)) return false;
+  const bool numpy_float = std::strncmp(Py_TYPE(o)->tp_name, "numpy.float", 11) == 0;
+  if (!is_int(o) && !numpy_float && !PyIndex_Check(o)) return false;
+  value = is_int(o) ? PyLong_AsDouble(o) : PyFloat_AsDouble(o);  // PyFloat_AsDouble calls __float__ / __index__
   if (value == -1.0 && PyErr_Occurred()) {
     PyErr_Clear();
     return false;
@@ -120,8 +139,17 @@ struct FromPy<bool> {
   static constexpr const char* kExpected = "a bool";
   bool value = false;
   bool load(PyObject* o) {
-    if (o != Py_True && o != Py_False) return false;
-    value = o == Py_True;
+    if (o == Py_True || o == Py_False) {
+      value = o == Py_True;
+      return true;
+    }
+    if (!is_numpy_bool(o)) return false;
+    const int truth = PyObject_IsTrue(o);
+    if (truth < 0) {
+      PyErr_Clear();
+      return false;
+    }
+    value = truth == 1;
     return true;
   }
   bool get() const { return value; }

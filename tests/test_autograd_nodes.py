@@ -5,6 +5,8 @@ torch.ops would add nothing (backends.fast_op).
 Oracles: torch's own behaviour for its native ops (the error of a second backward, saved-tensor hooks, a
 version-counter error after an in-place change) and the OpOverload path for the same generator state."""
 
+import re
+
 import pytest
 import torch
 
@@ -83,16 +85,40 @@ def test_direct_entry_rejects_bad_arguments_by_name(entry):
     fn = getattr(cifarops._C, entry)
     args = list(op_args(entry.removesuffix("_output"), "cpu"))
     state = torch.get_rng_state()
-    for index, bad, expected in [(0, "x", "argument x must be a Tensor, got str"),
-                                 (1, 2.0 if entry == "maxout" else [2, 2.0], "argument"),
-                                 (-1 if entry == "maxout" else 6, 1, "must be")]:
+    if entry == "maxout":
+        cases = [(0, "x", "argument x must be a Tensor, got str"),
+                 (1, 2.0, "argument pieces must be an int (in the int64 range), got float"),
+                 (1, True, "argument pieces must be an int (in the int64 range), got bool"),
+                 (1, 2**70, "argument pieces must be an int (in the int64 range), got int"),
+                 (3, 1, "argument grouping must be a str, got int")]
+    else:
+        cases = [(0, "x", "argument x must be a Tensor, got str"),
+                 (1, [2, 2.0], "argument kernel_size must be a list or tuple of ints, got list"),
+                 (6, 1, "argument return_indices must be a bool, got int"),
+                 (9, 3, "argument rng_state must be a Tensor or None, got int")]
+    for index, bad, expected in cases:
         wrong = list(args)
         wrong[index] = bad
-        with pytest.raises(TypeError, match=expected):
+        with pytest.raises(TypeError, match=re.escape(f"cifarops._C.{entry}: {expected}")):
             fn(*wrong)
-    with pytest.raises(TypeError, match=r"takes \d+ positional arguments \(x, "):
+    with pytest.raises(TypeError, match=rf"cifarops\._C\.{entry} takes {len(args)} positional arguments \(x, "):
         fn(*args[:2])
-    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.get_rng_state(), state)  # FMP would draw from it, had a call got through
+
+
+def test_direct_entry_takes_numpy_scalars_as_torch_ops_does():
+    """numpy's integers for an int and numpy's bool for a bool, as torch.ops (and the entry's pybind11
+    predecessor) take them; the same results as the Python scalars."""
+    numpy = pytest.importorskip("numpy")
+    x = torch.randn(2, 6, 3, 3)
+    assert torch.equal(cifarops._C.maxout(x, numpy.int64(2), numpy.int32(1), "contiguous")[0],
+                       cifarops._C.maxout(x, 2, 1, "contiguous")[0])
+    assert torch.equal(cifarops._C.probabilistic_maxout_expectation(x, 2, 1, "contiguous", numpy.float32(0.5)),
+                       cifarops._C.probabilistic_maxout_expectation(x, 2, 1, "contiguous", 0.5))
+    h = torch.randn(4, 3, 2, 2)
+    assert torch.equal(F.shake_drop(h, training=numpy.bool_(False)), F.shake_drop(h, training=False))
+    with pytest.raises(TypeError, match=re.escape("argument temperature must be a float, got bool")):
+        cifarops._C.probabilistic_maxout_expectation(x, 2, 1, "contiguous", True)
 
 
 @pytest.mark.parametrize("device, i", CASES)

@@ -48,8 +48,10 @@ __device__ __forceinline__ void split(index_t t, index_t channels, index_t inner
 // kQuad (Sample in NCHW order, where the thread order is the draw's logical order): each thread takes the
 // four outputs 4q .. 4q + 3 and one philox_quad. Otherwise one output per thread, and for Sample one
 // philox_uniform of the output's logical index.
+// The minimum of one block per SM stated: with __launch_bounds__(kThreads) alone, ptxas (CUDA 13.0) spilled the
+// probabilistic (64-bit index) and float64 forwards on sm_80 (scripts/kernel_report.py --arch 80).
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kQuad>
-__global__ void __launch_bounds__(kThreads) maxout_forward_kernel(const MaxoutParams p, const CudaRng rng) {
+__global__ void __launch_bounds__(kThreads, 1) maxout_forward_kernel(const MaxoutParams p, const CudaRng rng) {
   const bool draws = p.mode == MaxoutMode::Sample;
   PhiloxState state;
   if (draws) state = resolve_rng(rng);  // block 0 thread 0 writes the state used

@@ -1,8 +1,7 @@
 // Fractional max-pooling on CUDA: one thread per output in forward, one per input in backward, which
-// gathers from the few outputs whose regions contain it (math in cifarops/fractional_max_pool2d.h): no
-// zero-fill, no atomics, deterministic. Interval arithmetic runs in the compute type, as ATen's CUDA kernel
-// does. Consecutive threads take consecutive addresses: along the width in NCHW, along the channels in
-// channels_last (kChannelFastest). Thread indices split in 32 bits when the grid has fewer than 2^31 items.
+// gathers from the few outputs whose regions contain it (math, kernel bodies and launch geometry in
+// cifarops/fractional_max_pool2d.h): no zero-fill, no atomics, deterministic. Interval arithmetic runs in the
+// compute type, as ATen's CUDA kernel does.
 //
 // Draws made by the op come from the CUDA generator's Philox state, unpacked in the kernel (graph-safe,
 // philox_state.cuh): the samples in the main kernel itself; random sequences in a boundary table that
@@ -10,48 +9,18 @@
 // the {seed, offset} it used; a call with explicit draws writes zeros.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <limits>
-
 #include "args/fractional_max_pool2d.h"
+#include "cifarops/cuda_elementwise.cuh"
 #include "cifarops/fractional_max_pool2d.h"
 #include "cuda/philox_state.cuh"
 
 namespace cifarops {
 namespace {
-
-constexpr int kThreads = 256;
-
-unsigned blocks_for(int64_t items) {
-  const int64_t blocks = (items + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);  // >= 1: the state is written
-}
-
-// Splits a linear thread index into (n, c, h, w) of an (N, C, height, width) grid, in index_t arithmetic.
-template <typename index_t, bool kChannelFastest>
-__device__ __forceinline__ void split(index_t t, index_t channels, index_t height, index_t width, int64_t& n,
-                                      int64_t& c, int64_t& h, int64_t& w) {
-  if (kChannelFastest) {
-    c = t % channels;
-    t /= channels;
-    w = t % width;
-    t /= width;
-    h = t % height;
-    n = t / height;
-  } else {
-    w = t % width;
-    t /= width;
-    h = t % height;
-    t /= height;
-    c = t % channels;
-    n = t / channels;
-  }
-}
 
 // The state of a kernel that draws (kDraw), else zeros written to rng.out when it is wanted.
 template <bool kDraw>
@@ -64,64 +33,55 @@ __device__ __forceinline__ PhiloxState kernel_state(const CudaRng& rng) {
   return PhiloxState{};
 }
 
-// The minimum of one block per SM stated: with __launch_bounds__(kThreads) alone, ptxas (CUDA 13.0) kept the
-// grid-stride counter of the float64 drawn forward in local memory (scripts/kernel_report.py).
+// The kernels are thin wrappers: their bodies, fmp_*_thread, and the launch geometry, fmp_launch, are host/device
+// code in cifarops/fractional_max_pool2d.h, which cpp_tests/kernel_grid_fmp.cpp runs on the host. kDraw only
+// chooses where the state comes from.
+// The minimum of one block per SM stated: with __launch_bounds__(kElementwiseThreads) alone, ptxas (CUDA 13.0)
+// kept the grid-stride counter of the float64 drawn forward in local memory (scripts/kernel_report.py).
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kDraw>
-__global__ void __launch_bounds__(kThreads, 1) fmp_forward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+__global__ void __launch_bounds__(kElementwiseThreads, 1)
+    fmp_forward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
   const PhiloxState state = kernel_state<kDraw>(rng);
-  const index_t channels = static_cast<index_t>(p.channels), height = static_cast<index_t>(p.rows.out),
-                width = static_cast<index_t>(p.cols.out);
-  const index_t step = static_cast<index_t>(gridDim.x) * kThreads;
-  for (index_t t = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x; t < total; t += step) {
-    int64_t n, c, oh, ow;
-    split<index_t, kChannelFastest>(t, channels, height, width, n, c, oh, ow);
-    fmp_forward_element<scalar_t, acc_t>(p, state, n, c, oh, ow);
-  }
+  fmp_forward_thread<scalar_t, index_t, kChannelFastest>(p, state, total, static_cast<index_t>(blockIdx.x),
+                                                         static_cast<index_t>(threadIdx.x),
+                                                         static_cast<index_t>(gridDim.x));
 }
 
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kDraw>
-__global__ void __launch_bounds__(kThreads) fmp_backward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+__global__ void __launch_bounds__(kElementwiseThreads)
+    fmp_backward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
   const PhiloxState state = kDraw ? resolve_rng(rng) : PhiloxState{};
-  const index_t channels = static_cast<index_t>(p.channels), height = static_cast<index_t>(p.rows.in),
-                width = static_cast<index_t>(p.cols.in);
-  const index_t step = static_cast<index_t>(gridDim.x) * kThreads;
-  for (index_t t = static_cast<index_t>(blockIdx.x) * kThreads + threadIdx.x; t < total; t += step) {
-    int64_t n, c, h, w;
-    split<index_t, kChannelFastest>(t, channels, height, width, n, c, h, w);
-    fmp_backward_element<scalar_t, acc_t>(p, state, n, c, h, w);
-  }
+  fmp_backward_thread<scalar_t, index_t, kChannelFastest>(p, state, total, static_cast<index_t>(blockIdx.x),
+                                                          static_cast<index_t>(threadIdx.x),
+                                                          static_cast<index_t>(gridDim.x));
 }
 
-// Random sequences: one thread per (draw plane, axis) writes a_0 .. a_out of its row of the table.
-__global__ void __launch_bounds__(kThreads) fmp_table_kernel(const FmpParams p, const CudaRng rng, int64_t* table,
-                                                             int64_t length) {
+__global__ void __launch_bounds__(kElementwiseThreads) fmp_table_kernel(const FmpParams p, const CudaRng rng,
+                                                                        int64_t* table, int64_t length) {
   const PhiloxState state = resolve_rng(rng);
-  const int64_t lanes = p.batch * p.draw_channels * 2;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kThreads;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < lanes; t += step) {
-    const int axis = static_cast<int>(t & 1);
-    const FmpAxis& a = axis == 0 ? p.cols : p.rows;
-    fmp_random_sequence(state, t >> 1, axis, a.in, a.out, length - 1, length, table + t * length, 1);
-  }
+  fmp_table_thread(p, state, table, length, static_cast<int64_t>(blockIdx.x), static_cast<int64_t>(threadIdx.x),
+                   static_cast<int64_t>(gridDim.x));
 }
 
-template <bool kForward, typename scalar_t, typename index_t, bool kChannelFastest>
-void launch_main(const FmpParams& p, const CudaRng& rng, bool draw, int64_t total, cudaStream_t stream) {
-  const unsigned grid = blocks_for(total);
-  const index_t n = static_cast<index_t>(total);
-  if (kForward) {
-    if (draw) {
-      fmp_forward_kernel<scalar_t, index_t, kChannelFastest, true><<<grid, kThreads, 0, stream>>>(p, rng, n);
+template <bool kForward, typename scalar_t>
+void launch_main(const FmpParams& p, const CudaRng& rng, bool draw, cudaStream_t stream) {
+  const FmpLaunch launch = fmp_launch(p, kForward);
+  if (!launch.launch) return;
+  fmp_dispatch(launch, [&]<typename index_t, bool kChannelFastest>() {
+    const index_t n = static_cast<index_t>(launch.total);
+    const unsigned grid = launch.blocks;
+    if (kForward) {
+      if (draw) {
+        fmp_forward_kernel<scalar_t, index_t, kChannelFastest, true><<<grid, kElementwiseThreads, 0, stream>>>(p, rng, n);
+      } else {
+        fmp_forward_kernel<scalar_t, index_t, kChannelFastest, false><<<grid, kElementwiseThreads, 0, stream>>>(p, rng, n);
+      }
+    } else if (draw) {
+      fmp_backward_kernel<scalar_t, index_t, kChannelFastest, true><<<grid, kElementwiseThreads, 0, stream>>>(p, rng, n);
     } else {
-      fmp_forward_kernel<scalar_t, index_t, kChannelFastest, false><<<grid, kThreads, 0, stream>>>(p, rng, n);
+      fmp_backward_kernel<scalar_t, index_t, kChannelFastest, false><<<grid, kElementwiseThreads, 0, stream>>>(p, rng, n);
     }
-  } else if (draw) {
-    fmp_backward_kernel<scalar_t, index_t, kChannelFastest, true><<<grid, kThreads, 0, stream>>>(p, rng, n);
-  } else {
-    fmp_backward_kernel<scalar_t, index_t, kChannelFastest, false><<<grid, kThreads, 0, stream>>>(p, rng, n);
-  }
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -144,24 +104,13 @@ void run(FmpCall& call, const at::Tensor& like, at::ScalarType type, int64_t* ou
   at::Tensor table;
   if (call.draw == FmpDraw::Sequences) {
     table = fmp_sequence_table(like, p);
-    fmp_table_kernel<<<blocks_for(p.batch * p.draw_channels * 2), kThreads, 0, stream>>>(p, rng, table.data_ptr<int64_t>(),
-                                                                                        table.size(3));
+    fmp_table_kernel<<<fmp_table_blocks(p), kElementwiseThreads, 0, stream>>>(p, rng, table.data_ptr<int64_t>(),
+                                                                             table.size(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     rng = CudaRng{};  // the table kernel wrote the state
   }
-  const int64_t total = kForward ? p.output_numel() : p.input_numel();
-  if (!kForward && total == 0) return;
-  const bool channel_fastest = p.in_strides.c < p.in_strides.w;  // channels_last
-  const bool narrow = total < std::numeric_limits<int32_t>::max() - 65536 * kThreads;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "fractional_max_pool2d_cuda", [&] {
-    if (narrow) {
-      channel_fastest ? launch_main<kForward, scalar_t, uint32_t, true>(p, rng, draw, total, stream)
-                      : launch_main<kForward, scalar_t, uint32_t, false>(p, rng, draw, total, stream);
-    } else {
-      channel_fastest ? launch_main<kForward, scalar_t, int64_t, true>(p, rng, draw, total, stream)
-                      : launch_main<kForward, scalar_t, int64_t, false>(p, rng, draw, total, stream);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "fractional_max_pool2d_cuda",
+                                  [&] { launch_main<kForward, scalar_t>(p, rng, draw, stream); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fractional_max_pool2d_cuda(

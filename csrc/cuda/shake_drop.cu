@@ -15,7 +15,7 @@ namespace cifarops {
 namespace {
 
 // The kernel is a thin wrapper: its body, shake_drop_thread, and the launch geometry, shake_drop_launch, are
-// host/device code in cifarops/shake_drop.h, which cpp_tests/kernel_grid_test.cpp runs on the host.
+// host/device code in cifarops/shake_drop.h, which cpp_tests/kernel_grid_shake_drop.cpp runs on the host.
 template <typename scalar_t, int kVec, typename index_t>
 __global__ void __launch_bounds__(kElementwiseThreads) shake_drop_kernel(ShakeDropParams p, CudaRng rng) {
   p.rng = resolve_rng(rng);

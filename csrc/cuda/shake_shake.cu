@@ -3,16 +3,12 @@
 // beta are drawn in the kernel from the CUDA generator's Philox state (graph-safe, as native dropout), or
 // from the explicit state the backward op and checkpoint replays pass (philox_state.cuh).
 //
-// Grid: blockIdx.y walks the samples (one coefficient per block and sample, no per-element division),
-// blockIdx.x the packets of one sample, with 32-bit indices unless a sample has 2^31 packets or more.
+// Grid: blockIdx.y walks the samples, blockIdx.x the packets of one sample (cifarops/shake_shake.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "args/shake_shake.h"
 #include "cifarops/cuda_elementwise.cuh"
@@ -22,103 +18,39 @@
 namespace cifarops {
 namespace {
 
-template <typename scalar_t, int kVec>
-using Vec = Packet<scalar_t, kVec>;
-
-// A packet never straddles two samples (the launcher checks sample_size % kVec == 0), so it has one alpha.
+// The kernels are thin wrappers: their bodies, shake_shake_*_thread, and the launch geometry, shake_shake_launch,
+// are host/device code in cifarops/shake_shake.h, which cpp_tests/kernel_grid_shake_shake.cpp runs on the host.
 template <typename scalar_t, int kVec, typename index_t>
 __global__ void __launch_bounds__(kElementwiseThreads)
     shake_shake_forward_kernel(const ShakeShakeParams p, const CudaRng rng) {
-  using acc_t = at::opmath_type<scalar_t>;
   const PhiloxState s = resolve_rng(rng);  // block 0 thread 0 also writes the state out
-  const index_t packets = static_cast<index_t>(p.sample_size / kVec);
-  const index_t step = static_cast<index_t>(gridDim.x) * kElementwiseThreads;
-  for (int64_t n = blockIdx.y; n < p.batch; n += gridDim.y) {
-    const acc_t alpha = p.coef.value<acc_t>(s, n);
-    const int64_t base = n * p.sample_size;
-    const auto* h1 = reinterpret_cast<const Vec<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.a) + base);
-    const auto* h2 = reinterpret_cast<const Vec<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.b) + base);
-    const auto* x = p.c == nullptr ? nullptr
-                                   : reinterpret_cast<const Vec<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.c) + base);
-    auto* y = reinterpret_cast<Vec<scalar_t, kVec>*>(static_cast<scalar_t*>(p.out0) + base);
-    for (index_t i = static_cast<index_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x; i < packets; i += step) {
-      const Vec<scalar_t, kVec> a = h1[i];
-      const Vec<scalar_t, kVec> b = h2[i];
-      Vec<scalar_t, kVec> c;
-      if (x != nullptr) c = x[i];
-      Vec<scalar_t, kVec> out;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        acc_t v = shake_shake_mix(alpha, static_cast<acc_t>(a.v[j]), static_cast<acc_t>(b.v[j]));
-        if (x != nullptr) v += static_cast<acc_t>(c.v[j]);
-        out.v[j] = static_cast<scalar_t>(v);
-      }
-      y[i] = out;
-    }
-  }
+  shake_shake_forward_thread<scalar_t, kVec, index_t>(p, s, static_cast<index_t>(blockIdx.x),
+                                                      static_cast<index_t>(threadIdx.x),
+                                                      static_cast<index_t>(gridDim.x), blockIdx.y, gridDim.y);
 }
 
 template <typename scalar_t, int kVec, typename index_t>
 __global__ void __launch_bounds__(kElementwiseThreads)
     shake_shake_backward_kernel(const ShakeShakeParams p, const CudaRng rng) {
-  using acc_t = at::opmath_type<scalar_t>;
   const PhiloxState s = resolve_rng(rng);
-  const index_t packets = static_cast<index_t>(p.sample_size / kVec);
-  const index_t step = static_cast<index_t>(gridDim.x) * kElementwiseThreads;
-  for (int64_t n = blockIdx.y; n < p.batch; n += gridDim.y) {
-    const acc_t beta = p.coef.value<acc_t>(s, n);
-    const int64_t base = n * p.sample_size;
-    const auto* g = reinterpret_cast<const Vec<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.a) + base);
-    auto* g1 = reinterpret_cast<Vec<scalar_t, kVec>*>(static_cast<scalar_t*>(p.out0) + base);
-    auto* g2 = reinterpret_cast<Vec<scalar_t, kVec>*>(static_cast<scalar_t*>(p.out1) + base);
-    for (index_t i = static_cast<index_t>(blockIdx.x) * kElementwiseThreads + threadIdx.x; i < packets; i += step) {
-      const Vec<scalar_t, kVec> v = g[i];
-      Vec<scalar_t, kVec> o1, o2;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const acc_t e = static_cast<acc_t>(v.v[j]);
-        o1.v[j] = static_cast<scalar_t>(beta * e);
-        o2.v[j] = static_cast<scalar_t>((acc_t(1) - beta) * e);
-      }
-      g1[i] = o1;
-      g2[i] = o2;
-    }
-  }
+  shake_shake_backward_thread<scalar_t, kVec, index_t>(p, s, static_cast<index_t>(blockIdx.x),
+                                                       static_cast<index_t>(threadIdx.x),
+                                                       static_cast<index_t>(gridDim.x), blockIdx.y, gridDim.y);
 }
 
-bool can_vectorize(const ShakeShakeParams& p, int vec) {
-  return p.sample_size % vec == 0 && aligned16(p.a) && aligned16(p.out0) && (p.b == nullptr || aligned16(p.b)) &&
-         (p.c == nullptr || aligned16(p.c)) && (p.out1 == nullptr || aligned16(p.out1));
-}
-
-// Always at least one block, also for an empty batch: block 0 writes the state.
 template <bool kForward>
 void launch(const ShakeShakeParams& p, const CudaRng& rng, at::ScalarType dtype) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "shake_shake_cuda", [&] {
-    constexpr int kVec = packet_size<scalar_t>();
-    const bool vectorize = can_vectorize(p, kVec);
-    const int64_t packets = p.sample_size / (vectorize ? kVec : 1);
-    const dim3 grid(elementwise_blocks(packets), static_cast<unsigned>(std::clamp<int64_t>(p.batch, 1, 65535)));
-    const bool narrow = packets < (int64_t(1) << 31) - 2 * int64_t(65536) * kElementwiseThreads;
-    auto go = [&](auto vec_tag, auto index_tag) {
-      constexpr int V = decltype(vec_tag)::value;
-      using index_t = decltype(index_tag);
+    const ShakeShakeLaunch launch = shake_shake_launch<scalar_t>(p);
+    const dim3 grid(launch.blocks, launch.sample_blocks);
+    shake_shake_dispatch<scalar_t>(launch, [&]<int kVec, typename index_t>() {
       if constexpr (kForward) {
-        shake_shake_forward_kernel<scalar_t, V, index_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
+        shake_shake_forward_kernel<scalar_t, kVec, index_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
       } else {
-        shake_shake_backward_kernel<scalar_t, V, index_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
+        shake_shake_backward_kernel<scalar_t, kVec, index_t><<<grid, kElementwiseThreads, 0, stream>>>(p, rng);
       }
-    };
-    if (vectorize && narrow) {
-      go(std::integral_constant<int, kVec>{}, int32_t{});
-    } else if (vectorize) {
-      go(std::integral_constant<int, kVec>{}, int64_t{});
-    } else if (narrow) {
-      go(std::integral_constant<int, 1>{}, int32_t{});
-    } else {
-      go(std::integral_constant<int, 1>{}, int64_t{});
-    }
+    });
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,4 +1,5 @@
-// Building blocks of the memory-bound CUDA kernels: 16-byte packets and grid-stride launch sizes.
+// Building blocks of the memory-bound CUDA kernels: 16-byte packets, grid-stride launch sizes and the choice of
+// instantiation. Torch-free and host-compilable: the launchers and cpp_tests/kernel_grid_*.cpp share them.
 #pragma once
 
 #include <stdint.h>
@@ -25,6 +26,23 @@ inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr)
 inline unsigned elementwise_blocks(int64_t items) {
   const int64_t blocks = (items + kElementwiseThreads - 1) / kElementwiseThreads;
   return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+// Calls launcher.template operator()<kVec, index_t>() for a kernel over packets of kVec elements (or one
+// element a thread) with 32-bit (`small`) or 64-bit indices: the CUDA launcher launches that instantiation,
+// the host test runs its grid.
+template <typename scalar_t, typename Launcher>
+inline void packet_dispatch(bool vectorize, bool small, Launcher&& launcher) {
+  constexpr int kVec = packet_size<scalar_t>();
+  if (vectorize && small) {
+    launcher.template operator()<kVec, int32_t>();
+  } else if (vectorize) {
+    launcher.template operator()<kVec, int64_t>();
+  } else if (small) {
+    launcher.template operator()<1, int32_t>();
+  } else {
+    launcher.template operator()<1, int64_t>();
+  }
 }
 
 }  // namespace cifarops

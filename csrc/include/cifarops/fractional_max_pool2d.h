@@ -19,11 +19,14 @@
 //     index ((n * C' + c') * 2 + axis) * L + i, L = max(out_h, out_w), twos_left = in - out minus the twos so
 //     far: exactly in - out twos, each placement equally likely (to 24 bits).
 // Regions are clamped to the plane, so no sample or boundary value can make a kernel read out of bounds.
-// Torch-free: included by csrc/cpu/fractional_max_pool2d.cpp and csrc/cuda/fractional_max_pool2d.cu.
+// Torch-free: included by csrc/cpu/fractional_max_pool2d.cpp and csrc/cuda/fractional_max_pool2d.cu. The CUDA
+// kernels' bodies and launch geometry live here too (fmp_*_thread, fmp_launch), so that
+// cpp_tests/kernel_grid_fmp.cpp runs every thread of their launch grids on the host.
 #pragma once
 
 #include <stdint.h>
 
+#include "cifarops/cuda_elementwise.cuh"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
@@ -368,6 +371,113 @@ CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, PhiloxState state,
     }
   }
   static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(n, c, h, w)] = sum;
+}
+
+// ------------------------------------------------------------------------ the CUDA kernels, host-runnable
+//
+// One thread per output in forward, one per input in backward (which gathers), in grid-stride loops of
+// kElementwiseThreads threads a block; interval arithmetic in the compute type, as ATen's CUDA kernel does.
+// Consecutive threads take consecutive addresses: along the width in NCHW, along the channels in channels_last
+// (kChannelFastest). Thread indices split in 32 bits when the grid has fewer than 2^31 items (minus what the
+// last grid stride may overshoot). Random sequences first get their boundary table from fmp_table_thread.
+struct FmpLaunch {
+  bool launch = true;  // false: nothing to do (a backward with no elements)
+  bool channel_fastest = false, small = false;
+  int64_t total = 0;   // the grid's items: outputs (forward) or inputs (backward)
+  unsigned blocks = 1;
+};
+
+// At least one block, also for an empty forward: it writes the state.
+inline FmpLaunch fmp_launch(const FmpParams& p, bool forward) {
+  FmpLaunch launch;
+  launch.total = forward ? p.output_numel() : p.input_numel();
+  launch.launch = forward || launch.total > 0;
+  launch.channel_fastest = p.in_strides.c < p.in_strides.w;  // channels_last
+  launch.small = launch.total < INT32_MAX - int64_t(65536) * kElementwiseThreads;
+  launch.blocks = elementwise_blocks(launch.total);
+  return launch;
+}
+
+// Calls launcher.template operator()<index_t, kChannelFastest>() with the instantiation `launch` needs.
+template <typename Launcher>
+inline void fmp_dispatch(const FmpLaunch& launch, Launcher&& launcher) {
+  if (launch.small && launch.channel_fastest) {
+    launcher.template operator()<uint32_t, true>();
+  } else if (launch.small) {
+    launcher.template operator()<uint32_t, false>();
+  } else if (launch.channel_fastest) {
+    launcher.template operator()<int64_t, true>();
+  } else {
+    launcher.template operator()<int64_t, false>();
+  }
+}
+
+// Splits a linear thread index into (n, c, h, w) of an (N, C, height, width) grid, in index_t arithmetic.
+template <typename index_t, bool kChannelFastest>
+CIFAROPS_INLINE void fmp_split(index_t t, index_t channels, index_t height, index_t width, int64_t& n, int64_t& c,
+                               int64_t& h, int64_t& w) {
+  if (kChannelFastest) {
+    c = t % channels;
+    t /= channels;
+    w = t % width;
+    t /= width;
+    h = t % height;
+    n = t / height;
+  } else {
+    w = t % width;
+    t /= width;
+    h = t % height;
+    t /= height;
+    c = t % channels;
+    n = t / channels;
+  }
+}
+
+// Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop over the `total` outputs.
+// `state`: the resolved RNG state (used when the call draws its samples).
+template <typename scalar_t, typename index_t, bool kChannelFastest>
+CIFAROPS_INLINE void fmp_forward_thread(const FmpParams& p, PhiloxState state, index_t total, index_t block,
+                                        index_t thread, index_t blocks) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const index_t channels = static_cast<index_t>(p.channels), height = static_cast<index_t>(p.rows.out),
+                width = static_cast<index_t>(p.cols.out);
+  const index_t step = blocks * kElementwiseThreads;
+  for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
+    int64_t n, c, oh, ow;
+    fmp_split<index_t, kChannelFastest>(t, channels, height, width, n, c, oh, ow);
+    fmp_forward_element<scalar_t, acc_t>(p, state, n, c, oh, ow);
+  }
+}
+
+// The same over the `total` inputs: each gathers its gradient.
+template <typename scalar_t, typename index_t, bool kChannelFastest>
+CIFAROPS_INLINE void fmp_backward_thread(const FmpParams& p, PhiloxState state, index_t total, index_t block,
+                                         index_t thread, index_t blocks) {
+  using acc_t = typename OpMath<scalar_t>::type;
+  const index_t channels = static_cast<index_t>(p.channels), height = static_cast<index_t>(p.rows.in),
+                width = static_cast<index_t>(p.cols.in);
+  const index_t step = blocks * kElementwiseThreads;
+  for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
+    int64_t n, c, h, w;
+    fmp_split<index_t, kChannelFastest>(t, channels, height, width, n, c, h, w);
+    fmp_backward_element<scalar_t, acc_t>(p, state, n, c, h, w);
+  }
+}
+
+// Random sequences: one thread per (draw plane, axis) writes a_0 .. a_out of its row of the (N, C', 2, length)
+// table, in a grid of fmp_table_blocks(p) blocks.
+CIFAROPS_INLINE int64_t fmp_table_lanes(const FmpParams& p) { return p.batch * p.draw_channels * 2; }
+inline unsigned fmp_table_blocks(const FmpParams& p) { return elementwise_blocks(fmp_table_lanes(p)); }
+
+CIFAROPS_INLINE void fmp_table_thread(const FmpParams& p, PhiloxState state, int64_t* table, int64_t length,
+                                      int64_t block, int64_t thread, int64_t blocks) {
+  const int64_t lanes = fmp_table_lanes(p);
+  const int64_t step = blocks * kElementwiseThreads;
+  for (int64_t t = block * kElementwiseThreads + thread; t < lanes; t += step) {
+    const int axis = static_cast<int>(t & 1);
+    const FmpAxis& a = axis == 0 ? p.cols : p.rows;
+    fmp_random_sequence(state, t >> 1, axis, a.in, a.out, length - 1, length, table + t * length, 1);
+  }
 }
 
 }  // namespace cifarops

@@ -4,11 +4,14 @@
 // Forward writes each output once with the winning (or drawn) piece as one byte; backward writes each input
 // element once, gathering from its own output: no zero-filled buffer, no scatter, no atomics.
 //
-// Torch-free: included by csrc/cpu/maxout.cpp and csrc/cuda/maxout.cu.
+// Torch-free: included by csrc/cpu/maxout.cpp and csrc/cuda/maxout.cu. The CUDA kernels' bodies and launch
+// geometry live here too (maxout_*_thread, maxout_*_launch), so that cpp_tests/kernel_grid_maxout.cpp runs
+// every thread of their launch grids on the host.
 #pragma once
 
 #include <stdint.h>
 
+#include "cifarops/cuda_elementwise.cuh"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
@@ -162,6 +165,154 @@ CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, 
   const acc_t dy = to_acc<acc_t>(static_cast<const scalar_t*>(p.grad_output)[p.out_strides.at(o, j, i)]);
   static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(o, c, i)] =
       from_acc<scalar_t>(dy * prob * (acc_t(1) + lambda * (z - y)));
+}
+
+// ------------------------------------------------------------------------ the CUDA kernels, host-runnable
+//
+// One thread per output element in forward (four consecutive ones for the probabilistic draw in NCHW order,
+// which share one Philox call), one per input element in backward, in grid-stride loops of kElementwiseThreads
+// threads a block. Consecutive threads take consecutive addresses: along the inner dims in NCHW, along the
+// channels in channels_last (kChannelFastest). Index math is 32-bit below 2^31 elements (the grid-stride step
+// stays below 2^24, so t + step fits in uint32 too), else 64-bit.
+struct MaxoutLaunch {
+  bool launch = true;  // false: nothing to do (no elements, no state to write)
+  bool channel_fastest = false, quad = false, small = false;
+  unsigned blocks = 1;
+};
+
+// Channels at unit stride below the inner dims: channels_last with dim = 1.
+CIFAROPS_INLINE bool maxout_channel_fastest(const MaxoutParams& p) { return p.in_strides.channel < p.in_strides.inner; }
+
+// At least one block for a drawing forward, which writes its state even for no elements.
+inline MaxoutLaunch maxout_forward_launch(const MaxoutParams& p) {
+  const int64_t total = p.output_numel();
+  const bool draws = p.mode == MaxoutMode::Sample;
+  MaxoutLaunch launch;
+  launch.launch = total > 0 || draws;
+  launch.channel_fastest = total > 0 && maxout_channel_fastest(p);
+  launch.quad = draws && !launch.channel_fastest;
+  launch.blocks = elementwise_blocks(launch.quad ? (total + 3) / 4 : total);
+  launch.small = total < (int64_t(1) << 31);
+  return launch;
+}
+
+inline MaxoutLaunch maxout_backward_launch(const MaxoutParams& p) {
+  const int64_t total = p.input_numel();
+  MaxoutLaunch launch;
+  launch.launch = total > 0;
+  launch.channel_fastest = maxout_channel_fastest(p);
+  launch.blocks = elementwise_blocks(total);
+  launch.small = total < (int64_t(1) << 31);
+  return launch;
+}
+
+// Calls launcher.template operator()<index_t, kChannelFastest, kQuad>() with the forward's instantiation.
+template <typename index_t, typename Launcher>
+inline void maxout_forward_dispatch_layout(const MaxoutLaunch& launch, Launcher& launcher) {
+  if (launch.quad) {
+    launcher.template operator()<index_t, false, true>();
+  } else if (launch.channel_fastest) {
+    launcher.template operator()<index_t, true, false>();
+  } else {
+    launcher.template operator()<index_t, false, false>();
+  }
+}
+
+template <typename Launcher>
+inline void maxout_forward_dispatch(const MaxoutLaunch& launch, Launcher&& launcher) {
+  if (launch.small) {
+    maxout_forward_dispatch_layout<uint32_t>(launch, launcher);
+  } else {
+    maxout_forward_dispatch_layout<int64_t>(launch, launcher);
+  }
+}
+
+// Calls launcher.template operator()<index_t, kChannelFastest>() with the backward's instantiation.
+template <typename Launcher>
+inline void maxout_backward_dispatch(const MaxoutLaunch& launch, Launcher&& launcher) {
+  if (launch.small && launch.channel_fastest) {
+    launcher.template operator()<uint32_t, true>();
+  } else if (launch.small) {
+    launcher.template operator()<uint32_t, false>();
+  } else if (launch.channel_fastest) {
+    launcher.template operator()<int64_t, true>();
+  } else {
+    launcher.template operator()<int64_t, false>();
+  }
+}
+
+// Splits a linear thread index into (o, c, i) of an (outer, channels, inner) grid.
+template <typename index_t, bool kChannelFastest>
+CIFAROPS_INLINE void maxout_split(index_t t, index_t channels, index_t inner, index_t& o, index_t& c, index_t& i) {
+  if (kChannelFastest) {
+    c = t % channels;
+    t /= channels;
+    i = t % inner;
+    o = t / inner;
+  } else {
+    i = t % inner;
+    t /= inner;
+    c = t % channels;
+    o = t / channels;
+  }
+}
+
+// Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop over the outputs.
+// kQuad (Sample in NCHW order, where the thread order is the draw's logical order): each step takes the four
+// outputs 4q .. 4q + 3 and one philox_quad. Otherwise one output a step, and for Sample one philox_uniform of
+// the output's logical index. `state`: the resolved RNG state (Sample only).
+template <typename scalar_t, typename index_t, bool kChannelFastest, bool kQuad>
+CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState state, index_t block, index_t thread,
+                                           index_t blocks) {
+  const bool draws = p.mode == MaxoutMode::Sample;
+  const index_t total = static_cast<index_t>(p.output_numel());
+  const index_t groups = static_cast<index_t>(p.groups()), inner = static_cast<index_t>(p.inner);
+  const index_t step = blocks * kElementwiseThreads;
+  const index_t first = block * kElementwiseThreads + thread;
+  if constexpr (kQuad) {
+    const index_t quads = total / 4 + (total % 4 != 0);
+    for (index_t q = first; q < quads; q += step) {
+      const Philox4 words = philox_quad(state, static_cast<uint64_t>(q), 0);
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+      for (int k = 0; k < 4; ++k) {
+        const index_t t = q * 4 + k;
+        if (t >= total) break;
+        index_t o, j, i;
+        maxout_split<index_t, false>(t, groups, inner, o, j, i);
+        // k is a constant once unrolled: no quad in local memory.
+        maxout_forward_element<scalar_t>(p, o, j, i, philox_bits_to_uniform(words.v[k]));
+      }
+    }
+  } else {
+    for (index_t t = first; t < total; t += step) {
+      index_t o, j, i;
+      maxout_split<index_t, kChannelFastest>(t, groups, inner, o, j, i);
+      const float u = draws ? philox_uniform(state, static_cast<uint64_t>(maxout_draw_index(p, o, j, i)), 0) : 0.0f;
+      maxout_forward_element<scalar_t>(p, o, j, i, u);
+    }
+  }
+}
+
+// Thread `thread` of block `block`: its grid-stride loop over the input gradient's elements.
+template <typename scalar_t, typename index_t, bool kChannelFastest>
+CIFAROPS_INLINE void maxout_backward_thread(const MaxoutParams& p, index_t block, index_t thread, index_t blocks) {
+  const index_t total = static_cast<index_t>(p.input_numel());
+  const index_t channels = static_cast<index_t>(p.channels), inner = static_cast<index_t>(p.inner);
+  const index_t groups = static_cast<index_t>(p.groups()), pieces = static_cast<index_t>(p.pieces);
+  const index_t step = blocks * kElementwiseThreads;
+  for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
+    index_t o, c, i;
+    maxout_split<index_t, kChannelFastest>(t, channels, inner, o, c, i);
+    const index_t j = p.strided_grouping ? c % groups : c / pieces;
+    if (p.mode == MaxoutMode::Expectation) {
+      maxout_expectation_backward_element<scalar_t>(p, o, c, i, j);
+    } else {
+      const index_t piece = p.strided_grouping ? c / groups : c % pieces;
+      maxout_backward_element<scalar_t>(p, o, c, i, j, piece);
+    }
+  }
 }
 
 }  // namespace cifarops

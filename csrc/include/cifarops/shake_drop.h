@@ -4,7 +4,7 @@
 // Torch-free on purpose: the CPU loop (csrc/cpu/shake_drop.cpp) and the CUDA kernel
 // (csrc/cuda/shake_drop.cu) both include this header, so they compute the same thing by construction. The
 // CUDA kernel's body and its launch geometry live here too (shake_drop_thread, shake_drop_launch), so that
-// cpp_tests/kernel_grid_test.cpp runs every thread of the launch grid on the host.
+// cpp_tests/kernel_grid_shake_drop.cpp runs every thread of the launch grid on the host.
 #pragma once
 
 #include <stdint.h>
@@ -168,16 +168,7 @@ inline ShakeDropLaunch shake_drop_launch(const ShakeDropParams& p) {
 // launcher launches that kernel; the host test runs its grid).
 template <typename scalar_t, typename Launcher>
 inline void shake_drop_dispatch(const ShakeDropLaunch& launch, Launcher&& launcher) {
-  constexpr int kVec = packet_size<scalar_t>();
-  if (launch.vectorize && launch.small) {
-    launcher.template operator()<kVec, int32_t>();
-  } else if (launch.vectorize) {
-    launcher.template operator()<kVec, int64_t>();
-  } else if (launch.small) {
-    launcher.template operator()<1, int32_t>();
-  } else {
-    launcher.template operator()<1, int64_t>();
-  }
+  packet_dispatch<scalar_t>(launch.vectorize, launch.small, launcher);
 }
 
 // Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop. It handles kVec

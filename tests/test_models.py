@@ -216,3 +216,36 @@ def test_model_benchmark_pieces():
     times = time_worker([{**config, "layers": "cifarops", "checkpoint": "none"},
                          {**config, "layers": "reference", "checkpoint": "selective"}])
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_model_benchmark_compile_rows(monkeypatch):
+    """--compile adds a torch.compile row per layer set, without checkpointing, with its compile time from a
+    worker of its own, compared with the compiled reference; the workers are stand-ins here (worked by hand),
+    and the compile worker itself runs once on a tiny model."""
+    from cifarops.bench import models as bench
+
+    args = bench.parse_args(["--models", "wrn28-10", "--small", "--model-arg", "depth=10", "--modes", "none",
+                             "--compile", "--batch", "4"])
+    assert args.overrides == {"depth": 10}
+    step_ms = {(False, "cifarops"): 10.0, (False, "reference"): 15.0, (True, "cifarops"): 6.0, (True, "reference"): 9.0}
+    seen = []
+
+    def worker(kind, payload):
+        seen.append((kind, payload if kind != "time" else None))
+        if kind == "time":
+            assert all(c["overrides"] == {"depth": 10, "widen": 2} for c in payload)
+            return [step_ms[(c["compile"], c["layers"])] for c in payload]
+        return {"memory": 2**20 * payload["batch"], "compile": 40.0}[kind]
+
+    monkeypatch.setattr(bench, "_in_new_process", worker)
+    rows = {(r["layers"], r["compiled"]): r for r in bench.benchmark(args)}
+    assert sorted(rows) == [("cifarops", "compile"), ("cifarops", "eager"), ("reference", "compile"), ("reference", "eager")]
+    assert rows["cifarops", "compile"]["vs_reference"] == pytest.approx(1.5)  # 9 ms / 6 ms, both compiled
+    assert rows["cifarops", "eager"]["vs_reference"] == pytest.approx(1.5)  # 15 ms / 10 ms
+    assert rows["cifarops", "compile"]["compile_s"] == 40.0 and rows["cifarops", "eager"]["compile_s"] is None
+    assert rows["cifarops", "compile"]["peak_mb"] is None and rows["cifarops", "eager"]["peak_mb"] == 4.0
+    assert [kind for kind, _ in seen].count("compile") == 2 and [kind for kind, _ in seen].count("memory") == 4
+    assert "| compile |" in bench.markdown(list(rows.values()), {"device": "cpu"}, args)
+    config = {"model": "wrn28-10", "device": "cpu", "batch": 2, "autocast": False, "channels_last": False,
+              "layers": "cifarops", "checkpoint": "none", "compile": True, "overrides": {"depth": 10, "widen": 1}}
+    assert bench.compile_worker(config) > 0

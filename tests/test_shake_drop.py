@@ -299,10 +299,49 @@ def test_torch_compile_fullgraph(device, backend):
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     with cifarops.use_backend(backend):
-        # training, traced without graph breaks: the same seed draws the same noise as eager
-        assert_compiled_step_equals_eager(compiled, block, x, seed=11, backend=backend)
+        # training, traced without graph breaks: decomposed under compile, the noise drawn in the graph
+        assert_compiled_step_equals_eager(compiled, block, x, seed=11, backend=backend, decomposed=True)
         block.eval()
         assert_close(compiled(x), block(x))
+
+
+def explicit_noise_cases(device):
+    """(h, shortcut, gate, alpha, beta, gate_level, level) with explicit noise at every level and shape, a
+    narrower shortcut, channels_last and a half type."""
+    g = torch.Generator(device=device).manual_seed(3)
+    h = torch.randn(3, 4, 5, 5, device=device, generator=g)
+    s = torch.randn(3, 2, 5, 5, device=device, generator=g)
+    gate = torch.tensor([1.0, 0.0, 1.0], device=device)
+    per_sample, per_channel = torch.rand(3, device=device, generator=g), torch.rand(3, 4, device=device, generator=g)
+    per_pixel = torch.rand(h.shape, device=device, generator=g)
+    yield h, s, gate, per_sample * 2 - 1, per_sample, "sample", "sample"
+    yield h, None, gate[:1], per_channel, per_channel.flip(0), "batch", "channel"
+    yield in_layout(h, "channels_last"), h, gate, per_pixel, per_pixel * 0.5, "sample", "pixel"
+    yield h.half(), s.half(), gate, per_sample[:1], per_sample[1:2], "sample", "batch"
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_compiled_decomposition_equals_the_op_for_the_same_noise(device, backend):
+    """Under torch.compile ShakeDrop is the reference's pointwise formulas (backends.COMPILE_DECOMPOSED), fused
+    by Inductor: with explicit noise its output and both gradients equal the op's eager ones, to rounding."""
+    def step(fn, h, s, *noise_and_levels):
+        h = h.detach().requires_grad_()
+        s = None if s is None else s.detach().requires_grad_()
+        y = fn(h, s, *noise_and_levels)
+        inputs = [h] + ([s] if s is not None else [])
+        return [y, *torch.autograd.grad((y.float() * torch.arange(y.numel(), device=y.device).reshape(y.shape).cos()).sum(), inputs)]
+
+    def shake_drop(h, s, gate, alpha, beta, gate_level, level):
+        return F.shake_drop(h, s, gate=gate, alpha=alpha, beta=beta, gate_level=gate_level, level=level)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(shake_drop, fullgraph=True, dynamic=False)
+    with cifarops.use_backend(backend):
+        for case in explicit_noise_cases(device):
+            got, want = step(compiled, *case), step(shake_drop, *case)
+            assert got[0].dtype == want[0].dtype and got[0].stride() == want[0].stride()  # the output's layout
+            for a, b in zip(got, want, strict=True):
+                assert_close(a, b)
 
 
 # ---------------------------------------------------------------------------------------------- noise

@@ -188,9 +188,41 @@ def test_torch_compile_fullgraph(device, backend):
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     with cifarops.use_backend(backend):
-        assert_compiled_step_equals_eager(compiled, block, x, seed=11, backend=backend)
+        # decomposed under compile: the noise is drawn in the graph
+        assert_compiled_step_equals_eager(compiled, block, x, seed=11, backend=backend, decomposed=True)
         block.eval()
         assert_close(compiled(x), block(x))
+
+
+@pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
+def test_compiled_decomposition_equals_the_op_for_the_same_noise(device, backend):
+    """Under torch.compile Shake-Shake is the reference's pointwise formulas (backends.COMPILE_DECOMPOSED),
+    fused by Inductor: with explicit alpha and beta (per sample, per batch), with and without a shortcut, in
+    channels_last and a half type, its output and the three gradients equal the op's eager ones, to rounding."""
+    g = torch.Generator(device=device).manual_seed(3)
+    h1, h2, s = (torch.randn(3, 4, 5, 5, device=device, generator=g) for _ in range(3))
+    a, b = torch.rand(3, device=device, generator=g), torch.rand(3, device=device, generator=g)
+    cases = [(h1, h2, s, a, b, "sample"), (h1, h2, None, a[:1], b[:1], "batch"),
+             (in_layout(h1, "channels_last"), in_layout(h2, "channels_last"), in_layout(s, "channels_last"), a, b, "sample"),
+             (h1.half(), h2.half(), s.half(), a, b, "sample")]
+
+    def shake_shake(h1, h2, s, alpha, beta, level):
+        return F.shake_shake(h1, h2, s, alpha=alpha, beta=beta, level=level)
+
+    def step(fn, h1, h2, s, *rest):
+        inputs = [t.detach().requires_grad_() for t in (h1, h2, s) if t is not None]
+        y = fn(*inputs[:2], inputs[2] if s is not None else None, *rest)
+        weight = torch.arange(y.numel(), device=y.device).reshape(y.shape).cos()
+        return [y, *torch.autograd.grad((y.float() * weight).sum(), inputs)]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(shake_shake, fullgraph=True, dynamic=False)
+    with cifarops.use_backend(backend):
+        for case in cases:
+            got, want = step(compiled, *case), step(shake_shake, *case)
+            assert got[0].dtype == want[0].dtype and got[0].stride() == want[0].stride()  # the output's layout
+            for a, b in zip(got, want, strict=True):
+                assert_close(a, b)
 
 
 @pytest.mark.parametrize("forward_mode, backward_mode", MODES)

@@ -7,6 +7,7 @@ touched."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -177,6 +178,25 @@ def test_checkpointed_blocks_train_to_the_same_weights(uninterrupted, tmp_path):
     want = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
     got = torch.load(os.path.join(tmp_path, "checkpoint.pt"), weights_only=True)["model"]
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_compiled_training_runs_and_saves_the_plain_module(cifar10, tmp_path, monkeypatch):
+    """--compile: the steps run through torch.compile (Dynamo compiled graphs), and the checkpoint holds the
+    plain module's state dict (no _orig_mod. prefix), which the logged final accuracy scores. The compiler is
+    aot_eager here (Inductor's code generation would take minutes on this CPU; tests/test_compile.py runs it)."""
+    files, path = cifar10
+    out = str(tmp_path / "run")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    log = main(["--data", path, *TINY, "--epochs", "1", "--batch-size", "5", "--device", "cpu", "--compile",
+                "--out", out], progress=QUIET)
+    assert log["status"] == "finished" and log["arguments"]["compile"] is True
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # training and evaluation
+    state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])
+    accuracy, loss = independent_accuracy(out, files, "cifar10", TINY[1], {"depth": 8, "alpha": 8})
+    assert log["final"]["test_accuracy"] == accuracy and log["final"]["test_loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def test_fmp_net_final_evaluation_averages_draws(tmp_path):

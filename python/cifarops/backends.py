@@ -144,22 +144,36 @@ _op_cache: dict[tuple[str, str], object] = {}
 def _op_for_backend(name: str, backend: str):
     fn = _op_cache.get((name, backend))
     if fn is None:
-        if backend == "reference":
-            from cifarops import reference
-            from cifarops.ops.common import PYTHON_CHECKS
-
-            fn = getattr(reference, name)
-            check = PYTHON_CHECKS.get(name)
-            if check is not None:  # the reference checks nothing itself: run the C++ checks' Python twin first
-                fn = _checked(check, fn)
-        else:
-            namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
-            fn = getattr(namespace, name).default
+        fn = _resolve(name, backend)
+        if backend != "reference":
             entry = _extension.entry(name) if backend != "triton" else None
             if entry is not None:
                 _entries[fn] = (entry, _extension.entry(name + "_output"))
         _op_cache[(name, backend)] = fn
     return fn
+
+
+def _resolve(name: str, backend: str):
+    """Op `name` of `backend`, uncached: the reference function (behind its checks) or the OpOverload."""
+    if backend == "reference":
+        from cifarops import reference
+        from cifarops.ops.common import PYTHON_CHECKS
+
+        fn = getattr(reference, name)
+        check = PYTHON_CHECKS.get(name)
+        # the reference checks nothing itself: run the C++ checks' Python twin first
+        return fn if check is None else _checked(check, fn)
+    namespace = torch.ops.cifarops_triton if backend == "triton" else torch.ops.cifarops
+    return getattr(namespace, name).default
+
+
+def _traced_op(name: str, device: torch.device):
+    """The op torch.compile or torch.export traces: the decomposition (COMPILE_DECOMPOSED, not under export),
+    else the chosen backend's op. No cache is read or written: Dynamo would guard on a cache that its own
+    trace filled and compile the model a second time at the next call."""
+    if name in COMPILE_DECOMPOSED and not _is_exporting():
+        return _resolve(name, "reference")
+    return _resolve(name, select_backend(device))
 
 
 def _checked(check, fn):
@@ -174,6 +188,8 @@ def _checked(check, fn):
 def op(name: str, device: torch.device):
     """The callable that runs op `name` on `device`'s tensors under the current choice of backend: the
     reference function, or the OpOverload `torch.ops.cifarops(_triton).<name>.default`."""
+    if _is_compiling():
+        return _traced_op(name, device)
     if _active_pins or _override is not None or _ENV_OVERRIDE is not None:
         return _op_for_backend(name, select_backend(device))
     key = (name, device.type)
@@ -197,9 +213,12 @@ def fast_ops(name: str, x: torch.Tensor) -> tuple:
     dispatcher call without torch.ops' generic argument conversion (several µs a call). first is the entry
     cifarops._C.<name>_output, which returns the first output alone (no Python objects made and freed for the
     choices and RNG state a functional drops), or None: then call fn and take [0]. The entries only where
-    torch.ops would add nothing: eager mode (torch.compile and torch.export trace the OpOverload), a plain
-    tensor (a subclass may override __torch_function__) and no torch-function mode."""
-    if _is_compiling() or type(x) is not torch.Tensor or _torch_function_mode_enabled():
+    torch.ops would add nothing: eager mode (torch.compile traces the decomposition or the OpOverload,
+    torch.export the OpOverload), a plain tensor (a subclass may override __torch_function__) and no
+    torch-function mode."""
+    if _is_compiling():
+        return _traced_op(name, x.device), None
+    if type(x) is not torch.Tensor or _torch_function_mode_enabled():
         return op(name, x.device), None
     if _active_pins or _override is not None or _ENV_OVERRIDE is not None:
         return _direct(op(name, x.device))
@@ -222,3 +241,13 @@ _automatic_cpu: dict[str, tuple] = {}  # op -> fast_ops' automatic choice for CP
 _automatic_cuda: dict[str, tuple] = {}  # ... and for CUDA tensors (every CUDA device has the same choice)
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _is_compiling = torch.compiler.is_compiling  # the function itself, which torch.compile folds to True
+_is_exporting = torch.compiler.is_exporting
+
+# The ops that torch.compile sees as their pointwise decomposition, whatever the backend: the reference's
+# formulas (reference.py), with the noise drawn in the graph, instead of the opaque kernel. Inductor fuses
+# the decomposition into its neighbours (BatchNorm's elementwise epilogue, the residual addition), which no
+# opaque op allows: the compiled model then reads and writes each activation once, where the kernel would make
+# BatchNorm's output go to memory and back. Chosen per op by measurement (python -m cifarops.bench.models
+# --compile; issue 17): maxout and FMP keep their kernels. torch.export keeps one node per op. Change the set
+# before compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
+COMPILE_DECOMPOSED = {"shake_drop", "shake_shake"}

@@ -78,11 +78,13 @@ def shake_drop(
     """
     key = (type(p_drop), p_drop, alpha_range, beta_range, gate_level, level)  # the type: True == 1
     try:
+        if backends._is_compiling():  # Dynamo would guard on the cache and compile again once it changes
+            raise KeyError(key)
         p_drop, alpha_range, beta_range = _VALIDATED_SHAKE_DROP[key]
     except (KeyError, TypeError):  # new (or unhashable) hyper-parameters: validated once
         alpha_range, beta_range = check_shake_drop_params(p_drop, alpha_range, beta_range, gate_level, level)
         p_drop = float(p_drop)
-        if len(_VALIDATED_SHAKE_DROP) < 1024:
+        if not backends._is_compiling() and len(_VALIDATED_SHAKE_DROP) < 1024:
             _VALIDATED_SHAKE_DROP[key] = (p_drop, alpha_range, beta_range)
     return _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate, alpha, beta)
 
@@ -312,8 +314,9 @@ def fractional_max_pool2d(
     Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
     offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
     """
-    if _random_samples is None and boundaries is None and type(input) is torch.Tensor:
-        # The usual call (hyper-parameters seen before, a 4-D input, draws made by the op): parsed once.
+    if _random_samples is None and boundaries is None and type(input) is torch.Tensor and not backends._is_compiling():
+        # The usual call (hyper-parameters seen before, a 4-D input, draws made by the op): parsed once. Not
+        # under torch.compile, whose trace would fill the caches and then fail its own guards on them.
         last = _fmp_last
         try:
             if (kernel_size is last[0] and output_size is last[1] and output_ratio is last[2] and regions is last[3]
@@ -348,7 +351,7 @@ def fractional_max_pool2d(
     kernel = _fmp_kernel(kernel_size, regions, op)
     try:  # valid: remembered for the next call
         key = _fmp_key(kernel_size, output_size, output_ratio, regions, sequence)
-        if len(_FMP_PARSED) < 1024:
+        if not backends._is_compiling() and len(_FMP_PARSED) < 1024:  # (no guard on the cache's size)
             ratio = None if output_ratio is None else (
                 (output_ratio, output_ratio) if isinstance(output_ratio, (int, float)) else tuple(output_ratio))
             _FMP_PARSED[key] = (kernel, None if ratio else list(size_out), ratio)

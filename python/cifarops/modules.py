@@ -191,13 +191,16 @@ class FractionalMaxPool2d(_Layer):
         self._parsed = None  # (kernel list, output size list or None): parsed once, at the first call
 
     def forward(self, input: torch.Tensor):
-        if self.backend is not None or self._parsed is None or not isinstance(input, torch.Tensor) or input.dim() != 4:
+        # Under torch.compile always the functional (the trace costs nothing at run time) and never a read of
+        # _parsed: Dynamo would guard on it and compile again once an eager call has set it.
+        compiling = torch.compiler.is_compiling()
+        if compiling or self.backend is not None or self._parsed is None or not isinstance(input, torch.Tensor) or input.dim() != 4:
             with self._pinned():
                 y = F.fractional_max_pool2d(
                     input, self.kernel_size, self.output_size, self.output_ratio, self.return_indices,
                     self._random_samples, regions=self.regions, sequence=self.sequence, per_image=self.per_image,
                 )
-            if self._parsed is None:  # the call checked the hyper-parameters: keep them parsed
+            if not compiling and self._parsed is None:  # the call checked the hyper-parameters: keep them parsed
                 kernel = F._fmp_kernel(self.kernel_size, self.regions, F.FMP_OP)
                 size = None if self.output_size is None else list(F._fmp_ops._pair_of_ints(self.output_size, "output_size", F.FMP_OP))
                 self._parsed = (kernel, size)

@@ -83,7 +83,7 @@ def shake_drop_backward(grad_y, rng_state, p_drop, alpha_range, beta_range, gate
     b, c = _shake_drop_noise(grad_y, p_drop, alpha_range, beta_range, gate_level, level, training, gate, beta,
                              rng_state, stream=2)
     scale = shake_drop_scale(b, c)
-    return (scale * grad_y.to(scale.dtype)).to(grad_y.dtype)
+    return (grad_y.to(scale.dtype) * scale).to(grad_y.dtype)  # grad_y first: its layout, whatever the noise's
 
 
 class _ShakeDrop(torch.autograd.Function):
@@ -93,7 +93,7 @@ class _ShakeDrop(torch.autograd.Function):
         b, c = _shake_drop_noise(h, p_drop, alpha_range, alpha_range, gate_level, level, training, gate, alpha,
                                  rng_state, stream=1)
         scale = shake_drop_scale(b, c)
-        y = scale * h.to(scale.dtype)
+        y = h.to(scale.dtype) * scale  # h first: the output keeps h's layout (channels_last) as the kernels'
         if shortcut is not None:
             y[:, : shortcut.shape[1]] += shortcut.to(scale.dtype)
         state = rng_state.clone()

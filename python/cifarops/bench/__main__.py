@@ -83,6 +83,7 @@ def run_models(args, device: torch.device) -> list[dict]:
             "--steps", str(args.model_steps or (3 if args.quick else 7))]
     argv += ["--autocast"] * args.autocast + ["--channels-last"] * args.channels_last
     argv += ["--modes", "none,full,selective"] * args.quick
+    argv += ["--compile"] * (not args.no_compile)  # compiled rows for both layer sets, and their compile times
     print("\nModel level: a training step per configuration (python -m cifarops.bench.models)", flush=True)
     return bench_models.run(bench_models.parse_args(argv))
 

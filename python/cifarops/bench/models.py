@@ -2,6 +2,11 @@
 reference layers and with each checkpoint mode vs none, and the largest batch that fits a memory budget.
 
     python -m cifarops.bench.models --models pyramidnet272-a200-shakedrop --batch 16 --budget-gb 16
+    python -m cifarops.bench.models --models shake-shake26-2x96d --model-arg depth=14 --model-arg width=32 \
+        --batch 32 --modes none --compile
+
+``--compile`` adds torch.compile(fullgraph=True) rows for both layer sets (without checkpointing) and their
+compile times, each from a fresh process with an empty Inductor cache.
 
 A step is forward, cross-entropy, backward and an SGD (momentum) update. Times: all configurations of a
 model in one process, their steps alternating after a warm-up (side by side, so that the machine's slow
@@ -21,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -28,8 +34,8 @@ import torch
 
 LAYERS = ("cifarops", "reference")
 MODES = ("none", "full", "selective", "cheap")
-COLUMNS = ["model", "layers", "checkpoint", "batch", "step_ms", "vs_reference", "vs_none_time", "peak_mb",
-           "vs_none_memory", "mb_per_sample", "vs_none_per_sample", "max_batch"]
+COLUMNS = ["model", "layers", "checkpoint", "compiled", "batch", "step_ms", "vs_reference", "vs_none_time",
+           "compile_s", "peak_mb", "vs_none_memory", "mb_per_sample", "vs_none_per_sample", "max_batch"]
 
 
 def _resident_bytes() -> int:
@@ -67,13 +73,14 @@ def training_step(config: dict, device: torch.device):
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model, fullgraph=True) if config.get("compile") else model
     batch = config["batch"]
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["autocast"]):
-            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+            loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -104,6 +111,28 @@ def time_worker(configs: list[dict]) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
+def compile_worker(config: dict) -> float:
+    """Seconds torch.compile takes for one configuration's training step, alone in a fresh process with an
+    empty Inductor cache (_in_new_process): the first step's time less the second's, after a tiny compiled
+    function has paid the process's one-time costs (imports, the C++ toolchain's probe). In the process that
+    times all configurations the later ones would reuse kernels the earlier ones compiled."""
+    device = torch.device(config["device"])
+    warm = torch.compile(lambda a: (a * 2).relu().sum())
+    warm(torch.randn(8, device=device, requires_grad=True)).backward()
+    torch.manual_seed(0)
+    _, step = training_step(config, device)
+    times = []
+    for _ in range(2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        begin = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - begin)
+    return times[0] - times[1]
+
+
 def memory_worker(config: dict) -> int:
     """Peak memory (bytes) of two training steps of one configuration, alone in this process: the model,
     its gradients, the optimiser's state and the activations."""
@@ -125,6 +154,13 @@ def memory_worker(config: dict) -> int:
 
 def _in_new_process(kind: str, payload):
     env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="cifarops-inductor-") as cache:
+        if kind == "compile":  # a cold compile: nothing from an earlier run's on-disk cache
+            env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        return _run_worker(kind, payload, env)
+
+
+def _run_worker(kind: str, payload, env: dict):
     if kind == "memory":
         # glibc serves tensors of up to 32 MiB from its heap and keeps them when freed, so the resident peak
         # would count memory that no tensor holds any more; mapping every block over 1 MiB on its own gives
@@ -149,34 +185,52 @@ def max_batch(budget_bytes: float, batch: int, peak: float, half_peak: float) ->
 
 
 def benchmark(args) -> list[dict]:
+    import cifarops.models as models
+
     rows = []
     for model in args.models:
+        overrides = {**(models.SMALL[model] if args.small else {}), **args.overrides}
         base = {"model": model, "device": args.device, "batch": args.batch, "warmup": args.warmup,
-                "steps": args.steps, "autocast": args.autocast, "channels_last": args.channels_last}
-        pairs = [("cifarops", mode) for mode in args.modes] + [("reference", "none")] * ("reference" in args.layers)
-        configs = [{**base, "layers": layers, "checkpoint": mode} for layers, mode in pairs]
+                "steps": args.steps, "autocast": args.autocast, "channels_last": args.channels_last,
+                "overrides": overrides}
+        # (layers, checkpoint mode, compiled): torch.compile rows for both layer sets without checkpointing
+        keys = [("cifarops", mode, False) for mode in args.modes] + [("reference", "none", False)] * ("reference" in args.layers)
+        if args.compile:
+            keys += [(layers, "none", True) for layers in LAYERS if layers in args.layers]
+        configs = [{**base, "layers": layers, "checkpoint": mode, "compile": compiled} for layers, mode, compiled in keys]
         times = _in_new_process("time", configs)
         results = {}
-        for pair, config, ms in zip(pairs, configs, times):
-            peak = _in_new_process("memory", config)
-            half_peak = _in_new_process("memory", {**config, "batch": max(1, args.batch // 2)})
-            results[pair] = {"step_ms": ms, "peak_bytes": peak,
-                             "per_sample": (peak - half_peak) / (args.batch - max(1, args.batch // 2)),
-                             "max_batch": max_batch(args.budget_gb * 2**30, args.batch, peak, half_peak)}
-            print(f"  {model} {pair[0]:9} {pair[1]:9} {ms:10.1f} ms  {peak / 2**20:9.0f} MB", flush=True)
-        ours = results[("cifarops", "none")] if ("cifarops", "none") in results else None
-        for (layers, mode), result in results.items():
-            reference = results.get(("reference", mode))
+        for key, config, ms in zip(keys, configs, times):
+            result = {"step_ms": ms, "compile_s": _in_new_process("compile", config) if key[2] else None}
+            if not key[2]:  # memory: each configuration twice more in its own process (compiled: twice more compiles)
+                peak = _in_new_process("memory", config)
+                half_peak = _in_new_process("memory", {**config, "batch": max(1, args.batch // 2)})
+                result.update(peak_bytes=peak, per_sample=(peak - half_peak) / (args.batch - max(1, args.batch // 2)),
+                              max_batch=max_batch(args.budget_gb * 2**30, args.batch, peak, half_peak))
+            results[key] = result
+            memory = f"{result['peak_bytes'] / 2**20:9.0f} MB" if "peak_bytes" in result else ""
+            compiled = f"compiled in {result['compile_s']:.0f} s" if key[2] else ""
+            print(f"  {model} {key[0]:9} {key[1]:9} {'compile' if key[2] else 'eager':7} {ms:10.1f} ms  {memory}{compiled}",
+                  flush=True)
+        ours = results.get(("cifarops", "none", False))
+
+        def versus(result, other, field):
+            return result[field] / other[field] if other and field in result and field in other else None
+
+        for (layers, mode, compiled), result in results.items():
+            reference = results.get(("reference", mode, compiled))
+            mine = layers == "cifarops" and not compiled
             rows.append({
-                "model": model, "layers": layers, "checkpoint": mode, "batch": args.batch,
-                "step_ms": result["step_ms"],
+                "model": model, "layers": layers, "checkpoint": mode, "compiled": "compile" if compiled else "eager",
+                "batch": args.batch, "step_ms": result["step_ms"],
                 "vs_reference": reference["step_ms"] / result["step_ms"] if reference and layers == "cifarops" else None,
-                "vs_none_time": result["step_ms"] / ours["step_ms"] if ours and layers == "cifarops" else None,
-                "peak_mb": result["peak_bytes"] / 2**20,
-                "vs_none_memory": result["peak_bytes"] / ours["peak_bytes"] if ours and layers == "cifarops" else None,
-                "mb_per_sample": result["per_sample"] / 2**20,
-                "vs_none_per_sample": result["per_sample"] / ours["per_sample"] if ours and layers == "cifarops" else None,
-                "max_batch": result["max_batch"],
+                "vs_none_time": versus(result, ours, "step_ms") if mine else None,
+                "compile_s": result["compile_s"],
+                "peak_mb": result["peak_bytes"] / 2**20 if "peak_bytes" in result else None,
+                "vs_none_memory": versus(result, ours, "peak_bytes") if mine else None,
+                "mb_per_sample": result["per_sample"] / 2**20 if "per_sample" in result else None,
+                "vs_none_per_sample": versus(result, ours, "per_sample") if mine else None,
+                "max_batch": result.get("max_batch"),
             })
     return rows
 
@@ -193,13 +247,17 @@ def markdown(rows: list[dict], env: dict, args) -> str:
     lines = [f"# Model benchmark ({env['device']})", ""]
     lines += [f"- {key}: {value}" for key, value in env.items()]
     lines += [f"- batch {args.batch}, 32x32, {'bf16 autocast' if args.autocast else 'float32'}"
-              f"{', channels_last' if args.channels_last else ''}; median of {args.steps} steps after {args.warmup}"
+              f"{', channels_last' if args.channels_last else ''}"
+              f"{', small variants' if args.small else ''}{f', model args {args.overrides}' if args.overrides else ''}"
+              f"; median of {args.steps} steps after {args.warmup}"
               f" warm-up; max_batch: the largest batch under {args.budget_gb} GiB", ""]
     lines.append("| " + " | ".join(COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |")
-    lines += ["", "vs_reference: reference-layer step time / this step time (higher is faster). vs_none_time, "
+    lines += ["", "vs_reference: reference-layer step time / this step time, both eager or both compiled (higher "
+              "is faster). compile_s: torch.compile's tracing and code generation for the forward and backward graphs "
+              "(the first step's time less the second's, in a fresh process with an empty cache). vs_none_time, "
               "vs_none_memory: this configuration / cifarops without checkpointing (lower is less). mb_per_sample: "
               "what one more image in the batch costs (the slope between the batch and half of it), which the "
               "activations make up; vs_none_per_sample compares it, independently of the batch size."]
@@ -220,6 +278,12 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--autocast", action="store_true", help="bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--small", action="store_true", help="each model's small variant (cifarops.models.SMALL)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyper-parameter of every model (repeatable), e.g. depth=20; after --small")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(fullgraph=True) of each layer set, without checkpointing, and "
+                             "its compile time (no memory columns: each would compile twice more)")
     parser.add_argument("--budget-gb", type=float, default=None, help="default: the GPU's memory, or 16 on the CPU")
     parser.add_argument("--out", default="bench/out")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -232,6 +296,12 @@ def parse_args(argv):
         parser.error("--batch must be at least 2 (the memory line needs two batch sizes)")
     if args.budget_gb is None:
         args.budget_gb = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else 16.0
+    from cifarops.train.cli import UsageError, parse_model_args
+
+    try:
+        args.overrides = parse_model_args(args.model_arg)
+    except UsageError as error:
+        parser.error(str(error))
     for name, allowed in (("models", models.names()), ("modes", MODES), ("layers", LAYERS)):
         chosen = [v for v in getattr(args, name).split(",") if v]
         unknown = [v for v in chosen if v not in allowed]
@@ -245,7 +315,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker is not None:
         job = json.loads(args.worker)
-        work = time_worker if job["kind"] == "time" else memory_worker
+        work = {"time": time_worker, "memory": memory_worker, "compile": compile_worker}[job["kind"]]
         print(json.dumps(work(job["payload"])))
         return 0
     from cifarops.bench import report

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--warmup-epochs", type=int, default=0, help="linear warm-up epochs before the schedule")
     add("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype (fp16 adds a GradScaler)")
     add("--channels-last", action="store_true")
+    add("--compile", action="store_true",
+        help="torch.compile the model for training and evaluation (the first steps compile: minutes on a CPU)")
     add("--padding", type=int, default=4, help="random-crop zero padding (0: no crop)")
     add("--no-flip", dest="flip", action="store_false", help="no random horizontal flip")
     add("--cutout", type=int, default=0, help="Cutout square size (0: off; 16 is DeVries and Taylor's CIFAR-10)")
@@ -225,8 +227,8 @@ def prepare(argv: Optional[Sequence[str]], world_size: Optional[int] = None) -> 
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, milestones=list(milestones), gamma=args.gamma,
         warmup_epochs=args.warmup_epochs, amp=args.amp, channels_last=args.channels_last, padding=args.padding,
-        flip=args.flip, cutout=args.cutout, fmp_draws=(args.fmp_draws or GRAHAM_DRAWS) if fmp else 1,
-        eval_batch_size=args.eval_batch_size, stop_after=args.stop_after, seed=args.seed)
+        flip=args.flip, cutout=args.cutout, compile=args.compile,
+        fmp_draws=(args.fmp_draws or GRAHAM_DRAWS) if fmp else 1, eval_batch_size=args.eval_batch_size, stop_after=args.stop_after, seed=args.seed)
     arguments = {k: v for k, v in vars(args).items()}
     run_info = {"arguments": arguments, "model": args.model, "model_args": model_args, "dataset": args.dataset,
                 "classes": data.class_names}

@@ -1,5 +1,5 @@
 """The training loop: SGD + Nesterov with a cosine or step schedule (optionally after a linear warm-up),
-autocast, channels_last, a progress line, evaluation each epoch (and at the end with FMP test-time
+autocast, channels_last, torch.compile, a progress line, evaluation each epoch (and at the end with FMP test-time
 averaging), a checkpoint after every epoch and a JSON log.
 
 :func:`fit` takes a built model, the data and :class:`Options`, and knows nothing of the command line
@@ -64,6 +64,7 @@ class Options:
     padding: int = 4
     flip: bool = True
     cutout: int = 0
+    compile: bool = False             # torch.compile the training and evaluation steps
     fmp_draws: int = 1                # test-time averaging draws of the final evaluation
     eval_batch_size: int = 500
     stop_after: Optional[int] = None  # stop after this many epochs of this invocation (time-limited jobs)
@@ -323,6 +324,12 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
         history, elapsed, first = list(resume["history"]), float(resume["elapsed_s"]), int(resume["epoch"])
     # Wrapped after loading: every rank then starts from the same state (DDP also broadcasts rank 0's).
     net = model if ctx is None else D.data_parallel(model, ctx)
+    # Compiled once each for training and evaluation (Dynamo guards on the mode); the state dict, the
+    # checkpoint and the FMP-averaged final evaluation use the plain module.
+    evaluated = model
+    if options.compile:
+        net = torch.compile(net)
+        evaluated = net if ctx is None else torch.compile(model)
     log = {**run_info, "device": str(device), "world_size": world_size,
            "batch_per_rank": options.batch_size // world_size,
            "parameters": sum(p.numel() for p in model.parameters()),
@@ -344,7 +351,7 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
                               progress, header, ctx=ctx, order=order)
         if ctx is not None:
             broadcast_buffers(model)
-        metrics.update(evaluate(model, test_images, test_labels, stats, options, ctx=ctx))
+        metrics.update(evaluate(evaluated, test_images, test_labels, stats, options, ctx=ctx))
         elapsed += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "lr": lr, **metrics})
         train = _metrics_text(metrics["train_loss"], metrics["train_accuracy"], 1, metrics["images_per_s"])

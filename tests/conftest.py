@@ -60,15 +60,14 @@ def assert_close(actual, expected, dtype=None):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
-def assert_compiled_step_equals_eager(compiled, module, x, seed: int, backend: str, decomposed: bool = False) -> None:
+def assert_compiled_step_equals_eager(compiled, module, x, seed: int, backend: str) -> None:
     """A training step of compiled (torch.compile of module) equals module's eager step from the same seed:
     output and the gradients of x and of every parameter, to rounding (inductor reorders the arithmetic
     around the ops). The compiled and Triton ops draw their noise inside the op from the generator's state,
-    in the graph as in eager, so the same seed gives the same noise. The reference's traced draws, and those
-    of the ops `decomposed` under compile (backends.COMPILE_DECOMPOSED, which run the reference's formulas),
-    take their key from the graph's own RNG (cifarops.philox.draw_state: same distributions, another
-    stream), so there the compiled step must repeat itself under the same seed instead. Either way another
-    seed must change the step (or the comparison would hold for any noise)."""
+    in the graph as in eager, so the same seed gives the same noise. The reference's traced draws take their
+    key from the graph's own RNG (cifarops.philox.draw_state: same distributions, another stream), so there
+    the compiled step must repeat itself under the same seed instead. Either way another seed must change
+    the step (or the comparison would hold for any noise)."""
     def step(fn, seed):
         torch.manual_seed(seed)
         y = fn(x)
@@ -76,7 +75,7 @@ def assert_compiled_step_equals_eager(compiled, module, x, seed: int, backend: s
         return [y.detach(), *grads]
 
     traced = step(compiled, seed)
-    expected = step(module, seed) if backend != "reference" and not decomposed else step(compiled, seed)
+    expected = step(module, seed) if backend != "reference" else step(compiled, seed)
     for a, b in zip(traced, expected):
         assert_close(a, b)
     assert not torch.equal(step(compiled, seed + 1)[0], traced[0]), "the compiled step does not depend on the seed"

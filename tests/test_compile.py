@@ -187,9 +187,12 @@ def test_noise_drawn_in_the_compiled_graph_follows_the_seed_and_the_distribution
 
 
 def test_decomposition_can_be_turned_off_per_op(monkeypatch):
-    """COMPILE_DECOMPOSED is the per-op choice: without shake_drop in it, the compiled graph calls the kernel."""
-    monkeypatch.setattr(backends, "COMPILE_DECOMPOSED", set())
+    """COMPILE_DECOMPOSED is the per-op choice: without shake_drop in it, the compiled graph calls the kernel;
+    so it does for a layer pinned to a kernel backend."""
     h = torch.randn(2, 4, 3, 3)
+    pinned = cifarops.ShakeDrop(backend="cpu")  # a backend asked for is compiled as its op
+    assert _cifarops_targets(_graphs(pinned, h)) == {"cifarops.shake_drop.default"}
+    monkeypatch.setattr(backends, "COMPILE_DECOMPOSED", set())
     assert _cifarops_targets(_graphs(lambda h: F.shake_drop(h), h)) == {"cifarops.shake_drop.default"}
 
 
@@ -226,3 +229,29 @@ def test_compiled_cifarops_model_is_the_compiled_reference_model(name):
     # each ShakeDrop or Shake-Shake layer: the reference's autograd.Function, traced into the graph
     layers = sum(isinstance(m, (cifarops.ShakeDrop, cifarops.ShakeShake)) for m in models.create(name, **TINY[name]).modules())
     assert layers > 0 and sum(target == "autograd_function_apply" for _, target in ours) == layers
+
+
+@pytest.mark.parametrize("checkpoint", ["none", "full"])
+def test_backward_of_the_compiled_graph_uses_the_forward_noise(checkpoint):
+    """The decomposition regenerates its noise in backward from the key its forward drew, also when the compiled
+    graph recomputes a checkpointed block: with alpha = beta = 0, y = b h and grad_h = b, the same gate b; and
+    Shake-Shake's backward_mode="keep" scales the gradient by the forward's alpha (y = alpha for h1 = 1, h2 = 0)."""
+    from cifarops.checkpoint import checkpoint as cifarops_checkpoint
+
+    def layers(h1):
+        a = F.shake_drop(h1, p_drop=0.5, alpha_range=(0.0, 0.0), beta_range=(0.0, 0.0), gate_level="sample")
+        b = F.shake_shake(h1, torch.zeros_like(h1), backward_mode="keep")
+        return a, b
+
+    def block(h1):
+        return cifarops_checkpoint(layers, h1, mode=checkpoint)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    torch.manual_seed(4)
+    h1 = torch.ones(64, 2, 3, 3, requires_grad=True)
+    a, b = compiled(h1)
+    grad_a, = torch.autograd.grad(a.sum(), h1, retain_graph=True)
+    grad_b, = torch.autograd.grad(b.sum(), h1)
+    assert torch.equal(grad_a, a.detach()) and 0 < a.detach().mean() < 1  # some gates open, some shut
+    assert torch.equal(grad_b, b.detach()) and b.detach().unique().numel() > 32

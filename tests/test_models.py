@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cifarops
 import cifarops.models as models
 from cifarops.models.fmp_net import fmp_sizes
 
@@ -225,9 +226,10 @@ def test_model_benchmark_compile_rows(monkeypatch):
     from cifarops.bench import models as bench
 
     args = bench.parse_args(["--models", "wrn28-10", "--small", "--model-arg", "depth=10", "--modes", "none",
-                             "--compile", "--batch", "4"])
+                             "--compile", "--compile-kernels", "--batch", "4"])
     assert args.overrides == {"depth": 10}
-    step_ms = {(False, "cifarops"): 10.0, (False, "reference"): 15.0, (True, "cifarops"): 6.0, (True, "reference"): 9.0}
+    step_ms = {(False, "cifarops"): 10.0, (False, "reference"): 15.0, (True, "cifarops"): 6.0, (True, "reference"): 9.0,
+               ("kernels", "cifarops"): 12.0}
     seen = []
 
     def worker(kind, payload):
@@ -239,13 +241,25 @@ def test_model_benchmark_compile_rows(monkeypatch):
 
     monkeypatch.setattr(bench, "_in_new_process", worker)
     rows = {(r["layers"], r["compiled"]): r for r in bench.benchmark(args)}
-    assert sorted(rows) == [("cifarops", "compile"), ("cifarops", "eager"), ("reference", "compile"), ("reference", "eager")]
+    assert sorted(rows) == [("cifarops", "compile"), ("cifarops", "compile, kernels"), ("cifarops", "eager"),
+                            ("reference", "compile"), ("reference", "eager")]
     assert rows["cifarops", "compile"]["vs_reference"] == pytest.approx(1.5)  # 9 ms / 6 ms, both compiled
+    assert rows["cifarops", "compile, kernels"]["vs_reference"] == pytest.approx(0.75)  # 9 ms / 12 ms
     assert rows["cifarops", "eager"]["vs_reference"] == pytest.approx(1.5)  # 15 ms / 10 ms
     assert rows["cifarops", "compile"]["compile_s"] == 40.0 and rows["cifarops", "eager"]["compile_s"] is None
     assert rows["cifarops", "compile"]["peak_mb"] is None and rows["cifarops", "eager"]["peak_mb"] == 4.0
-    assert [kind for kind, _ in seen].count("compile") == 2 and [kind for kind, _ in seen].count("memory") == 4
+    assert [kind for kind, _ in seen].count("compile") == 3 and [kind for kind, _ in seen].count("memory") == 4
     assert "| compile |" in bench.markdown(list(rows.values()), {"device": "cpu"}, args)
     config = {"model": "wrn28-10", "device": "cpu", "batch": 2, "autocast": False, "channels_last": False,
               "layers": "cifarops", "checkpoint": "none", "compile": True, "overrides": {"depth": 10, "widen": 1}}
     assert bench.compile_worker(config) > 0
+    # the kernels' row traces with nothing decomposed, and leaves the choice as it was
+    graphs = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: torch._dynamo.optimize(
+        lambda gm, inputs: graphs.append(gm) or gm.forward)(model))
+    torch._dynamo.reset()
+    before = set(cifarops.backends.COMPILE_DECOMPOSED)
+    bench.training_step({**config, "model": "shake-shake26-2x96d", "compile": "kernels",
+                         "overrides": {"depth": 8, "width": 8}}, torch.device("cpu"))[1]()
+    assert cifarops.backends.COMPILE_DECOMPOSED == before
+    assert any("cifarops.shake_shake" in str(n.target) for g in graphs for n in g.graph.nodes)

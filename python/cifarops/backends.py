@@ -168,12 +168,14 @@ def _resolve(name: str, backend: str):
 
 
 def _traced_op(name: str, device: torch.device):
-    """The op torch.compile or torch.export traces: the decomposition (COMPILE_DECOMPOSED, not under export),
-    else the chosen backend's op. No cache is read or written: Dynamo would guard on a cache that its own
-    trace filled and compile the model a second time at the next call."""
-    if name in COMPILE_DECOMPOSED and not _is_exporting():
-        return _resolve(name, "reference")
-    return _resolve(name, select_backend(device))
+    """The op torch.compile or torch.export traces: the decomposition (COMPILE_DECOMPOSED, not under export)
+    unless a backend was asked for (a layer's pin, use_backend, CIFAROPS_BACKEND: that backend's op, checked
+    for availability as in eager), else the automatic choice's op. No cache is read or written: Dynamo would
+    guard on a cache that its own trace filled and compile the model a second time at the next call."""
+    backend = select_backend(device)
+    if name in COMPILE_DECOMPOSED and current_override() is None and not _is_exporting():
+        backend = "reference"
+    return _resolve(name, backend)
 
 
 def _checked(check, fn):
@@ -243,11 +245,11 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _is_compiling = torch.compiler.is_compiling  # the function itself, which torch.compile folds to True
 _is_exporting = torch.compiler.is_exporting
 
-# The ops that torch.compile sees as their pointwise decomposition, whatever the backend: the reference's
+# The ops that torch.compile sees as their pointwise decomposition, unless a backend is pinned: the reference's
 # formulas (reference.py), with the noise drawn in the graph, instead of the opaque kernel. Inductor fuses
 # the decomposition into its neighbours (BatchNorm's elementwise epilogue, the residual addition), which no
 # opaque op allows: the compiled model then reads and writes each activation once, where the kernel would make
 # BatchNorm's output go to memory and back. Chosen per op by measurement (python -m cifarops.bench.models
-# --compile; issue 17): maxout and FMP keep their kernels. torch.export keeps one node per op. Change the set
-# before compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
+# --compile --compile-kernels; issue 17): maxout and FMP keep their kernels. torch.export keeps one node per
+# op. Change the set before compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
 COMPILE_DECOMPOSED = {"shake_drop", "shake_shake"}

@@ -6,7 +6,9 @@ reference layers and with each checkpoint mode vs none, and the largest batch th
         --batch 32 --modes none --compile
 
 ``--compile`` adds torch.compile(fullgraph=True) rows for both layer sets (without checkpointing) and their
-compile times, each from a fresh process with an empty Inductor cache.
+compile times, each from a fresh process with an empty Inductor cache; ``--compile-kernels`` a row of the
+cifarops layers compiled as their opaque kernels (none decomposed), the measurement behind
+``cifarops.backends.COMPILE_DECOMPOSED``.
 
 A step is forward, cross-entropy, backward and an SGD (momentum) update. Times: all configurations of a
 model in one process, their steps alternating after a warm-up (side by side, so that the machine's slow
@@ -31,6 +33,8 @@ import time
 from typing import Optional
 
 import torch
+
+from cifarops import backends
 
 LAYERS = ("cifarops", "reference")
 MODES = ("none", "full", "selective", "cheap")
@@ -74,13 +78,19 @@ def training_step(config: dict, device: torch.device):
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     forward = torch.compile(model, fullgraph=True) if config.get("compile") else model
+    # compile "kernels": the cifarops kernels under torch.compile, none of them decomposed (read at the trace)
+    decomposed = set() if config.get("compile") == "kernels" else backends.COMPILE_DECOMPOSED
     batch = config["batch"]
     x = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["autocast"]):
-            loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
+        saved, backends.COMPILE_DECOMPOSED = backends.COMPILE_DECOMPOSED, decomposed
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["autocast"]):
+                loss = torch.nn.functional.cross_entropy(forward(x).float(), y)
+        finally:
+            backends.COMPILE_DECOMPOSED = saved
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -197,6 +207,8 @@ def benchmark(args) -> list[dict]:
         keys = [("cifarops", mode, False) for mode in args.modes] + [("reference", "none", False)] * ("reference" in args.layers)
         if args.compile:
             keys += [(layers, "none", True) for layers in LAYERS if layers in args.layers]
+        if args.compile_kernels:
+            keys.append(("cifarops", "none", "kernels"))
         configs = [{**base, "layers": layers, "checkpoint": mode, "compile": compiled} for layers, mode, compiled in keys]
         times = _in_new_process("time", configs)
         results = {}
@@ -210,7 +222,7 @@ def benchmark(args) -> list[dict]:
             results[key] = result
             memory = f"{result['peak_bytes'] / 2**20:9.0f} MB" if "peak_bytes" in result else ""
             compiled = f"compiled in {result['compile_s']:.0f} s" if key[2] else ""
-            print(f"  {model} {key[0]:9} {key[1]:9} {'compile' if key[2] else 'eager':7} {ms:10.1f} ms  {memory}{compiled}",
+            print(f"  {model} {key[0]:9} {key[1]:9} {_compiled_name(key[2]):16} {ms:10.1f} ms  {memory}{compiled}",
                   flush=True)
         ours = results.get(("cifarops", "none", False))
 
@@ -218,10 +230,10 @@ def benchmark(args) -> list[dict]:
             return result[field] / other[field] if other and field in result and field in other else None
 
         for (layers, mode, compiled), result in results.items():
-            reference = results.get(("reference", mode, compiled))
+            reference = results.get(("reference", mode, bool(compiled)))
             mine = layers == "cifarops" and not compiled
             rows.append({
-                "model": model, "layers": layers, "checkpoint": mode, "compiled": "compile" if compiled else "eager",
+                "model": model, "layers": layers, "checkpoint": mode, "compiled": _compiled_name(compiled),
                 "batch": args.batch, "step_ms": result["step_ms"],
                 "vs_reference": reference["step_ms"] / result["step_ms"] if reference and layers == "cifarops" else None,
                 "vs_none_time": versus(result, ours, "step_ms") if mine else None,
@@ -233,6 +245,10 @@ def benchmark(args) -> list[dict]:
                 "max_batch": result.get("max_batch"),
             })
     return rows
+
+
+def _compiled_name(compiled) -> str:
+    return {False: "eager", True: "compile", "kernels": "compile, kernels"}[compiled]
 
 
 def _cell(value) -> str:
@@ -284,6 +300,10 @@ def parse_args(argv):
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile(fullgraph=True) of each layer set, without checkpointing, and "
                              "its compile time (no memory columns: each would compile twice more)")
+    parser.add_argument("--compile-kernels", action="store_true",
+                        help="also time the cifarops layers compiled as their kernels, none decomposed "
+                             "(cifarops.backends.COMPILE_DECOMPOSED emptied while tracing): the measurement behind "
+                             "that choice")
     parser.add_argument("--budget-gb", type=float, default=None, help="default: the GPU's memory, or 16 on the CPU")
     parser.add_argument("--out", default="bench/out")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

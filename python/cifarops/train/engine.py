@@ -325,7 +325,7 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
     # Wrapped after loading: every rank then starts from the same state (DDP also broadcasts rank 0's).
     net = model if ctx is None else D.data_parallel(model, ctx)
     # Compiled once each for training and evaluation (Dynamo guards on the mode); the state dict, the
-    # checkpoint and the FMP-averaged final evaluation use the plain module.
+    # checkpoint and the FMP-averaged final evaluation (fmp_model_average) use the plain module.
     evaluated = model
     if options.compile:
         net = torch.compile(net)
@@ -375,7 +375,7 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
         return log
     started = time.perf_counter()
     draws = options.fmp_draws if has_fmp(model) else 1
-    final = evaluate(model, test_images, test_labels, stats, options, draws=draws, ctx=ctx)
+    final = evaluate(model if draws > 1 else evaluated, test_images, test_labels, stats, options, draws=draws, ctx=ctx)
     elapsed += time.perf_counter() - started
     log.update(status="finished", time_s=elapsed,
                final={"test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"], "fmp_draws": draws})

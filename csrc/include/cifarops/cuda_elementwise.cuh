@@ -45,4 +45,19 @@ inline void packet_dispatch(bool vectorize, bool small, Launcher&& launcher) {
   }
 }
 
+// Calls launcher.template operator()<index_t, kChannelFastest>() for a thread-per-output kernel: 32-bit
+// (`small`) or 64-bit indices, channels fastest in memory (channels_last) or not. Maxout's backward and FMP use it.
+template <typename Launcher>
+inline void index_layout_dispatch(bool small, bool channel_fastest, Launcher&& launcher) {
+  if (small && channel_fastest) {
+    launcher.template operator()<uint32_t, true>();
+  } else if (small) {
+    launcher.template operator()<uint32_t, false>();
+  } else if (channel_fastest) {
+    launcher.template operator()<int64_t, true>();
+  } else {
+    launcher.template operator()<int64_t, false>();
+  }
+}
+
 }  // namespace cifarops

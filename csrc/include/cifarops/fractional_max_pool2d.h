@@ -401,15 +401,7 @@ inline FmpLaunch fmp_launch(const FmpParams& p, bool forward) {
 // Calls launcher.template operator()<index_t, kChannelFastest>() with the instantiation `launch` needs.
 template <typename Launcher>
 inline void fmp_dispatch(const FmpLaunch& launch, Launcher&& launcher) {
-  if (launch.small && launch.channel_fastest) {
-    launcher.template operator()<uint32_t, true>();
-  } else if (launch.small) {
-    launcher.template operator()<uint32_t, false>();
-  } else if (launch.channel_fastest) {
-    launcher.template operator()<int64_t, true>();
-  } else {
-    launcher.template operator()<int64_t, false>();
-  }
+  index_layout_dispatch(launch.small, launch.channel_fastest, launcher);
 }
 
 // Splits a linear thread index into (n, c, h, w) of an (N, C, height, width) grid, in index_t arithmetic.

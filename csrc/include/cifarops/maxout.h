@@ -230,15 +230,7 @@ inline void maxout_forward_dispatch(const MaxoutLaunch& launch, Launcher&& launc
 // Calls launcher.template operator()<index_t, kChannelFastest>() with the backward's instantiation.
 template <typename Launcher>
 inline void maxout_backward_dispatch(const MaxoutLaunch& launch, Launcher&& launcher) {
-  if (launch.small && launch.channel_fastest) {
-    launcher.template operator()<uint32_t, true>();
-  } else if (launch.small) {
-    launcher.template operator()<uint32_t, false>();
-  } else if (launch.channel_fastest) {
-    launcher.template operator()<int64_t, true>();
-  } else {
-    launcher.template operator()<int64_t, false>();
-  }
+  index_layout_dispatch(launch.small, launch.channel_fastest, launcher);
 }
 
 // Splits a linear thread index into (o, c, i) of an (outer, channels, inner) grid.

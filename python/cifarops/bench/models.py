@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -100,25 +101,35 @@ def training_step(config: dict, device: torch.device):
 
 def time_worker(configs: list[dict]) -> list[float]:
     """Median step time (ms) of each configuration, measured side by side: after a warm-up, the steps
-    of the configurations alternate (in a rotating order), so that a slow spell of the machine hits all of
-    them alike."""
+    of the configurations alternate (in a shuffled order each round), so that a slow spell of the machine
+    hits all of them alike."""
     device = torch.device(configs[0]["device"])
     torch.manual_seed(0)
     steps = [training_step(config, device)[1] for config in configs]
     times = [[] for _ in configs]
+    shuffler = random.Random(0)
+    order = list(range(len(configs)))
     for round_ in range(configs[0]["warmup"] + configs[0]["steps"]):
-        # each round starts with the next configuration: none always runs right after the same neighbour
-        order = [(round_ + i) % len(configs) for i in range(len(configs))]
+        # each round in a fresh (seeded) order: no configuration always runs right after the same
+        # neighbour, which leaves the caches and the allocator's free lists in its own state (a rotation
+        # would: configuration i would always follow i - 1)
+        shuffler.shuffle(order)
         for step, sink in ((steps[i], times[i]) for i in order):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            begin = time.perf_counter()
-            step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            seconds = _timed(step, device)
             if round_ >= configs[0]["warmup"]:
-                sink.append((time.perf_counter() - begin) * 1e3)
+                sink.append(seconds * 1e3)
     return [statistics.median(t) for t in times]
+
+
+def _timed(step, device: torch.device) -> float:
+    """Seconds one call of step takes, the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - begin
 
 
 def compile_worker(config: dict) -> float:
@@ -131,16 +142,8 @@ def compile_worker(config: dict) -> float:
     warm(torch.randn(8, device=device, requires_grad=True)).backward()
     torch.manual_seed(0)
     _, step = training_step(config, device)
-    times = []
-    for _ in range(2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        begin = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return times[0] - times[1]
+    first = _timed(step, device)
+    return first - _timed(step, device)
 
 
 def memory_worker(config: dict) -> int:

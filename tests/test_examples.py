@@ -73,3 +73,41 @@ def test_ddp_example_trains():
 def test_pipeline_example_trains():
     out = torchrun(EXAMPLES / "pipeline_gpipe.py")
     assert out.count("micro-batches") == 3  # one line per step, from the last stage
+
+
+def test_digits_archive_holds_scikit_learns_digits_with_their_labels(tmp_path):
+    pytest.importorskip("sklearn")
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from cifarops.train.data import load_cifar
+
+    run([sys.executable, str(EXAMPLES / "digits_archive.py"), str(tmp_path)])
+    data = load_cifar(str(tmp_path / "cifar-10-python.tar.gz"), "cifar10")  # the training script's own reader
+    digits = load_digits()
+    assert (len(data.train_images), len(data.test_images)) == (1500, 297)
+    assert data.class_names == [str(d) for d in range(10)]
+    images = torch.cat([data.train_images, data.test_images]).float()
+    labels = torch.cat([data.train_labels, data.test_labels])
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 0], images[:, 2])  # grey
+    assert torch.equal(torch.bincount(labels, minlength=10), torch.from_numpy(digits.target).bincount())
+    # each image is its source digit enlarged: shrunk back (4x4 means), it is nearest to one digit of its label
+    shrunk = F.avg_pool2d(images[:, :1], 4).flatten(1)
+    originals = torch.from_numpy(digits.images).float().flatten(1) * (255 / 16)
+    nearest = torch.cdist(shrunk, originals).argmin(1)
+    assert torch.equal(torch.from_numpy(digits.target)[nearest], labels)
+    assert len(set(nearest.tolist())) > 0.98 * len(digits.images)  # every digit used once (up to duplicates)
+
+
+def test_digits_training_script_trains_both_runs_and_plots_them(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "digits"
+    run(["bash", str(EXAMPLES / "train_digits.sh"), str(out), "--epochs", "1", "--warmup-epochs", "0",
+         "--model-arg", "depth=8", "--model-arg", "alpha=4", "--batch-size", "250", "--eval-batch-size", "300"])
+    for name in ("shakedrop", "no-shakedrop"):
+        log = json.loads((out / name / "log.json").read_text())
+        assert log["status"] == "finished" and log["train_images"] == 1500
+        assert log["model_args"]["overrides"].get("p_drop_last") == (0 if name == "no-shakedrop" else None)
+    assert (out / "digits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

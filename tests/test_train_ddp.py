@@ -34,7 +34,8 @@ from cifarops import distributed as D
 from cifarops.train import main
 from cifarops.train import engine
 from cifarops.train.data import augment, channel_stats
-from cifarops.train.engine import Progress, lr_factor, rank_epoch_seeds
+from cifarops.train.engine import MEASURED, lr_factor, rank_epoch_seeds
+from cifarops.train.monitor import Progress
 
 from cifar_archive import batch_files, split_arrays, write_archive
 
@@ -114,7 +115,7 @@ def _checkpoint(root: Path, run: str) -> dict:
 
 
 def _timeless(history: list) -> list:
-    return [{k: v for k, v in e.items() if k not in ("images_per_s", "train_s")} for e in history]
+    return [{k: v for k, v in e.items() if k not in MEASURED} for e in history]
 
 
 @contextlib.contextmanager

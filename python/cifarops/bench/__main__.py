@@ -16,6 +16,7 @@ import sys
 import torch
 
 import cifarops
+from cifarops import progress
 from cifarops.bench import chart, fractional_max_pool2d, hosttime, maxout, report, shake_drop, shake_shake
 from cifarops.bench import models as bench_models
 from cifarops.bench.common import MODES, saved_bytes, timed
@@ -126,7 +127,9 @@ def main(argv=None) -> int:
     for op in ops:
         module = OPS[op]
         providers = module.providers(device)
-        for case in module.cases(dtypes, quick=args.quick, shapes=shapes):
+        cases = module.cases(dtypes, quick=args.quick, shapes=shapes)
+        bar = progress.Bar(len(cases) * len(modes), f"timing {op}", unit="case")  # shown on a terminal only
+        for case in cases:
             copy_key = (case.numel, case.dtype)  # the same size as the case: in or out of cache alike
             if copy_key not in copy_gbs:
                 copy_gbs[copy_key] = copy_bandwidth_gbs(case.numel, case.dtype, device)
@@ -159,7 +162,9 @@ def main(argv=None) -> int:
                         "saved_mb": None if saved[name] is None else saved[name] / 2**20,
                     }
                     rows.append(row)
-                    report.print_row(row)
+                    report.print_row(row)  # above the bar
+                bar.update()
+        bar.close()
     print(NOTES)
     for (numel, dtype), gbs in copy_gbs.items():
         print(f"  copy of {numel} {str(dtype)[6:]} elements: {gbs:.1f} GB/s")

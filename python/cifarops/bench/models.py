@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,38 +34,12 @@ from typing import Optional
 
 import torch
 
-from cifarops import backends
+from cifarops import backends, peak_memory, progress
 
 LAYERS = ("cifarops", "reference")
 MODES = ("none", "full", "selective", "cheap")
 COLUMNS = ["model", "layers", "checkpoint", "compiled", "batch", "step_ms", "vs_reference", "vs_none_time",
            "compile_s", "peak_mb", "vs_none_memory", "mb_per_sample", "vs_none_per_sample", "max_batch"]
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_resident_peak() -> bool:
-    """Starts the process's resident high-water mark afresh (Linux: clear_refs 5), so that a peak reached
-    before the model is built (imports, say) cannot hide the step's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _resident_peak_bytes() -> int:
-    """VmHWM, the resident high-water mark since the last reset (getrusage's if /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def training_step(config: dict, device: torch.device):
@@ -151,18 +124,12 @@ def memory_worker(config: dict) -> int:
     its gradients, the optimiser's state and the activations."""
     device = torch.device(config["device"])
     torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-    else:
-        _reset_resident_peak()
-        start = _resident_bytes()
+    peak_memory.reset(device)
+    start = torch.cuda.memory_allocated(device) if device.type == "cuda" else peak_memory.resident_bytes()
     _, step = training_step(config, device)
     for _ in range(2):  # the first step also allocates the gradients and the momentum buffers
         step()
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) - start
-    return _resident_peak_bytes() - start
+    return peak_memory.peak_bytes(device) - start
 
 
 def _in_new_process(kind: str, payload):
@@ -213,20 +180,26 @@ def benchmark(args) -> list[dict]:
         if args.compile_kernels:
             keys.append(("cifarops", "none", "kernels"))
         configs = [{**base, "layers": layers, "checkpoint": mode, "compile": compiled} for layers, mode, compiled in keys]
+        # on a terminal, a bar over the processes: the timing one, then a compile or two memory ones per row
+        bar = progress.Bar(1 + sum(1 if key[2] else 2 for key in keys), model, unit="process")
         times = _in_new_process("time", configs)
+        bar.update()
         results = {}
         for key, config, ms in zip(keys, configs, times):
             result = {"step_ms": ms, "compile_s": _in_new_process("compile", config) if key[2] else None}
             if not key[2]:  # memory: each configuration twice more in its own process (compiled: twice more compiles)
                 peak = _in_new_process("memory", config)
+                bar.update()
                 half_peak = _in_new_process("memory", {**config, "batch": max(1, args.batch // 2)})
                 result.update(peak_bytes=peak, per_sample=(peak - half_peak) / (args.batch - max(1, args.batch // 2)),
                               max_batch=max_batch(args.budget_gb * 2**30, args.batch, peak, half_peak))
             results[key] = result
+            bar.update()
             memory = f"{result['peak_bytes'] / 2**20:9.0f} MB" if "peak_bytes" in result else ""
             compiled = f"compiled in {result['compile_s']:.0f} s" if key[2] else ""
-            print(f"  {model} {key[0]:9} {key[1]:9} {_compiled_name(key[2]):16} {ms:10.1f} ms  {memory}{compiled}",
-                  flush=True)
+            progress.write(f"  {model} {key[0]:9} {key[1]:9} {_compiled_name(key[2]):16} {ms:10.1f} ms  "
+                           f"{memory}{compiled}")
+        bar.close()
         ours = results.get(("cifarops", "none", False))
 
         def versus(result, other, field):

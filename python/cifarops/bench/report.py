@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 import cifarops
+from cifarops import progress
 
 COLUMNS = [
     "case", "mode", "provider", "median_ms", "iqr_ms", "vs_baseline", "vs_reference", "vs_compile", "gb_per_s", "of_copy",
@@ -85,11 +86,12 @@ WIDTHS = [44, 8, 20, 10, 8, 11, 12, 10, 7, 7, 8]
 
 
 def print_header() -> None:
-    print("  ".join(h.ljust(w) for h, w in zip(HEADERS, WIDTHS)), flush=True)
+    progress.write("  ".join(h.ljust(w) for h, w in zip(HEADERS, WIDTHS)))
 
 
 def print_row(row: dict) -> None:
-    print("  ".join(c.ljust(w) for c, w in zip(format_row(row), WIDTHS)), flush=True)
+    """The row, above the timing's progress bar if one is shown."""
+    progress.write("  ".join(c.ljust(w) for c, w in zip(format_row(row), WIDTHS)))
 
 
 def write_csv(path: str, rows: list[dict], env: dict, columns: list[str] = COLUMNS) -> None:

@@ -22,7 +22,8 @@ import torch.distributed as dist
 import cifarops
 from cifarops import distributed as D
 from cifarops.train.data import DATASETS, Cifar, DataError, load_cifar
-from cifarops.train.engine import AMP_DTYPES, CHECKPOINT_FILE, LOG_FILE, Options, Progress, check_resume, fit, has_fmp
+from cifarops.train.engine import AMP_DTYPES, CHECKPOINT_FILE, LOG_FILE, Options, check_resume, fit, has_fmp
+from cifarops.train.monitor import Progress, check_tensorboard
 
 CHECKPOINT_MODES = ("none", "full", "selective", "cheap")
 GRAHAM_DRAWS = 12  # Graham's test-time averaging of the FMP network (arXiv 1412.6071)
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--channels-last", action="store_true")
     add("--compile", action="store_true",
         help="torch.compile the model for training and evaluation (the first steps compile: minutes on a CPU)")
+    add("--tensorboard", action="store_true",
+        help="also write each epoch's loss, accuracy, learning rate, images/s and peak memory to OUT/tensorboard "
+             "(needs the tensorboard package; view with: tensorboard --logdir OUT)")
     add("--padding", type=int, default=4, help="random-crop zero padding (0: no crop)")
     add("--no-flip", dest="flip", action="store_false", help="no random horizontal flip")
     add("--cutout", type=int, default=0, help="Cutout square size (0: off; 16 is DeVries and Taylor's CIFAR-10)")
@@ -71,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0,
         help="weights, data order and noise; under torchrun each rank's noise and augmentation derive from "
              "(seed, epoch, rank)")
-    add("--out", default="runs/train", help="output directory: checkpoint.pt and log.json")
+    add("--out", default="runs/train", help="output directory: checkpoint.pt and log.json (plot it: python -m "
+                                            "cifarops.train.plot OUT)")
     add("--resume", default=None, metavar="PATH", help="continue from a checkpoint.pt (its arguments are the defaults)")
     add("--stop-after", type=int, default=None, metavar="EPOCHS", help="stop after this many epochs (resume later)")
     add("--overwrite", action="store_true", help="start afresh in an --out that already holds a run")
@@ -191,6 +196,11 @@ def prepare(argv: Optional[Sequence[str]], world_size: Optional[int] = None) -> 
                              f"{world_size} ranks")
         if args.seed < 0:
             raise UsageError(f"--seed must not be negative under torchrun (rank seeds derive from it), got {args.seed}")
+    if args.tensorboard:
+        try:
+            check_tensorboard()
+        except ModuleNotFoundError as error:
+            raise UsageError(str(error)) from error
     device = _device(args.device, world_size)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (the last incomplete batch is dropped)
@@ -227,7 +237,7 @@ def prepare(argv: Optional[Sequence[str]], world_size: Optional[int] = None) -> 
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, schedule=args.schedule, milestones=list(milestones), gamma=args.gamma,
         warmup_epochs=args.warmup_epochs, amp=args.amp, channels_last=args.channels_last, padding=args.padding,
-        flip=args.flip, cutout=args.cutout, compile=args.compile,
+        flip=args.flip, cutout=args.cutout, compile=args.compile, tensorboard=args.tensorboard,
         fmp_draws=(args.fmp_draws or GRAHAM_DRAWS) if fmp else 1, eval_batch_size=args.eval_batch_size, stop_after=args.stop_after, seed=args.seed)
     arguments = {k: v for k, v in vars(args).items()}
     run_info = {"arguments": arguments, "model": args.model, "model_args": model_args, "dataset": args.dataset,

@@ -1,6 +1,7 @@
 """The training loop: SGD + Nesterov with a cosine or step schedule (optionally after a linear warm-up),
-autocast, channels_last, torch.compile, a progress line, evaluation each epoch (and at the end with FMP test-time
-averaging), a checkpoint after every epoch and a JSON log.
+autocast, channels_last, torch.compile, progress (a bar per epoch on a terminal, :mod:`~cifarops.train.monitor`),
+evaluation each epoch (and at the end with FMP test-time averaging), a checkpoint after every epoch, a JSON log
+and optionally TensorBoard scalars.
 
 :func:`fit` takes a built model, the data and :class:`Options`, and knows nothing of the command line
 (nor of torchrun: it is given a :class:`~cifarops.distributed.DistributedContext`). Resuming is bitwise
@@ -28,10 +29,9 @@ import io
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional, TextIO
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -40,12 +40,17 @@ from torch import nn
 
 import cifarops
 from cifarops import distributed as D
+from cifarops import peak_memory
 from cifarops.train.data import Cifar, augment, batch_indices, channel_stats, normalise
+from cifarops.train.monitor import Progress, TensorBoard, metrics_text
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.json"
 CHECKPOINT_FORMAT = "cifarops.train/1"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# the epoch record's measurements of the machine, which no seed repeats (a resumed run equals an uninterrupted
+# one in everything else)
+MEASURED = ("images_per_s", "train_s", "peak_memory_mb")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Options:
     flip: bool = True
     cutout: int = 0
     compile: bool = False             # torch.compile the training and evaluation steps
+    tensorboard: bool = False         # the epoch's scalars under out_dir/tensorboard as well as in log.json
     fmp_draws: int = 1                # test-time averaging draws of the final evaluation
     eval_batch_size: int = 500
     stop_after: Optional[int] = None  # stop after this many epochs of this invocation (time-limited jobs)
@@ -140,41 +146,11 @@ def write_json(path: str, payload: dict) -> None:
     _write_atomically(path, write)
 
 
-class Progress:
-    """A \\r-updated line on a terminal, one line per epoch otherwise (logs, CI)."""
-
-    def __init__(self, stream: Optional[TextIO] = None, interval_s: float = 0.5):
-        self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.interval_s = interval_s
-        self._last = 0.0
-
-    def update(self, text: str, force: bool = False) -> bool:
-        """Shows ``text`` on a terminal when due; returns whether it did (the caller pays a sync for it)."""
-        if not self.tty or (not force and time.perf_counter() - self._last < self.interval_s):
-            return False
-        self._last = time.perf_counter()
-        self.stream.write("\r" + text + "\033[K")
-        self.stream.flush()
-        return True
-
-    def due(self) -> bool:
-        return self.tty and time.perf_counter() - self._last >= self.interval_s
-
-    def line(self, text: str) -> None:
-        self.stream.write(("\r" + text + "\033[K" if self.tty else text) + "\n")
-        self.stream.flush()
-
-
-def _metrics_text(loss: float, correct: float, seen: int, images_per_s: float) -> str:
-    return f"loss {loss:.4f} acc {100 * correct / max(seen, 1):6.2f}% {images_per_s:8.1f} img/s"
-
-
 def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, stats, optimizer, scheduler,
                 scaler, generator: torch.Generator, options: Options, progress: Progress, header: str,
                 ctx: Optional[D.DistributedContext] = None, order: Optional[torch.Tensor] = None) -> dict:
     """One pass over the (shuffled, augmented) training set; metrics accumulate on the device and are read
-    once at the end (and when the terminal line is due). Data parallel: ``order`` is this rank's shard and
+    once at the end (and when the terminal's bar refreshes them). Data parallel: ``order`` is this rank's shard and
     the metrics are summed over the ranks (images/s counts every rank's images)."""
     model.train()
     device = images.device
@@ -189,29 +165,31 @@ def train_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, st
     else:
         batches = [order[i] for i in batch_indices(len(order), options.batch_size // world_size, drop_last=True,
                                                    device=order.device)]
-    for i, index in enumerate(batches):
-        x = augment(images[index], *stats, padding=options.padding, flip=options.flip, cutout=options.cutout,
-                    generator=generator).contiguous(memory_format=memory_format)
-        y = labels[index]
-        with _autocast(device, options):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if progress.due():
-            rate = seen * world_size / (time.perf_counter() - start)  # ranks run in lockstep
-            progress.update(f"{header} [{i + 1:>5}/{len(batches)}] "
-                            f"{_metrics_text(loss_sum.item() / seen, correct.item(), seen, rate)}", force=True)
+    def shown():  # the bar's numbers: a host sync, which the bar asks for only when due
+        rate = seen * world_size / (time.perf_counter() - start)  # ranks run in lockstep
+        return metrics_text(loss_sum.item() / seen, correct.item() / seen, rate)
+
+    with progress.epoch(len(batches), header) as bar:
+        for index in batches:
+            x = augment(images[index], *stats, padding=options.padding, flip=options.flip, cutout=options.cutout,
+                        generator=generator).contiguous(memory_format=memory_format)
+            y = labels[index]
+            with _autocast(device, options):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            bar.step(shown)
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)])
     if ctx is not None:
         dist.all_reduce(totals)
@@ -279,9 +257,11 @@ def check_resume(checkpoint: dict, model: nn.Module, model_name: str, model_args
         raise ValueError(f"--resume: the checkpoint's model state does not fit this model (e.g. {differ[:3]})")
 
 
-def _wait_for_rank_0(ctx: Optional[D.DistributedContext]) -> None:
-    """A barrier at the end of a data-parallel fit: when it returns on any rank, rank 0's checkpoint and log
-    are written (a script resuming right after --stop-after reads them)."""
+def _finish(ctx: Optional[D.DistributedContext], board: Optional[TensorBoard]) -> None:
+    """The end of a fit: TensorBoard's file closed, and data parallel, a barrier: when it returns on any rank,
+    rank 0's checkpoint and log are written (a script resuming right after --stop-after reads them)."""
+    if board is not None:
+        board.close()
     if ctx is not None:
         dist.barrier()
 
@@ -337,6 +317,8 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
            "std": stats[1]}, "torch": torch.__version__, "cifarops": cifarops.__version__,
            "epochs": history, "status": "running"}
     last = options.epochs if options.stop_after is None else min(options.epochs, first + options.stop_after)
+    # flushed after every epoch: a crash loses nothing written before it
+    board = TensorBoard(out_dir, first) if options.tensorboard and writer else None
     for epoch in range(first, last):
         started = time.perf_counter()
         header = f"epoch {epoch + 1}/{options.epochs}"
@@ -347,14 +329,18 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
             torch.manual_seed(noise_seed)
             generator.manual_seed(data_seed)
             order = D.shard_indices(len(images), ctx.rank, world_size, epoch=epoch, seed=options.seed).to(device)
+        peak_memory.reset(device)
         metrics = train_epoch(net, images, labels, stats, optimizer, scheduler, scaler, generator, options,
                               progress, header, ctx=ctx, order=order)
+        metrics["peak_memory_mb"] = peak_memory.peak_bytes(device) / 2**20  # this rank's training epoch
         if ctx is not None:
             broadcast_buffers(model)
         metrics.update(evaluate(evaluated, test_images, test_labels, stats, options, ctx=ctx))
         elapsed += time.perf_counter() - started
         history.append({"epoch": epoch + 1, "lr": lr, **metrics})
-        train = _metrics_text(metrics["train_loss"], metrics["train_accuracy"], 1, metrics["images_per_s"])
+        if board is not None:
+            board.epoch(history[-1])
+        train = metrics_text(metrics["train_loss"], metrics["train_accuracy"], metrics["images_per_s"])
         progress.line(f"{header} {train} | test loss {metrics['test_loss']:.4f} "
                       f"acc {100 * metrics['test_accuracy']:6.2f}% | lr {lr:.4g}")
         state = {"format": CHECKPOINT_FORMAT, "model_name": run_info["model"], "model_args": run_info["model_args"],
@@ -371,7 +357,7 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
                           f"{os.path.join(out_dir, CHECKPOINT_FILE)}")
         if writer:
             write_json(os.path.join(out_dir, LOG_FILE), log)
-        _wait_for_rank_0(ctx)
+        _finish(ctx, board)
         return log
     started = time.perf_counter()
     draws = options.fmp_draws if has_fmp(model) else 1
@@ -383,5 +369,5 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
         write_json(os.path.join(out_dir, LOG_FILE), log)
     progress.line(f"final test accuracy {100 * final['test_accuracy']:.2f}%"
                   + (f" ({draws} FMP draws averaged)" if draws > 1 else "") + f", {elapsed:.1f} s")
-    _wait_for_rank_0(ctx)
+    _finish(ctx, board)
     return log

@@ -57,16 +57,23 @@ def batches(images: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def write(out_dir: str) -> str:
-    """Writes OUT_DIR/cifar-10-python.tar.gz (through a temporary file); returns its path."""
+    """Writes OUT_DIR/cifar-10-python.tar.gz (through a temporary file, removed if anything fails, so a
+    failed run leaves no partial archive); returns its path."""
+    files = batches(*digits_as_cifar())  # before anything is created: a missing scikit-learn writes nothing
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, ARCHIVE)
-    with tarfile.open(path + ".tmp", "w:gz") as archive:
-        for name, payload in batches(*digits_as_cifar()).items():
-            blob = pickle.dumps(payload, protocol=2)  # as the official archive
-            info = tarfile.TarInfo(f"{FOLDER}/{name}")
-            info.size = len(blob)
-            archive.addfile(info, io.BytesIO(blob))
-    os.replace(path + ".tmp", path)
+    tmp = path + ".tmp"
+    try:
+        with tarfile.open(tmp, "w:gz") as archive:
+            for name, payload in files.items():
+                blob = pickle.dumps(payload, protocol=2)  # as the official archive
+                info = tarfile.TarInfo(f"{FOLDER}/{name}")
+                info.size = len(blob)
+                archive.addfile(info, io.BytesIO(blob))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

@@ -100,6 +100,28 @@ def test_digits_archive_holds_scikit_learns_digits_with_their_labels(tmp_path):
     assert len(set(nearest.tolist())) > 0.98 * len(digits.images)  # every digit used once (up to duplicates)
 
 
+def test_digits_archive_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pickle
+
+    spec = importlib.util.spec_from_file_location("digits_archive", EXAMPLES / "digits_archive.py")
+    digits_archive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digits_archive)
+    written = []
+
+    def dumps(payload, protocol):  # the third batch cannot be written (a full disk, say)
+        written.append(payload)
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        return pickle.dumps(payload, protocol=protocol)
+
+    monkeypatch.setattr(digits_archive.pickle, "dumps", dumps)
+    with pytest.raises(OSError, match="No space left"):
+        digits_archive.write(str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []  # neither the archive nor its temporary file
+
+
 def test_digits_training_script_trains_both_runs_and_plots_them(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")

@@ -11,8 +11,9 @@ import os
 import shutil
 
 import pytest
+import torch
 
-from cifarops import progress
+from cifarops import peak_memory, progress
 from cifarops.train import main
 from cifarops.train.monitor import SCALARS, TENSORBOARD_DIR, Progress
 
@@ -61,11 +62,29 @@ def test_without_tqdm_a_terminal_gets_the_plain_lines(archive, tmp_path, monkeyp
     assert "\r" not in text and len(_epoch_lines(text)) == 1
 
 
-def test_every_epoch_records_its_peak_memory(archive, tmp_path):
+def test_the_peak_follows_an_allocation_and_starts_afresh_at_a_reset():
+    cpu, mb = torch.device("cpu"), 2**20
+    assert peak_memory.reset(cpu)  # Linux lets a process clear its own high-water mark
+    before = peak_memory.peak_bytes(cpu)
+    block = torch.ones(256 * mb // 4)  # 256 MB, written: resident
+    assert peak_memory.peak_bytes(cpu) - before > 250 * mb
+    high = peak_memory.peak_bytes(cpu)
+    del block  # returned to the system (a large block is its own mapping); the peak remembers it
+    # (Linux's resident counters are per-thread caches, exact to a few pages only)
+    assert peak_memory.peak_bytes(cpu) > high - 4 * mb and peak_memory.resident_bytes() < high - 250 * mb
+    assert peak_memory.reset(cpu) and peak_memory.peak_bytes(cpu) < high - 250 * mb
+
+
+def test_every_epoch_records_its_peak_memory(archive, tmp_path, monkeypatch):
     log = main(["--data", archive, *TINY, "--epochs", "2", "--out", str(tmp_path / "run")],
                progress=Progress(io.StringIO()))
     # the CPU's figure is the process's resident peak: at least the model and this interpreter
     assert all(10 < epoch["peak_memory_mb"] < 1e5 for epoch in log["epochs"]), log["epochs"]
+    # where the system refuses the reset the peak would be the process's since its start: none is recorded
+    monkeypatch.setattr(peak_memory, "reset", lambda device: False)
+    log = main(["--data", archive, *TINY, "--epochs", "1", "--out", str(tmp_path / "refused")],
+               progress=Progress(io.StringIO()))
+    assert log["epochs"][0]["peak_memory_mb"] is None and log["epochs"][0]["train_loss"] > 0
 
 
 def _scalars(run_dir: str) -> dict:
@@ -110,3 +129,22 @@ def test_tensorboard_missing_is_an_error_naming_the_package(archive, tmp_path, m
         main(["--data", archive, *TINY, "--epochs", "1", "--tensorboard", "--out", str(out)],
              progress=Progress(io.StringIO()))
     assert not out.exists()
+
+
+def test_tensorboard_that_torch_cannot_import_is_the_same_error(monkeypatch):
+    import sys
+
+    from cifarops.train.monitor import check_tensorboard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # its import now raises ImportError
+    with pytest.raises(ModuleNotFoundError, match="--tensorboard needs the tensorboard package: pip install"):
+        check_tensorboard()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
+def test_a_resume_can_turn_tensorboard_off(archive, tmp_path):
+    run, quiet = str(tmp_path / "run"), Progress(io.StringIO())
+    main(["--data", archive, *TINY, "--epochs", "2", "--tensorboard", "--stop-after", "1", "--out", run],
+         progress=quiet)
+    main(["--resume", os.path.join(run, "checkpoint.pt"), "--no-tensorboard"], progress=quiet)
+    assert [step for step, _ in _scalars(run)["loss/train"]] == [1]  # the resumed epoch 2 wrote no event

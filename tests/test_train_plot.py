@@ -48,6 +48,8 @@ def test_the_curves_are_the_logs_numbers(runs):
         assert list(accuracy.lines[2 * i + 1].get_ydata()) == [100 * e["test_accuracy"] for e in log["epochs"]]
         assert list(rate.lines[i].get_ydata()) == [e["lr"] for e in log["epochs"]]
         assert train_loss.get_color() == rate.lines[i].get_color() and test_loss.get_linestyle() == "--"
+    # equal schedules overlap: the first run's line is the wider, so both show
+    assert rate.lines[0].get_linewidth() > rate.lines[1].get_linewidth()
     legend = [text.get_text() for text in accuracy.get_legend().get_texts()]
     assert legend == [f"{name} (final {100 * log['final']['test_accuracy']:.2f} %)"
                       for name, log in zip(["shakedrop", "plain"], logs)]
@@ -88,6 +90,13 @@ def _epoch_without_loss(tmp_path, runs):
     return [str(tmp_path / "edited.json")], r"edited.json': an epoch record lacks numeric \['test_loss'\]"
 
 
+def _bad_final(tmp_path, runs):
+    log = json.load(open(os.path.join(runs[0], "log.json")))
+    log["final"] = {"test_accuracy": "97 %"}
+    (tmp_path / "final.json").write_text(json.dumps(log))
+    return [str(tmp_path / "final.json")], r"final.json': its 'final' record lacks a numeric 'test_accuracy'"
+
+
 BAD = {
     "no runs": (lambda t, r: ([], "give at least one RUN")),
     "missing run": (lambda t, r: ([str(t / "gone")], r"gone': no such run folder or log file")),
@@ -96,6 +105,7 @@ BAD = {
     "not JSON": (_not_json),
     "no finished epoch": (_no_epoch),
     "an epoch record without a number": (_epoch_without_loss),
+    "a final record without a number": (_bad_final),
     "--out of another format": (lambda t, r: ([*r, "--out", str(t / "p.jpg")], r"--out .*p.jpg': .* end in one of")),
     "--out in a missing folder": (lambda t, r: ([*r, "--out", str(t / "no" / "p.png")],
                                                 r"the folder .*no' does not exist")),
@@ -122,6 +132,25 @@ def test_an_unreadable_log_names_the_file(runs, tmp_path, monkeypatch):
     with pytest.raises(PlotError, match=f"{file!r} cannot be read \\(Permission denied\\)"):
         main([runs[0], runs[1], "--out", str(tmp_path / "out.png")])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_picture_that_cannot_be_written_names_out(runs, tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    out = tmp_path / "out.png"
+    with pytest.raises(PlotError, match=f"--out {str(out)!r} cannot be written \\(Permission denied\\)"):
+        main([runs[0], "--out", str(out)])
+    assert os.listdir(tmp_path) == []  # the temporary picture is gone too
+
+
+def test_a_run_still_training_is_drawn_without_a_final(runs, tmp_path):
+    log = json.load(open(os.path.join(runs[0], "log.json")))
+    del log["final"]
+    (tmp_path / "log.json").write_text(json.dumps(log))
+    picture = figure([read_run(str(tmp_path))], ["running"])
+    assert [text.get_text() for text in picture.axes[1].get_legend().get_texts()] == ["running"]
 
 
 def test_the_command_line_says_it_in_one_line(tmp_path):

@@ -38,10 +38,12 @@ class Bar:
         return self._bar is not None
 
     def update(self, n: int = 1, postfix: Optional[str] = None) -> None:
+        """Advances by ``n``; a new ``postfix`` (the numbers after the bar) is drawn at once, the count at
+        most every ``mininterval`` seconds."""
         if self._bar is not None:
-            if postfix is not None:
-                self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(n)
+            if postfix is not None:
+                self._bar.set_postfix_str(postfix, refresh=True)
 
     def close(self) -> None:
         if self._bar is not None:

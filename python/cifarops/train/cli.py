@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--channels-last", action="store_true")
     add("--compile", action="store_true",
         help="torch.compile the model for training and evaluation (the first steps compile: minutes on a CPU)")
-    add("--tensorboard", action="store_true",
+    add("--tensorboard", action=argparse.BooleanOptionalAction, default=False,
         help="also write each epoch's loss, accuracy, learning rate, images/s and peak memory to OUT/tensorboard "
              "(needs the tensorboard package; view with: tensorboard --logdir OUT)")
     add("--padding", type=int, default=4, help="random-crop zero padding (0: no crop)")

@@ -274,7 +274,7 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
     run's arguments, model name and args) goes into both; ``resume`` is a checkpoint of this model from
     :func:`check_resume`. With ``ctx`` (every rank calls it, ``device`` = ``ctx.device``) the model is wrapped
     in DistributedDataParallel and trained data parallel (see the module's notes); only rank 0 writes or
-    shows progress, and every rank returns the same log."""
+    shows progress, and every rank returns the same log but for its own ``peak_memory_mb``."""
     writer = ctx is None or ctx.rank == 0
     world_size = 1 if ctx is None else ctx.world_size
     progress = (progress or Progress()) if writer else Progress(io.StringIO())
@@ -329,10 +329,11 @@ def fit(model: nn.Module, data: Cifar, options: Options, out_dir: str, *, run_in
             torch.manual_seed(noise_seed)
             generator.manual_seed(data_seed)
             order = D.shard_indices(len(images), ctx.rank, world_size, epoch=epoch, seed=options.seed).to(device)
-        peak_memory.reset(device)
+        fresh_peak = peak_memory.reset(device)
         metrics = train_epoch(net, images, labels, stats, optimizer, scheduler, scaler, generator, options,
                               progress, header, ctx=ctx, order=order)
-        metrics["peak_memory_mb"] = peak_memory.peak_bytes(device) / 2**20  # this rank's training epoch
+        # this rank's training epoch; None where the peak cannot be reset (it would be the process's)
+        metrics["peak_memory_mb"] = peak_memory.peak_bytes(device) / 2**20 if fresh_peak else None
         if ctx is not None:
             broadcast_buffers(model)
         metrics.update(evaluate(evaluated, test_images, test_labels, stats, options, ctx=ctx))

@@ -67,10 +67,15 @@ class EpochBar:
 
 
 def check_tensorboard() -> None:
-    """Raises ModuleNotFoundError naming the package when torch.utils.tensorboard cannot write."""
+    """Raises ModuleNotFoundError naming the package when torch.utils.tensorboard cannot write (the package is
+    missing, or torch's module fails to import it: a broken or too old install)."""
+    message = "--tensorboard needs the tensorboard package: pip install tensorboard (or cifarops[train])"
     if importlib.util.find_spec("tensorboard") is None:
-        raise ModuleNotFoundError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                                  "(or cifarops[train])", name="tensorboard")
+        raise ModuleNotFoundError(message, name="tensorboard")
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (imports tensorboard's writer)
+    except ImportError as error:
+        raise ModuleNotFoundError(f"{message} ({error})", name="tensorboard") from error
 
 
 class TensorBoard:

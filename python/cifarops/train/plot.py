@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from typing import NamedTuple, Optional, Sequence
 
 from cifarops.train.engine import LOG_FILE
@@ -54,6 +55,11 @@ def read_run(path: str) -> Run:
             raise PlotError(f"{file!r}: an epoch record lacks numeric {bad} (not a log of python -m cifarops.train)")
     if not log["epochs"]:
         raise PlotError(f"{file!r}: the run has not finished an epoch yet")
+    final = log.get("final")  # written when the run ends: absent while it is still training
+    if final is not None and not (isinstance(final, dict) and _number(final.get("test_accuracy"))
+                                  and isinstance(final.get("fmp_draws"), int)):
+        raise PlotError(f"{file!r}: its 'final' record lacks a numeric 'test_accuracy' and an integer 'fmp_draws' "
+                        "(not a log of python -m cifarops.train)")
     folder = os.path.dirname(os.path.abspath(file))
     return Run(os.path.basename(folder) or folder, log)
 
@@ -79,14 +85,16 @@ def figure(runs: list[Run], labels: list[str], title: Optional[str] = None):
     for i, (run, label) in enumerate(zip(runs, labels)):
         colour = f"C{i % 10}"
         epochs = [e["epoch"] for e in run.log["epochs"]]
-        final = run.log.get("final") or {}
-        if _number(final.get("test_accuracy")):
-            draws = final.get("fmp_draws", 1)
+        final = run.log.get("final")
+        if final is not None:
+            draws = final["fmp_draws"]
             label += f" (final {100 * final['test_accuracy']:.2f} %{f', {draws} FMP draws' if draws > 1 else ''})"
         for axes, key, scale in ((loss, "loss", 1), (accuracy, "accuracy", 100)):
             axes.plot(epochs, [scale * e[f"train_{key}"] for e in run.log["epochs"]], color=colour, label=label)
             axes.plot(epochs, [scale * e[f"test_{key}"] for e in run.log["epochs"]], color=colour, linestyle="--")
-        rate.plot(epochs, [e["lr"] for e in run.log["epochs"]], color=colour, label=label)
+        # runs often share a schedule: each later line is thinner, so the ones it covers still show
+        rate.plot(epochs, [e["lr"] for e in run.log["epochs"]], color=colour, label=label,
+                  linewidth=1.5 + 2.5 * (len(runs) - 1 - i) / max(len(runs) - 1, 1))
     loss.set(title="loss (solid: training, dashed: test)", xlabel="epoch", ylabel="cross-entropy")
     accuracy.set(title="accuracy (solid: training, dashed: test)", xlabel="epoch", ylabel="%")
     rate.set(title="learning rate (at the epoch's start)", xlabel="epoch", ylabel="learning rate")
@@ -99,14 +107,20 @@ def figure(runs: list[Run], labels: list[str], title: Optional[str] = None):
 
 
 def save(picture, out: str) -> None:
-    """Writes the picture through a temporary file: never half a picture at ``out``."""
-    root, ext = os.path.splitext(out)
-    temporary = f"{root}.tmp{ext}"  # keeps the extension: savefig picks the format from it
+    """Writes the picture through a temporary file in ``out``'s folder: never half a picture at ``out``. A
+    failure to write is a :class:`PlotError` naming ``--out``."""
+    folder, name = os.path.split(os.path.abspath(out))
+    # the temporary file keeps the extension: savefig picks the format from it
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=os.path.splitext(out)[1])
+        os.close(handle)
         picture.savefig(temporary, dpi=110)
         os.replace(temporary, out)
+    except OSError as error:
+        raise PlotError(f"--out {out!r} cannot be written ({error.strerror or error})") from error
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 

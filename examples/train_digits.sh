@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's training picture, reproducible without downloading CIFAR (4 to 5 minutes on a 2-core CPU): a small
+# The README's training picture, reproducible without downloading CIFAR (under 5 minutes on a 2-core CPU): a small
 # PyramidNet (depth 20, alpha 48) trained on scikit-learn's handwritten digits (examples/digits_archive.py writes
 # them as a CIFAR-10 archive) with ShakeDrop and without (p_drop_last=0), and both runs' curves in one plot.
 #

@@ -108,17 +108,18 @@ def test_digits_archive_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("digits_archive", EXAMPLES / "digits_archive.py")
     digits_archive = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(digits_archive)
-    written = []
+    written, real = [], pickle.dumps
 
     def dumps(payload, protocol):  # the third batch cannot be written (a full disk, say)
         written.append(payload)
         if len(written) == 3:
             raise OSError(28, "No space left on device")
-        return pickle.dumps(payload, protocol=protocol)
+        return real(payload, protocol=protocol)
 
     monkeypatch.setattr(digits_archive.pickle, "dumps", dumps)
     with pytest.raises(OSError, match="No space left"):
         digits_archive.write(str(tmp_path / "out"))
+    assert len(written) == 3  # two batches were in the temporary archive
     assert os.listdir(tmp_path / "out") == []  # neither the archive nor its temporary file
 
 

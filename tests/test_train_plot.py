@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,9 @@ def test_the_command_writes_one_picture_of_all_runs(runs, tmp_path):
     width, height = int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
     assert (width, height) == (1650, 484)  # 15 x 4.4 inches at 110 dpi
     assert sorted(os.listdir(tmp_path)) == ["compare.png"]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open makes it, not the temporary's 0600
 
 
 def _foreign(tmp_path, runs):
@@ -140,7 +144,7 @@ def test_a_picture_that_cannot_be_written_names_out(runs, tmp_path, monkeypatch)
 
     monkeypatch.setattr(os, "replace", refuse)
     out = tmp_path / "out.png"
-    with pytest.raises(PlotError, match=f"--out {str(out)!r} cannot be written \\(Permission denied\\)"):
+    with pytest.raises(PlotError, match=re.escape(f"--out {str(out)!r} cannot be written (Permission denied)")):
         main([runs[0], "--out", str(out)])
     assert os.listdir(tmp_path) == []  # the temporary picture is gone too
 

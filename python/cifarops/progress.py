@@ -41,9 +41,10 @@ class Bar:
         """Advances by ``n``; a new ``postfix`` (the numbers after the bar) is drawn at once, the count at
         most every ``mininterval`` seconds."""
         if self._bar is not None:
-            self._bar.update(n)
             if postfix is not None:
-                self._bar.set_postfix_str(postfix, refresh=True)
+                self._bar.set_postfix_str(postfix, refresh=False)
+            if not self._bar.update(n) and postfix is not None:  # update draws only when its interval is up
+                self._bar.refresh()
 
     def close(self) -> None:
         if self._bar is not None:

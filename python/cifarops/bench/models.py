@@ -124,6 +124,8 @@ def memory_worker(config: dict) -> int:
     its gradients, the optimiser's state and the activations."""
     device = torch.device(config["device"])
     torch.manual_seed(0)
+    # where the CPU refuses the reset the peak counts from this fresh process's start: its imports, which stay
+    # below the training's peak
     peak_memory.reset(device)
     start = torch.cuda.memory_allocated(device) if device.type == "cuda" else peak_memory.resident_bytes()
     _, step = training_step(config, device)

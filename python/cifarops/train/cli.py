@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gamma", type=float, default=0.1)
     add("--warmup-epochs", type=int, default=0, help="linear warm-up epochs before the schedule")
     add("--amp", default="none", choices=tuple(AMP_DTYPES), help="autocast dtype (fp16 adds a GradScaler)")
-    add("--channels-last", action="store_true")
-    add("--compile", action="store_true",
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    add("--compile", action=argparse.BooleanOptionalAction, default=False,
         help="torch.compile the model for training and evaluation (the first steps compile: minutes on a CPU)")
     add("--tensorboard", action=argparse.BooleanOptionalAction, default=False,
         help="also write each epoch's loss, accuracy, learning rate, images/s and peak memory to OUT/tensorboard "
@@ -200,7 +200,8 @@ def prepare(argv: Optional[Sequence[str]], world_size: Optional[int] = None) -> 
         try:
             check_tensorboard()
         except ModuleNotFoundError as error:
-            raise UsageError(str(error)) from error
+            resumed = " (or resume with --no-tensorboard)" if args.resume is not None else ""
+            raise UsageError(f"{error}{resumed}") from error
     device = _device(args.device, world_size)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (the last incomplete batch is dropped)

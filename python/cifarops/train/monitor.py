@@ -74,7 +74,7 @@ def check_tensorboard() -> None:
         raise ModuleNotFoundError(message, name="tensorboard")
     try:
         import torch.utils.tensorboard  # noqa: F401  (imports tensorboard's writer)
-    except ImportError as error:
+    except Exception as error:  # ImportError, or a broken install's own (protobuf's TypeError, say)
         raise ModuleNotFoundError(f"{message} ({error})", name="tensorboard") from error
 
 

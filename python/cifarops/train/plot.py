@@ -3,8 +3,9 @@ one or more training runs (their ``log.json``, written by ``python -m cifarops.t
 picture, a colour per run: ShakeDrop against none, checkpointing against none, side by side.
 
 Each RUN is a run's output folder or its log.json. Every run is read and checked before anything is drawn; bad
-input (a missing or unreadable path, a log.json from another tool, a run without a finished epoch) is one line
-naming the path, exit status 2, and nothing written.
+input (a missing or unreadable path, a log.json from another tool or with an epoch or final record that lacks
+its numbers, a run without a finished epoch, an --out that cannot be written) is one line naming the path, exit
+status 2, and nothing written.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def read_run(path: str) -> Run:
         raise PlotError(f"{file!r}: the run has not finished an epoch yet")
     final = log.get("final")  # written when the run ends: absent while it is still training
     if final is not None and not (isinstance(final, dict) and _number(final.get("test_accuracy"))
-                                  and isinstance(final.get("fmp_draws"), int)):
-        raise PlotError(f"{file!r}: its 'final' record lacks a numeric 'test_accuracy' and an integer 'fmp_draws' "
+                                  and _number(final.get("fmp_draws")) and isinstance(final["fmp_draws"], int)):
+        raise PlotError(f"{file!r}: its 'final' record lacks a numeric 'test_accuracy' or an integer 'fmp_draws' "
                         "(not a log of python -m cifarops.train)")
     folder = os.path.dirname(os.path.abspath(file))
     return Run(os.path.basename(folder) or folder, log)
@@ -116,6 +117,9 @@ def save(picture, out: str) -> None:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=os.path.splitext(out)[1])
         os.close(handle)
         picture.savefig(temporary, dpi=110)
+        umask = os.umask(0)  # mkstemp's file is private (0600): the picture gets the mode a plain open gives
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, out)
     except OSError as error:
         raise PlotError(f"--out {out!r} cannot be written ({error.strerror or error})") from error

@@ -1,12 +1,17 @@
 """Builds cifarops._C with torch.utils.cpp_extension (ninja).
 
-Always builds the CPU kernels. Adds the CUDA kernels when torch is a CUDA build and nvcc is found, or when
-FORCE_CUDA=1. Install with `pip install --no-build-isolation .` so the build uses the torch already
-installed and never downloads another one.
+Always builds the CPU kernels. Adds the CUDA kernels when torch is a CUDA build and an nvcc of the same CUDA
+major version is found. The switch CIFAROPS_CUDA (or FORCE_CUDA, torchvision's name) overrides that: 0 builds
+the CPU kernels only (the Triton backend still runs on a GPU), 1 insists on the CUDA kernels. A CUDA torch with
+an nvcc of another CUDA major version and neither switch set is an error that names both ways out. Install
+with `pip install --no-build-isolation .` so the build uses the torch already installed and never downloads
+another one.
 """
 
 import glob
 import os
+import re
+import subprocess
 
 from setuptools import setup
 
@@ -21,21 +26,50 @@ except ImportError as error:  # an isolated build environment has no torch
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CUDA_ARCHS = "8.0;9.0"
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # PTX: a newer GPU (Blackwell) JIT-compiles the sm_90 code
 
 
 def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def want_cuda():
-    if os.environ.get("FORCE_CUDA") == "1":
-        return True
-    return torch.version.cuda is not None and CUDA_HOME is not None
+def nvcc_release(cuda_home):
+    """The CUDA release ("13.0") of the nvcc under cuda_home, or None where there is none."""
+    if cuda_home is None:
+        return None
+    try:
+        text = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = re.search(r"release (\d+\.\d+)", text)
+    return found.group(1) if found else None
+
+
+def want_cuda(env, torch_cuda, nvcc, cuda_home=None):
+    """Whether to build the CUDA kernels: the switch (CIFAROPS_CUDA, else FORCE_CUDA) when set, else whether torch
+    is a CUDA build (torch_cuda: its CUDA release, or None) and nvcc (its release, or None) is of the same major
+    version. A mismatch without a switch raises, naming both ways out."""
+    for name in ("CIFAROPS_CUDA", "FORCE_CUDA"):
+        setting = env.get(name, "")
+        if setting in ("0", "1"):
+            return setting == "1"
+        if setting:
+            raise RuntimeError(f"{name} must be 0 (CPU kernels only) or 1 (CUDA kernels too), got {setting!r}")
+    if torch_cuda is None or nvcc is None:
+        return False
+    if torch_cuda.split(".")[0] != nvcc.split(".")[0]:
+        raise RuntimeError(
+            f"torch is built with CUDA {torch_cuda} but the nvcc in {cuda_home} is CUDA {nvcc}, so cifarops' CUDA "
+            f"kernels cannot be built against it. Either set CIFAROPS_CUDA=0 to build the CPU kernels only (the Triton "
+            f"backend still runs on the GPU), or point CUDA_HOME at a CUDA {torch_cuda.split('.')[0]}.x toolkit "
+            f"(CIFAROPS_CUDA=1 insists on the CUDA kernels)."
+        )
+    return True
 
 
 def extension():
-    with_cuda = want_cuda()
+    with_cuda = want_cuda(os.environ, torch.version.cuda, nvcc_release(CUDA_HOME), CUDA_HOME)
     cpp = sources("csrc/ops.cpp") + sources("csrc/python_module.cpp") + sources("csrc/args/*.cpp") + sources("csrc/cpu/*.cpp")
     define = [("CIFAROPS_VERSION", f'"{VERSION}"')]
     cxx = ["-O3", "-fopenmp"]  # torch.utils.cpp_extension picks the C++ standard torch needs
@@ -64,11 +98,12 @@ def extension():
     )
 
 
-setup(
-    version=VERSION,
-    package_dir={"cifarops": "python/cifarops", "cifarops.triton_kernels": "triton_kernels"},
-    packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.train",
-              "cifarops.triton_kernels"],
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import want_cuda alone
+    setup(
+        version=VERSION,
+        package_dir={"cifarops": "python/cifarops", "cifarops.triton_kernels": "triton_kernels"},
+        packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.train",
+                  "cifarops.triton_kernels"],
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )

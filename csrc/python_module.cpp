@@ -13,6 +13,7 @@
 #include <tuple>
 #include <utility>
 
+#include "args/rng.h"
 #include "args/signatures.h"
 
 #ifndef CIFAROPS_VERSION
@@ -312,5 +313,10 @@ PyMethodDef kEntries[] = {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cifarops compiled kernels; importing this module registers the C++ and CUDA ops";
   m.def("build_info", &cifarops::build_info, "What this build of cifarops._C contains");
+  // Without the GIL, as the op entries: threads may draw at once, and the generator's mutex keeps them apart.
+  m.def("draw_rng_state", &cifarops::draw_rng_state, pybind11::arg("device"), pybind11::arg("streams"),
+        pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "The {seed, offset} state (int64, on device) of a call of `streams` streams, reserved under the generator's "
+        "mutex; on CUDA unpacked on the device (no host sync, graph-safe)");
   if (PyModule_AddFunctions(m.ptr(), cifarops::kEntries) != 0) throw pybind11::error_already_set();
 }

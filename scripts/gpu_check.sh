@@ -81,6 +81,10 @@ part_bench() {
     --channels-last --steps 5 --out "$OUT"
 }
 
+# Before any device time goes into a build: torch and triton must be versions the proven range covers.
+python scripts/check_versions.py | tee "$OUT/versions.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "==== gpu_check $PART stopped: torch or triton outside the proven range"; exit 2; }
+
 case "$PART" in
   build | tests | sanitizers | bench) build; "part_$PART" ;;
   all) build; for p in build tests sanitizers bench; do "part_$p"; done ;;

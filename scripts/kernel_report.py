@@ -354,15 +354,15 @@ def reason(k: Kernel) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--so", help="the built cifarops._C with CUDA (default: build-cuda/lib.*/cifarops/_C*.so)")
+    parser.add_argument("--so", help="the built cifarops._C with CUDA (default: build-torch-2.11.0/lib.*/cifarops/_C*.so, CI's build against the GPU machines' torch)")
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--out", default=str(ROOT / "docs"), help="directory for kernel_report.md and .json")
     parser.add_argument("--no-triton", action="store_true", help="the CUDA kernels only")
     parser.add_argument("--json", action="store_true", help="also write kernel_report.json")
     args = parser.parse_args(argv)
-    so = args.so or next(iter(sorted(glob.glob(str(ROOT / "build-cuda" / "lib.*" / "cifarops" / "_C*.so")))), None)
+    so = args.so or next(iter(sorted(glob.glob(str(ROOT / "build-torch-2.11.0" / "lib.*" / "cifarops" / "_C*.so")))), None)
     if so is None or not os.path.exists(so):
-        sys.exit("kernel_report: no CUDA build of cifarops._C; run scripts/check_cuda_build.sh first, or pass --so")
+        sys.exit("kernel_report: no CUDA build of cifarops._C; run `bash scripts/check_torch_versions.sh 2.11.0` first, or pass --so")
     kernels = cuda_kernels(so, args.arch)
     if not kernels:
         sys.exit(f"kernel_report: no sm_{args.arch} kernels in {so}")

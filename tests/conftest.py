@@ -155,3 +155,43 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section(f"hypothesis examples run (profile {HYPOTHESIS_PROFILE})")
     for path, count in sorted(per_file.items()):
         terminalreporter.write_line(f"{path}: {count} examples in {tests[path]} tests")
+
+
+# ------------------------------------------------------------------------------------- the smoke subset
+
+# What proves a torch version (scripts/check_torch_versions.sh, and CI for the GPU machines' torch): the build
+# and registration, every op on the CPU against the reference, gradcheck and opcheck, the C++ autograd nodes,
+# torch.compile of one op, and the Triton kernels compiled to cubin without local memory. `pytest -m smoke`.
+# A name here that matches no test fails the run (a renamed test must not drop out of the subset silently).
+SMOKE = {
+    "test_build.py": None,  # every test of the file
+    "test_autograd_nodes.py": None,
+    "test_shake_drop.py": {"test_matches_reference_dtypes_layouts", "test_gradcheck", "test_opcheck",
+                           "test_torch_compile_fullgraph"},
+    "test_shake_shake.py": {"test_matches_reference_dtypes_layouts", "test_gradcheck", "test_opcheck"},
+    "test_maxout.py": {"test_matches_reference_dtypes_layouts", "test_gradcheck", "test_opcheck"},
+    "test_fractional_max_pool2d.py": {"test_graham_modes_match_reference", "test_layouts_match_reference",
+                                      "test_gradcheck", "test_opcheck"},
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "smoke: the subset that proves a torch version (tests/conftest.py SMOKE)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    seen = collections.defaultdict(set)
+    for item in items:
+        file = os.path.basename(str(item.fspath))
+        names = SMOKE.get(file, ())
+        if file in SMOKE and (names is None or item.originalname in names):
+            item.add_marker(pytest.mark.smoke)
+            seen[file].add(item.originalname)
+    if "smoke" not in (config.getoption("-m") or ""):
+        return
+    collected_files = {os.path.basename(str(item.fspath)) for item in items}
+    missing = [f"{file}::{name}" for file, names in SMOKE.items() if names and file in collected_files
+               for name in sorted(names - seen[file])]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SMOKE names tests that do not exist: {missing}")

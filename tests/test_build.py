@@ -144,3 +144,64 @@ def test_compiled_ops_have_their_autograd_in_cpp():
         op = getattr(torch.ops.cifarops, name.split("::")[1]).default
         draws = any(a.name == "rng_state" for a in op._schema.arguments) and not name.split("::")[1].startswith("_")
         assert (torch.Tag.nondeterministic_seeded in op.tags) == draws, name
+
+
+def test_cuda_kernels_registered_exactly_in_a_cuda_build():
+    """A CUDA build registers a CUDA kernel for every op, a CPU build none. scripts/check_torch_versions.sh sets
+    CIFAROPS_EXPECT_CUDA=1 where it built the CUDA kernels (CI's torch 2.11.0+cu130), so a build that silently
+    dropped them fails there."""
+    info = cifarops.build_info()
+    if os.environ.get("CIFAROPS_EXPECT_CUDA") == "1":
+        assert info["cuda"], info
+    has_cuda = {name: torch._C._dispatch_has_kernel_for_dispatch_key(f"cifarops::{name}", "CUDA") for name in OPS}
+    assert all(has_cuda.values()) if info["cuda"] else not any(has_cuda.values()), (info, has_cuda)
+
+
+def _setup_module():
+    """setup.py as a module: only its definitions run (setup() is called under __main__ alone)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "setup.py"
+    spec = importlib.util.spec_from_file_location("cifarops_setup_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("env, torch_cuda, nvcc, expected", [
+    ({}, None, None, False),  # a CPU torch, no toolkit
+    ({}, None, "13.0", False),  # a CPU torch: nvcc alone builds nothing for CUDA
+    ({}, "13.0", None, False),  # a CUDA torch without nvcc: CPU kernels (the Triton backend runs the GPU)
+    ({}, "13.0", "13.0", True),
+    ({}, "13.0", "13.2", True),  # minor versions are compatible (torch itself only warns)
+    ({"CIFAROPS_CUDA": "0"}, "12.8", "13.0", False),  # the way out of a mismatch
+    ({"FORCE_CUDA": "0"}, "12.8", "13.0", False),
+    ({"CIFAROPS_CUDA": "1"}, None, "13.0", True),  # insists (CI builds against a CUDA torch without a GPU)
+    ({"FORCE_CUDA": "1"}, None, "13.0", True),
+    ({"CIFAROPS_CUDA": "0", "FORCE_CUDA": "1"}, "13.0", "13.0", False),  # cifarops' own switch first
+])
+def test_setup_builds_cuda_kernels_when_asked_or_matched(env, torch_cuda, nvcc, expected):
+    assert _setup_module().want_cuda(env, torch_cuda, nvcc, "/opt/cuda") is expected
+
+
+def test_setup_refuses_a_cuda_version_mismatch_naming_both_ways_out():
+    setup = _setup_module()
+    with pytest.raises(RuntimeError) as caught:
+        setup.want_cuda({}, "12.8", "13.0", "/opt/cuda")
+    message = str(caught.value)
+    for words in ("CUDA 12.8", "CUDA 13.0", "/opt/cuda", "CIFAROPS_CUDA=0", "CUDA_HOME", "CIFAROPS_CUDA=1"):
+        assert words in message, (words, message)
+    with pytest.raises(RuntimeError, match="CIFAROPS_CUDA must be 0 .* or 1 .*, got 'yes'"):
+        setup.want_cuda({"CIFAROPS_CUDA": "yes"}, None, None)
+
+
+def test_setup_reads_the_nvcc_release(tmp_path):
+    fake = tmp_path / "bin" / "nvcc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.8, V12.8.93'\n")
+    fake.chmod(0o755)
+    setup = _setup_module()
+    assert setup.nvcc_release(str(tmp_path)) == "12.8"
+    assert setup.nvcc_release(str(tmp_path / "missing")) is None
+    assert setup.nvcc_release(None) is None

@@ -95,3 +95,51 @@ def test_reduce_overhead_compile_runs_every_op():
     # ShakeDrop and Shake-Shake are decomposed (noise from the graph's RNG), the others draw in their kernels:
     # every replay must draw anew
     assert len(set(values)) == len(values), values
+
+
+def _small_checkpointed_pyramidnet():
+    torch.manual_seed(0)
+    model = cifarops.models.create("pyramidnet110-a270-shakedrop", num_classes=10, depth=8, alpha=12, level="pixel",
+                                   checkpoint="full")
+    return model.cuda().train()
+
+
+def test_training_step_makes_no_host_sync():
+    """A training step (plain and checkpointed: the tape draws its states through cifarops.philox.draw_state) under
+    torch.cuda.set_sync_debug_mode("error"): any synchronising call (a host read, a pageable copy of host data)
+    raises. Issue 29, item 1."""
+    for model in (_small_pyramidnet(), _small_checkpointed_pyramidnet()):
+        x = torch.randn(8, 3, 32, 32, device="cuda")
+        y = torch.randint(0, 10, (8,), device="cuda")
+        _step(model, x, y)  # first call: lazy initialisations may sync once
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _step(model, x, y)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_captured_checkpointed_block_draws_new_noise_each_replay():
+    """A checkpointed zoo network (its tape reserves each op's state in C++, a one-thread kernel unpacking the
+    generator's Philox state) captured in a CUDA graph: capture succeeds (no get_offset / set_offset, no copy of
+    host data while capturing), and each replay draws new noise, its backward replaying the forward's."""
+    model = _small_checkpointed_pyramidnet()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (8,), device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            _step(model, x, y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss, static_grads = _step(model, x, y)
+    results = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        results.append((static_loss.clone(), [g.clone() for g in static_grads]))
+    assert not torch.equal(results[0][0], results[1][0])
+    assert all(torch.isfinite(g).all() for g in results[1][1])

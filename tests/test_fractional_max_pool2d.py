@@ -577,3 +577,20 @@ def test_one_op_forward_one_op_backward(kernel_backend, regions, sequence, train
         y.backward(grad)
     assert forward.ops == [f"{namespace}.fractional_max_pool2d"]
     assert backward.ops == [f"{namespace}._fractional_max_pool2d_backward"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_alpha_division_is_the_dtypes_own(dtype):
+    """The Triton launcher's alphas are divided on the host without tensors (no tensor from host data on a GPU
+    call path); torch's own division in the dtype is the oracle, operands rounded included (257 is 256 in
+    bfloat16), as is half's overflow."""
+    import itertools
+    import math
+
+    from cifarops.ops.fractional_max_pool2d import _divide_in
+
+    pairs = list(itertools.product(range(0, 300, 7), range(1, 200, 3))) + [(257, 5), (4097, 3), (65519, 7), (70000, 3)]
+    for a, b in pairs:
+        want = (torch.tensor(a, dtype=dtype) / torch.tensor(b, dtype=dtype)).item()
+        got = _divide_in(a, b, dtype)
+        assert got == want or (math.isnan(got) and math.isnan(want)), (a, b, got, want)

@@ -10,6 +10,10 @@ side reading values, which on a GPU would stall the host every call."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -22,17 +26,49 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and "cuda" in cifarop
 
 
 class NoValueReads(TorchDispatchMode):
-    """Raises at the first read of a tensor's value on the host."""
+    """Fails at the first host stall a call path may not make (issue 29, item 1):
+    - a read of a tensor's value on the host (aten::_local_scalar_dense);
+    - a tensor made from host data (aten::lift_fresh: torch.tensor(list), on a GPU a pageable copy and a sync);
+    - a generator's get_offset or set_offset (refused while a CUDA graph is captured, and racy between threads:
+      the RNG state is reserved in C++ instead), caught by a profile hook on this thread's C calls.
+    The reads raise at once; the generator calls are raised when the block ends (a profile hook cannot raise).
+    A 0-dim CPU tensor is no host data: it is how t[i] = 0 wraps its scalar (a fill on a GPU). value_reads=False
+    leaves out the first rule: the reference backend reads CPU scalars and, on the CPU, checks explicit draws'
+    values in Python, by design (on a GPU only under CIFAROPS_CHECK_VALUES=1)."""
+
+    def __init__(self, value_reads: bool = True):
+        super().__init__()
+        self.value_reads = value_reads
+
+    def __enter__(self):
+        self.offset_calls = []
+        self.previous_profile = sys.getprofile()
+        sys.setprofile(self._profile)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        sys.setprofile(self.previous_profile)
+        result = super().__exit__(*exc)
+        if self.offset_calls and exc[0] is None:
+            raise AssertionError(f"a generator's offset read or set on the call path: {self.offset_calls}")
+        return result
+
+    def _profile(self, frame, event, arg):
+        if event == "c_call" and getattr(arg, "__name__", None) in ("get_offset", "set_offset") \
+                and isinstance(getattr(arg, "__self__", None), torch.Generator):
+            self.offset_calls.append(f"{arg.__name__} from {frame.f_code.co_filename}:{frame.f_lineno}")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if func is torch.ops.aten._local_scalar_dense.default and self.value_reads:
             raise AssertionError(f"a host read of a tensor value (aten::_local_scalar_dense) on {args[0].device}")
+        if func is torch.ops.aten.lift_fresh.default and (args[0].dim() > 0 or args[0].device.type != "cpu"):
+            raise AssertionError(f"a tensor made from host data (aten::lift_fresh, torch.tensor) on {args[0].device}")
         return func(*args, **(kwargs or {}))
 
 
-def train_call(fn, *inputs):
+def train_call(fn, *inputs, value_reads=True):
     """fn(*inputs) forward and backward under the mode."""
-    with NoValueReads():
+    with NoValueReads(value_reads):
         y = fn(*inputs)
         torch.autograd.grad(y, [t for t in inputs if t.requires_grad], torch.ones_like(y))
 
@@ -60,9 +96,8 @@ OPS = {
     "fmp drawn": lambda d: (lambda h: F.fractional_max_pool2d(h, 2, output_size=(6, 6)), x(d, 2, 4, 9, 9)),
     "fmp explicit samples": lambda d: (lambda h: F.fractional_max_pool2d(
         h, 2, output_size=(6, 6), _random_samples=torch.rand(2, 4, 2, device=d)), x(d, 2, 4, 9, 9)),
-    "fmp explicit boundaries": lambda d: (lambda h: F.fractional_max_pool2d(
-        h, output_size=(6, 6), regions="disjoint",
-        boundaries=torch.tensor([0, 2, 3, 5, 6, 8, 9], device=d).expand(2, 4, 2, 7)), x(d, 2, 4, 9, 9)),
+    "fmp explicit boundaries": lambda d: (lambda h, b=torch.tensor([0, 2, 3, 5, 6, 8, 9], device=d): F.fractional_max_pool2d(
+        h, output_size=(6, 6), regions="disjoint", boundaries=b.expand(2, 4, 2, 7)), x(d, 2, 4, 9, 9)),
     "fmp graham random": lambda d: (lambda h: F.fractional_max_pool2d(
         h, output_size=(6, 6), regions="overlapping", sequence="random", per_image=True), x(d, 2, 4, 9, 9)),
     "fmp return_indices": lambda d: (lambda h: F.fractional_max_pool2d(
@@ -70,11 +105,16 @@ OPS = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+# Every backend of each device (the reference's draws too), the interpreted Triton excepted (a CPU stand-in).
+DEVICE_BACKENDS = [(d, b) for d in DEVICES for b in cifarops.available_backends(d) if (d, b) != ("cpu", "triton")]
+
+
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS, ids=[f"{d}-{b}" for d, b in DEVICE_BACKENDS])
 @pytest.mark.parametrize("case", list(OPS))
-def test_op_reads_no_value_back(device, case):
+def test_op_reads_no_value_back(device, backend, case):
     fn, h = OPS[case](device)
-    train_call(fn, h)
+    with cifarops.use_backend(backend):
+        train_call(fn, h, value_reads=backend != "reference")
 
 
 MODULES = {
@@ -122,6 +162,54 @@ def test_zoo_training_step_reads_no_value_back(device, name, checkpoint):
         model.eval()
         with torch.no_grad():
             model(images)
+
+
+def test_the_mode_catches_host_data_and_generator_offsets():
+    """The oracle for the other two stalls: torch.tensor of a list, and a generator's offset read or set."""
+    with pytest.raises(AssertionError, match="lift_fresh"):
+        with NoValueReads():
+            torch.tensor([0, 4])
+    with NoValueReads():  # a scalar set into a tensor is no host data
+        torch.zeros(3)[1] = 2
+    for touch in (lambda g: g.get_offset(), lambda g: g.set_offset(0)):
+        generator = torch.Generator()
+        with pytest.raises(AssertionError, match="get_offset|set_offset"):
+            with NoValueReads():
+                with contextlib.suppress(RuntimeError):  # a CPU generator has no offset: the call is what counts
+                    touch(generator)
+
+
+def test_draw_state_is_reserved_atomically_across_threads():
+    """Two threads drawing 10,000 states each (the C++ entries release the GIL, so they do interleave) get
+    20,000 distinct counters, exactly those one thread draws from the same generator state: nothing is drawn
+    twice or lost (CPU here; a GPU run of this file checks the CUDA generator too)."""
+    from cifarops.philox import draw_state
+
+    for device in DEVICES:
+        draws = 10_000
+        torch.manual_seed(123)
+        if device == "cuda":
+            torch.cuda.manual_seed(123)
+        alone = torch.stack([draw_state(torch.device(device), 3) for _ in range(2 * draws)]).cpu()
+        torch.manual_seed(123)
+        if device == "cuda":
+            torch.cuda.manual_seed(123)
+        results = [[], []]
+        start = threading.Barrier(2)
+
+        def work(out):
+            start.wait()
+            out.extend(draw_state(torch.device(device), 3) for _ in range(draws))
+
+        threads = [threading.Thread(target=work, args=(r,)) for r in results]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        together = torch.stack(results[0] + results[1]).cpu()
+        key = lambda states: sorted(map(tuple, states.tolist()))  # noqa: E731
+        assert len(set(key(together))) == 2 * draws, device
+        assert key(together) == key(alone), device
 
 
 def test_the_mode_catches_a_value_read():

@@ -79,6 +79,34 @@ def test_known_answer_pixel_level_uses_philox(any_backend):
     torch.testing.assert_close(y, -1.0 + 2.0 * u, rtol=0, atol=3e-7)
 
 
+def _philox_uniform_by_hand(seed: int, offset: int, index: int, stream: int) -> float:
+    """u(index, stream) in plain Python integers, from SPEC's definition: word index % 4 of Philox4x32-10 with
+    counter {lo(o), hi(o), lo(index / 4), hi(index / 4)}, o = offset / 4 + stream (uint64), key {lo, hi}(seed)."""
+    mask = 0xFFFFFFFF
+    o = (offset % 2**64) // 4 + stream
+    c = [o & mask, o >> 32 & mask, index // 4 & mask, index // 4 >> 32 & mask]
+    k0, k1 = seed % 2**64 & mask, seed % 2**64 >> 32
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & mask, (p0 >> 32) ^ c[3] ^ k1, p0 & mask]
+        k0, k1 = (k0 + 0x9E3779B9) & mask, (k1 + 0xBB67AE85) & mask
+    return (c[index % 4] >> 8) / 16777216.0
+
+
+@pytest.mark.parametrize("offset", [8, 2**62 + 8, -(2**63), -(2**63) + 4, -4])  # as int64: 2^63, 2^63 + 4, 2^64 - 4
+def test_offsets_past_two_to_the_63_are_uint64_on_every_backend(any_backend, offset):
+    """An explicit state's offset is a uint64 held in an int64: offset / 4 must be the unsigned quotient on every
+    backend (C++ divides a uint64; the Triton and reference shifts must not carry the sign in)."""
+    device, _ = any_backend
+    h = torch.ones(1, 1, 2, 3, device=device)
+    state = torch.tensor([-0x0123456789ABCDEF, offset], device=device)
+    op = cifarops.backends.op("shake_drop", torch.device(device))
+    y, _ = op(h, None, 0.5, [0.0, 1.0], [0.0, 1.0], "batch", "pixel", True, torch.zeros(1, device=device), None,
+              None, state)
+    expected = [_philox_uniform_by_hand(-0x0123456789ABCDEF, offset, i, 1) for i in range(6)]
+    torch.testing.assert_close(y.flatten().cpu(), torch.tensor(expected), rtol=0, atol=0)
+
+
 def test_known_answer_noise_from_the_generator(any_backend):
     """After torch.manual_seed, a training call takes the state draw_state takes from the same generator state,
     and derives gate (stream 0, per sample), alpha (stream 1) and beta (stream 2, per channel) from it."""

@@ -21,8 +21,10 @@ from cifarops.triton_kernels.philox import bits_to_uniform, load_state, philox_q
 BLOCK = 256
 # Launch options by kernel (cifarops.triton_kernels.variants compiles with the same). The backward's binary
 # searches need registers: with ptxas' own limit, Graham's regions from a boundary table spilled on sm_80
-# (tests/test_build.py compiles every variant and fails on local memory); 128 registers a thread do not.
-LAUNCH_OPTIONS = {"_fmp_fwd_kernel": {}, "_fmp_bwd_kernel": {"maxnreg": 128}}
+# (tests/test_build.py compiles every variant and fails on local memory); 128 registers a thread do not. The
+# forward runs one output a thread (8 warps for 256): with two, triton 3.6 (torch 2.11's) spilled the half-precision
+# Graham regions with int64 indices on sm_80.
+LAUNCH_OPTIONS = {"_fmp_fwd_kernel": {"num_warps": 8}, "_fmp_bwd_kernel": {"maxnreg": 128}}
 REGIONS = {"window": 0, "disjoint": 1, "overlapping": 2}
 
 

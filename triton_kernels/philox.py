@@ -34,7 +34,7 @@ def load_state(state_ptr):
 @triton.jit
 def philox_quad(seed, offset, quad, stream):
     """The four words of Philox for logical indices 4 * quad .. 4 * quad + 3 (quad: an int64 tensor)."""
-    o = (offset >> 2) + stream
+    o = ((offset >> 2) & 0x3FFFFFFFFFFFFFFF) + stream  # uint64 offset / 4 (a logical shift), as in C++
     c0 = tl.zeros(quad.shape, tl.uint32) + (o & 0xFFFFFFFF).to(tl.uint32)
     c1 = tl.zeros(quad.shape, tl.uint32) + ((o >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c2 = (quad & 0xFFFFFFFF).to(tl.uint32)

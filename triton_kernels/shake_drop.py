@@ -21,15 +21,18 @@ LAUNCH_OPTIONS = {"_shake_drop_kernel": {"num_warps": 8}}
 
 
 @triton.jit
-def _noise_index(level: tl.constexpr, n, c, logical, channels):
+def _uniform(seed, offset, level: tl.constexpr, n, c, logical, channels, stream):
+    """u(noise index, stream) of each element's noise at `level`. At batch level the whole call shares index 0:
+    one Philox call for the block, broadcast, instead of one per element (per element, triton 3.6 spilled the
+    two draws of the batch-level variants to local memory)."""
     if level == 0:
-        return n * 0
+        return philox_uniform(seed, offset, tl.zeros([1], tl.int64), stream)
     elif level == 1:
-        return n
+        return philox_uniform(seed, offset, n, stream)
     elif level == 2:
-        return n * channels + c
+        return philox_uniform(seed, offset, n * channels + c, stream)
     else:
-        return logical
+        return philox_uniform(seed, offset, logical, stream)
 
 
 @triton.jit
@@ -61,8 +64,8 @@ def _shake_drop_kernel(
     elif GATE_SOURCE == 1:
         gate = tl.load(gate_ptr + n * gate_stride, mask=mask, other=0).to(ACC)
     else:
-        u = philox_uniform(seed, offset, _noise_index(GATE_LEVEL, n, c, logical, channels), 0)
-        gate = tl.where(u < keep, 1.0, 0.0).to(ACC)
+        u = _uniform(seed, offset, GATE_LEVEL, n, c, logical, channels, 0)
+        gate = tl.where(u < keep, 1.0, 0.0).to(ACC) + tl.zeros([BLOCK], ACC)
     if COEF_SOURCE == 0:
         coef = tl.zeros([BLOCK], ACC) + coef_value
     elif COEF_SOURCE == 1:
@@ -70,8 +73,8 @@ def _shake_drop_kernel(
     elif COEF_SOURCE == 2:
         coef = tl.load(coef_ptr + m, mask=mask, other=0).to(ACC)
     else:
-        u = philox_uniform(seed, offset, _noise_index(COEF_LEVEL, n, c, logical, channels), coef_stream)
-        coef = (lo + (hi - lo) * u).to(ACC)
+        u = _uniform(seed, offset, COEF_LEVEL, n, c, logical, channels, coef_stream)
+        coef = (lo + (hi - lo) * u).to(ACC) + tl.zeros([BLOCK], ACC)
     scale = gate + (1 - gate) * coef
     y = scale * tl.load(h_ptr + m, mask=mask, other=0).to(ACC)
     if HAS_SHORTCUT:

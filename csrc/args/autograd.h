@@ -13,6 +13,8 @@
 
 #include <optional>
 
+#include "args/torch_compat.h"
+
 namespace cifarops {
 
 inline bool requires_grad(const at::Tensor& t) { return t.requires_grad(); }
@@ -31,15 +33,15 @@ bool records_grad(const char* op, const Inputs&... inputs) {
 
 // A node of type NodeT whose next edges are the differentiable inputs (an absent one: an empty edge).
 template <typename NodeT, typename... Inputs>
-c10::intrusive_ptr<NodeT> make_node(const Inputs&... inputs) {
-  auto node = c10::make_intrusive<NodeT>();
+NodePtr<NodeT> make_node(const Inputs&... inputs) {
+  auto node = new_node<NodeT>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
   return node;
 }
 
 // The outputs the node differentiates, in its input order (the others, indices and states, carry no gradient).
 template <typename... Outputs>
-void set_history(const c10::intrusive_ptr<torch::autograd::Node>& node, Outputs&... outputs) {
+void set_history(const NodePtr<torch::autograd::Node>& node, Outputs&... outputs) {
   (torch::autograd::set_history(outputs, node), ...);
 }
 

@@ -282,7 +282,7 @@ struct MaxoutBackwardBackward final : SavedOne {
 // The node of a recorded call, next edge `input`, saving `saved` (an input of the call, or an output of it
 // that carries no gradient: neither makes a reference cycle).
 template <typename NodeT>
-c10::intrusive_ptr<NodeT> record(const at::Tensor& input, const at::Tensor& saved, int64_t pieces, int64_t dim,
+NodePtr<NodeT> record(const at::Tensor& input, const at::Tensor& saved, int64_t pieces, int64_t dim,
                                  c10::string_view grouping) {
   auto node = make_node<NodeT>(input);
   node->saved = SavedVariable(saved, /*is_output=*/false);

@@ -50,6 +50,16 @@ inline at::Tensor empty_state(const at::Tensor& ref) {
   return at::empty({2}, ref.options().dtype(at::kLong));
 }
 
+// What python/cifarops/philox.py's draw_state returns for an op (the Triton and reference backends) or for a
+// checkpointed block's tape that will call an op of `streams` streams on `device`: the state the op would take,
+// reserved atomically under the generator's mutex, with no host sync. CPU: one random64(), offset 0. CUDA:
+// philox_cuda_state(4 * streams), unpacked on the device by a one-thread kernel (csrc/cuda/rng_state.cu), as
+// the ops' own kernels unpack it, so it is CUDA-graph safe: a captured draw reads the offset each replay advances.
+at::Tensor draw_rng_state(const at::Device& device, int64_t streams);
+#ifdef CIFAROPS_WITH_CUDA
+at::Tensor draw_cuda_rng_state(const at::Device& device, int64_t streams);
+#endif
+
 inline at::Tensor cpu_state_tensor(const at::Tensor& ref, PhiloxState s) {
   at::Tensor out = empty_state(ref);
   int64_t* v = out.data_ptr<int64_t>();

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import torch
 
+from cifarops import _extension
+
 MASK32 = 0xFFFFFFFF
 MUL0, MUL1 = 0xD2511F53, 0xCD9E8D57
 WEYL0, WEYL1 = 0x9E3779B9, 0xBB67AE85
+OFFSET_QUARTER_MASK = (1 << 62) - 1  # the bits of (a uint64) >> 2
 
 
 def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +54,9 @@ def philox_uniform(state: torch.Tensor, index: torch.Tensor, stream: int) -> tor
     """float32 uniforms in [0, 1) for int64 logical indices under an RNG state {seed, offset} (a 2-element
     int64 tensor, read on its device: no host sync)."""
     key, offset = _words(state, index)
-    o = (offset >> 2) + stream  # the offsets torch hands out stay far below 2^62
+    # offset / 4 of the uint64 offset (int64 here): a logical shift, so offsets from 2^63 on (negative as int64)
+    # give C++'s counters too. o stays below 2^62 + streams: no overflow.
+    o = ((offset >> 2) & OFFSET_QUARTER_MASK) + stream
     quad = index >> 2
     counter = (o & MASK32, (o >> 32) & MASK32, quad & MASK32, (quad >> 32) & MASK32)
     w0, w1, w2, w3 = philox4x32_10(counter, key)
@@ -67,24 +72,32 @@ def to_signed(value: int) -> int:
 
 def draw_state(device: torch.device, streams: int) -> torch.Tensor:
     """The RNG state {seed, offset} (int64, on ``device``) of one call that uses ``streams`` streams, taken from
-    torch's default generator of ``device`` and advancing it exactly as the compiled kernels do."""
+    torch's default generator of ``device`` and advancing it exactly as the compiled kernels do.
+
+    With the compiled extension the state is reserved in C++ under the generator's mutex (two threads never get
+    the same counters), and on CUDA unpacked on the device by a one-thread kernel: no host sync, and CUDA-graph
+    safe (csrc/args/rng.h). Nothing here reads or sets the generator's offset from Python."""
     device = torch.device(device)
     if torch.compiler.is_compiling():
         # Traced code cannot read the generator's offset; a key drawn by the graph's own RNG gives the same
         # distributions (the compiled ops themselves still take the generator's state in the kernel).
-        seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
-        return torch.cat([seed, torch.zeros((1,), dtype=torch.int64, device=device)])
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        generator = torch.cuda.default_generators[index]
-        seed, offset = generator.initial_seed(), generator.get_offset()
-        generator.set_offset(offset + 4 * streams)
-        return torch.tensor([to_signed(seed), offset], dtype=torch.int64, device=device)
+        return _key_from_torch_rng(device)
     if device.type == "meta":  # shape inference (GPipe's stages, fake tensors): nothing to draw
         return torch.zeros(2, dtype=torch.int64, device=device)
-    if device.type != "cpu":
+    if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"cifarops: no generator for {device} tensors")
-    # One random64() of the CPU generator: random_ over the full int64 range reads exactly that.
+    if _extension.LOADED and (device.type == "cpu" or _extension.BUILD_INFO.get("cuda")):
+        return _extension._C.draw_rng_state(device, streams)
+    if device.type == "cuda":
+        # No CUDA kernels compiled in (the Triton backend alone): a key from torch's own RNG on the device, again
+        # without a host sync; the same distributions, though not the stream the CUDA ops would draw.
+        return _key_from_torch_rng(device)
+    # One random64() of the CPU generator (what the C++ draw takes): random_ over the full int64 range reads it.
     seed = torch.empty((1,), dtype=torch.int64).random_(-(2**63), None)
     return torch.cat([seed, torch.zeros((1,), dtype=torch.int64)])
 
+
+def _key_from_torch_rng(device: torch.device) -> torch.Tensor:
+    """{a key drawn by torch's RNG on device, offset 0}: one kernel, no host data."""
+    seed = torch.randint(-(2**63), 2**63 - 1, (1,), dtype=torch.int64, device=device)
+    return torch.cat([seed, torch.zeros((1,), dtype=torch.int64, device=device)])

@@ -59,11 +59,12 @@ def _shake_drop_noise(h, p_drop, alpha_range, coef_range, gate_level, level, tra
         return torch.zeros((), dtype=acc, device=h.device), torch.full((), expected, dtype=acc, device=h.device)
     if gate is None:
         u = _uniform_at(state, (1,) if gate_level == "batch" else (h.shape[0],), h, stream=0)
-        gate = (u < torch.tensor(1.0 - p_drop, dtype=torch.float32)).to(acc)
+        gate = (u < 1.0 - p_drop).to(acc)  # compared in float32, as the kernels do (a Python scalar takes u's dtype)
     else:
         gate = _per_sample(gate.to(acc).expand(h.shape[0]), h)
     if coef is None:
-        lo, hi = torch.tensor([float(coef_range[0]), float(coef_range[1])], dtype=torch.float32, device=h.device)
+        # float32 bounds made on the device (a fill each, never a host-to-device copy)
+        lo, hi = (torch.full((), float(v), dtype=torch.float32, device=h.device) for v in coef_range)
         coef = (lo + (hi - lo) * _uniform_at(state, _LEVEL_SHAPES[level](h), h, stream)).to(acc)
     else:
         coef = coef.to(acc)
@@ -440,9 +441,11 @@ def fmp_regions(
     if regions == "window":
         t = fmp_interval_dtype(dtype, u.device)
         u = u.to(t).unsqueeze(-1)
-        alpha = torch.tensor(size_in - kernel, dtype=t) / torch.tensor(max(size_out - 1, 1), dtype=t)
+        # Scalars filled on the device and divided there in t (no tensor from host data, no copy)
+        alpha = (torch.scalar_tensor(size_in - kernel, dtype=t, device=u.device)
+                 / torch.scalar_tensor(max(size_out - 1, 1), dtype=t, device=u.device))
         i = torch.arange(size_out, device=u.device).to(t)
-        start = ((i + u) * alpha.to(u.device)).to(torch.int32).long() - (u * alpha.to(u.device)).to(torch.int32).long()
+        start = ((i + u) * alpha).to(torch.int32).long() - (u * alpha).to(torch.int32).long()
         start = start.clamp(0, size_in - kernel)
         start[..., -1] = size_in - kernel
         return start, start + kernel
@@ -450,7 +453,8 @@ def fmp_regions(
     if boundaries is None:
         acc = opmath_dtype(dtype)
         u = u.to(acc).unsqueeze(-1)
-        alpha = (torch.tensor(size_in, dtype=acc) / torch.tensor(size_out, dtype=acc)).to(u.device)
+        alpha = (torch.scalar_tensor(size_in, dtype=acc, device=u.device)
+                 / torch.scalar_tensor(size_out, dtype=acc, device=u.device))
         a = torch.floor((i.to(acc) + u) * alpha).long() - torch.floor(alpha * u).long()
     else:
         a = boundaries[..., : size_out + 1].clone()

@@ -30,16 +30,17 @@ inline unsigned elementwise_blocks(int64_t items) {
 
 // Calls launcher.template operator()<kVec, index_t>() for a kernel over packets of kVec elements (or one
 // element a thread) with 32-bit (`small`) or 64-bit indices: the CUDA launcher launches that instantiation,
-// the host test runs its grid.
+// the host test runs its grid. The 32-bit index is unsigned, as in every other kernel: its divisions by the
+// channel and plane sizes are the cheaper unsigned ones, and no index is ever negative.
 template <typename scalar_t, typename Launcher>
 inline void packet_dispatch(bool vectorize, bool small, Launcher&& launcher) {
   constexpr int kVec = packet_size<scalar_t>();
   if (vectorize && small) {
-    launcher.template operator()<kVec, int32_t>();
+    launcher.template operator()<kVec, uint32_t>();
   } else if (vectorize) {
     launcher.template operator()<kVec, int64_t>();
   } else if (small) {
-    launcher.template operator()<1, int32_t>();
+    launcher.template operator()<1, uint32_t>();
   } else {
     launcher.template operator()<1, int64_t>();
   }

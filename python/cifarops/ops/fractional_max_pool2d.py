@@ -11,6 +11,8 @@ from which backward recomputes the regions."""
 from __future__ import annotations
 
 import functools
+import math
+import struct
 
 import torch
 
@@ -127,18 +129,38 @@ def wide_index(kernel, regions: str, return_indices: bool) -> bool:
     return return_indices or span_h * span_w > 256
 
 
+def _round_to(x: float, dtype: torch.dtype) -> float:
+    """x rounded to nearest-even in `dtype`, on the host without a tensor (x finite, >= 0)."""
+    if dtype == torch.float64:
+        return x
+    if dtype == torch.float16:
+        return struct.unpack("e", struct.pack("e", x))[0] if x < 65520.0 else math.inf  # 65520 rounds up to inf
+    x = struct.unpack("f", struct.pack("f", x))[0]
+    if dtype == torch.bfloat16:  # float32's top 16 bits, ties to even
+        bits = struct.unpack("I", struct.pack("f", x))[0]
+        x = struct.unpack("f", struct.pack("I", (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000))[0]
+    return x
+
+
+def _divide_in(a: int, b: int, dtype: torch.dtype) -> float:
+    """a / b as `dtype` computes it (operands rounded to it, then the quotient): Python's double quotient is
+    correctly rounded, and rounding it again to float32, float16 or bfloat16 (through float32) gives that type's
+    correctly rounded quotient (a second rounding is harmless from 2p + 2 bits on: 53 >= 50, 24 >= 18)."""
+    return _round_to(_round_to(a, dtype) / _round_to(b, dtype), dtype)
+
+
 @functools.lru_cache(maxsize=256)
 def _alpha(size_in, size_out, kernel, regions, dtype, device) -> torch.Tensor:
-    """[width, height] alphas in the interval arithmetic's type (as csrc/args/fractional_max_pool2d.cpp)."""
+    """[width, height] alphas in the interval arithmetic's type (as csrc/args/fractional_max_pool2d.cpp), made on
+    the device by fills: no tensor from host data, no host read (tests/test_host_sync.py)."""
     acc = reference.opmath_dtype(dtype)
     values = []
     for i, o, k in ((size_in[1], size_out[1], kernel[1]), (size_in[0], size_out[0], kernel[0])):
         if regions == "window":
-            t = reference.fmp_interval_dtype(dtype, device)
-            values.append((torch.tensor(i - k, dtype=t) / torch.tensor(max(o - 1, 1), dtype=t)).item())
+            values.append(_divide_in(i - k, max(o - 1, 1), reference.fmp_interval_dtype(dtype, device)))
         else:
-            values.append((torch.tensor(i, dtype=acc) / torch.tensor(o, dtype=acc)).item())
-    return torch.tensor(values, dtype=acc, device=device)
+            values.append(_divide_in(i, o, acc))
+    return torch.stack([torch.full((), v, dtype=acc, device=device) for v in values])
 
 
 # ---------------------------------------------------------------------------------------------- Triton ops

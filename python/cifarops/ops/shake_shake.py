@@ -165,7 +165,7 @@ def _register_triton_autograd(namespace) -> None:
         forward_mode, alpha_state = "even", None
         if beta is None and ctx.mode != "even":
             forward_mode = "shake"
-            alpha_state = state if ctx.mode == "keep" else state + torch.tensor([0, 4], device=state.device)
+            alpha_state = state if ctx.mode == "keep" else torch.cat([state[:1], state[1:] + 4])
         y, _ = forward(grad_grad_h1, grad_grad_h2, None, forward_mode, "even", ctx.level, True, beta, None, alpha_state)
         return y, None, None, None, None
 

@@ -2,8 +2,9 @@
 
 Always builds the CPU kernels. Adds the CUDA kernels when torch is a CUDA build and an nvcc of the same CUDA
 major version is found. The switch CIFAROPS_CUDA (or FORCE_CUDA, torchvision's name) overrides that: 0 builds
-the CPU kernels only (the Triton backend still runs on a GPU), 1 insists on the CUDA kernels. A CUDA torch with
-an nvcc of another CUDA major version and neither switch set is an error that names both ways out. Install
+the CPU kernels only (the Triton backend still runs on a GPU), 1 insists on the CUDA kernels (an error where they
+cannot be built, never a silent CPU-only build). A CUDA torch with an nvcc of another CUDA major version is an
+error that names both ways out. Install
 with `pip install --no-build-isolation .` so the build uses the torch already installed and never downloads
 another one.
 """
@@ -47,23 +48,32 @@ def nvcc_release(cuda_home):
 
 
 def want_cuda(env, torch_cuda, nvcc, cuda_home=None):
-    """Whether to build the CUDA kernels: the switch (CIFAROPS_CUDA, else FORCE_CUDA) when set, else whether torch
-    is a CUDA build (torch_cuda: its CUDA release, or None) and nvcc (its release, or None) is of the same major
-    version. A mismatch without a switch raises, naming both ways out."""
+    """Whether to build the CUDA kernels. The switch (CIFAROPS_CUDA, else FORCE_CUDA): 0 never, 1 always, or a clear
+    error where they cannot be built (torch_cuda: torch's CUDA release or None; nvcc: the toolkit's or None).
+    Unset: when torch is a CUDA build and nvcc is of the same major version; a mismatch raises, naming both ways
+    out (torch's own build check refuses another major version anyway, later and less clearly)."""
+    setting = ""
     for name in ("CIFAROPS_CUDA", "FORCE_CUDA"):
         setting = env.get(name, "")
-        if setting in ("0", "1"):
-            return setting == "1"
-        if setting:
+        if setting and setting not in ("0", "1"):
             raise RuntimeError(f"{name} must be 0 (CPU kernels only) or 1 (CUDA kernels too), got {setting!r}")
+        if setting:
+            break
+    if setting == "0":
+        return False
+    if setting == "1" and torch_cuda is None:
+        raise RuntimeError(f"{name}=1 asks for the CUDA kernels, but this torch is a CPU build: install a CUDA build "
+                           "of torch, or unset it")
+    if setting == "1" and nvcc is None:
+        raise RuntimeError(f"{name}=1 asks for the CUDA kernels, but there is no nvcc in CUDA_HOME ({cuda_home}): "
+                           "install the CUDA toolkit or point CUDA_HOME at it")
     if torch_cuda is None or nvcc is None:
         return False
     if torch_cuda.split(".")[0] != nvcc.split(".")[0]:
         raise RuntimeError(
             f"torch is built with CUDA {torch_cuda} but the nvcc in {cuda_home} is CUDA {nvcc}, so cifarops' CUDA "
             f"kernels cannot be built against it. Either set CIFAROPS_CUDA=0 to build the CPU kernels only (the Triton "
-            f"backend still runs on the GPU), or point CUDA_HOME at a CUDA {torch_cuda.split('.')[0]}.x toolkit "
-            f"(CIFAROPS_CUDA=1 insists on the CUDA kernels)."
+            f"backend still runs on the GPU), or point CUDA_HOME at a CUDA {torch_cuda.split('.')[0]}.x toolkit."
         )
     return True
 

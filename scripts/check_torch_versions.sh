@@ -27,8 +27,8 @@ check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the
   # The CPU wheel brings no triton; the CUDA wheels pin their own.
   "$venv/bin/python" -c "import triton" 2>/dev/null || $pip "triton<3.10" || return 1
   local site cuda
-  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  cuda=$("$venv/bin/python" -c 'import torch; print(int(torch.version.cuda is not None))')
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
+  cuda=$("$venv/bin/python" -c 'import torch; print(int(torch.version.cuda is not None))') || return 1
   echo "== torch $("$venv/bin/python" -c 'import torch, triton; print(torch.__version__, "triton", triton.__version__)'), building into $build ($([ "$cuda" = 1 ] && echo "with" || echo "without") CUDA kernels)"
   rm -rf "$build" && mkdir -p "$build"
   # CPATH: a CUDA wheel's own CUDA headers (cuSPARSE, cuBLAS, ...), which ATen's CUDA headers include.

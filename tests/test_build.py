@@ -177,8 +177,8 @@ def _setup_module():
     ({}, "13.0", "13.2", True),  # minor versions are compatible (torch itself only warns)
     ({"CIFAROPS_CUDA": "0"}, "12.8", "13.0", False),  # the way out of a mismatch
     ({"FORCE_CUDA": "0"}, "12.8", "13.0", False),
-    ({"CIFAROPS_CUDA": "1"}, None, "13.0", True),  # insists (CI builds against a CUDA torch without a GPU)
-    ({"FORCE_CUDA": "1"}, None, "13.0", True),
+    ({"CIFAROPS_CUDA": "1"}, "13.0", "13.0", True),  # insists (scripts/check_torch_versions.sh, no GPU needed)
+    ({"FORCE_CUDA": "1"}, "13.0", "13.0", True),
     ({"CIFAROPS_CUDA": "0", "FORCE_CUDA": "1"}, "13.0", "13.0", False),  # cifarops' own switch first
 ])
 def test_setup_builds_cuda_kernels_when_asked_or_matched(env, torch_cuda, nvcc, expected):
@@ -190,10 +190,21 @@ def test_setup_refuses_a_cuda_version_mismatch_naming_both_ways_out():
     with pytest.raises(RuntimeError) as caught:
         setup.want_cuda({}, "12.8", "13.0", "/opt/cuda")
     message = str(caught.value)
-    for words in ("CUDA 12.8", "CUDA 13.0", "/opt/cuda", "CIFAROPS_CUDA=0", "CUDA_HOME", "CIFAROPS_CUDA=1"):
+    for words in ("CUDA 12.8", "CUDA 13.0", "/opt/cuda", "CIFAROPS_CUDA=0", "CUDA_HOME"):
         assert words in message, (words, message)
     with pytest.raises(RuntimeError, match="CIFAROPS_CUDA must be 0 .* or 1 .*, got 'yes'"):
         setup.want_cuda({"CIFAROPS_CUDA": "yes"}, None, None)
+
+
+@pytest.mark.parametrize("env, torch_cuda, nvcc, words", [
+    ({"CIFAROPS_CUDA": "1"}, None, "13.0", "this torch is a CPU build"),
+    ({"FORCE_CUDA": "1"}, "13.0", None, "there is no nvcc in CUDA_HOME (/opt/cuda)"),
+    ({"CIFAROPS_CUDA": "1"}, "12.8", "13.0", "CIFAROPS_CUDA=0"),  # insisting does not get past a mismatch
+])
+def test_setup_insisting_on_cuda_fails_clearly_where_it_cannot_build(env, torch_cuda, nvcc, words):
+    with pytest.raises(RuntimeError) as caught:
+        _setup_module().want_cuda(env, torch_cuda, nvcc, "/opt/cuda")
+    assert words in str(caught.value)
 
 
 def test_setup_reads_the_nvcc_release(tmp_path):

@@ -91,6 +91,47 @@ def test_known_answer_graham_pseudorandom(any_backend):
     exact(y[0, 0], torch.tensor([[5 * r + c for c in (0, 2, 4)] for r in (1, 3, 4)], device=device).float())
 
 
+def _paper_boundaries(size_in: int, size_out: int, u: float) -> list[int]:
+    """Graham's a_i = floor(alpha (i + u)) - floor(alpha u), alpha = in / out, in exact rational arithmetic."""
+    import fractions
+    import math
+
+    alpha, u = fractions.Fraction(size_in, size_out), fractions.Fraction(u)
+    return [math.floor(alpha * (i + u)) - math.floor(alpha * u) for i in range(size_out + 1)]
+
+
+def _f32(v: float) -> float:
+    return torch.tensor(v, dtype=torch.float32).item()
+
+
+# u next to the places where i + u crosses a power of two in float32 (its ulp doubles there), next to 0, 1/2, 1.
+GRAHAM_SAMPLES = [_f32(v) for v in (0.0, 2**-24, 0.5 - 3 * 2**-22, 0.5 - 2**-24, 0.5, 0.5 + 2**-23, 0.25 - 2**-25,
+                                    0.75 + 2**-23, 1 - 2**-24, 1 - 3 * 2**-24, 1 / 3, 0.999)]
+# alpha = 2 (the case that broke: 64 -> 32), 1.5, sqrt 2, cbrt 2
+GRAHAM_SIZES = [(64, 32), (48, 32), (96, 64), (181, 128), (45, 32), (161, 128), (40, 32)]
+
+
+@pytest.mark.parametrize("size_in, size_out", GRAHAM_SIZES)
+def test_graham_pseudorandom_regions_are_the_papers_exactly(any_backend, size_in, size_out):
+    """Every backend's pseudorandom regions are the exact a_i (Fraction arithmetic), so every step is
+    floor(alpha) or ceil(alpha), at samples next to every power-of-two crossing of i + u. In float32 the old
+    formula gave a_15 = 30, a_16 = 33 at in = 64, out = 32, u = 0.5 - 3 * 2^-22: a region 3 rows wide. Read
+    through disjoint regions of a plane numbered row-major: y[i, j] is the last element of region (i, j)."""
+    import math
+
+    device, _ = any_backend
+    plane = arange_plane(size_in, size_in, device)
+    alpha_steps = {math.floor(size_in / size_out), math.ceil(size_in / size_out)}
+    for u in GRAHAM_SAMPLES:
+        a = _paper_boundaries(size_in, size_out, u)
+        assert a[0] == 0 and a[-1] == size_in and {y - x for x, y in zip(a, a[1:])} <= alpha_steps, (u, a)
+        samples = torch.full((1, 1, 2), u, device=device)
+        y = F.fractional_max_pool2d(plane, output_size=size_out, regions="disjoint", _random_samples=samples)
+        last = torch.tensor(a[1:], device=device) - 1
+        want = (last.view(-1, 1) * size_in + last.view(1, -1)).float()
+        exact(y[0, 0], want)
+
+
 def test_known_answer_nan_and_inf(any_backend):
     """ATen's rule: the last NaN of a window wins (row-major), an all -inf window points at its first element."""
     device, _ = any_backend

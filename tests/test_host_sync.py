@@ -67,8 +67,9 @@ class NoValueReads(TorchDispatchMode):
 
 
 def train_call(fn, *inputs, value_reads=True):
-    """fn(*inputs) forward and backward under the mode."""
-    with NoValueReads(value_reads):
+    """fn(*inputs) forward and backward under the mode (backward on this thread: the profile hook sees only its
+    own thread, and autograd runs a GPU's backward on worker threads)."""
+    with torch.autograd.set_multithreading_enabled(False), NoValueReads(value_reads):
         y = fn(*inputs)
         torch.autograd.grad(y, [t for t in inputs if t.requires_grad], torch.ones_like(y))
 
@@ -153,7 +154,7 @@ def test_zoo_training_step_reads_no_value_back(device, name, checkpoint):
     images = torch.randn(2, 3, size, size, device=device)
     labels = torch.tensor([1, 7], device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    with NoValueReads():
+    with torch.autograd.set_multithreading_enabled(False), NoValueReads():
         for _ in range(2):  # the second step has the momentum buffers
             loss = torch.nn.functional.cross_entropy(model(images), labels)
             loss.backward()
@@ -186,6 +187,8 @@ def test_draw_state_is_reserved_atomically_across_threads():
     from cifarops.philox import draw_state
 
     for device in DEVICES:
+        if device == "cuda":
+            torch.cuda.init()  # so that torch.cuda.manual_seed applies now, not at a later lazy initialisation
         draws = 10_000
         torch.manual_seed(123)
         if device == "cuda":

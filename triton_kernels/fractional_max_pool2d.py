@@ -43,12 +43,16 @@ def _rounded(v, STORE: tl.constexpr, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT: tl.constexpr):
-    """Graham's a_i: read from the boundary table or pseudorandom from u, clamped to [i, in - out + i]."""
+def _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, mask, EXPLICIT: tl.constexpr):
+    """Graham's a_i: read from the boundary table or pseudorandom from u, clamped to [i, in - out + i]. The
+    pseudorandom a_i = floor((in i + W) / out) - floor(W / out), W = floor(in u) in float64: the exact
+    floor(alpha (i + u)) - floor(alpha u), as csrc/include/cifarops/fractional_max_pool2d.h computes it."""
     if EXPLICIT:
         raw = tl.load(bnd_ptr + i * bnd_stride, mask=mask & (i > 0) & (i < size_out), other=0)
     else:
-        raw = tl.floor((i.to(u.dtype) + u) * alpha).to(tl.int64) - tl.floor(alpha * u).to(tl.int64)
+        n_in = size_in.to(tl.int64)
+        w = tl.floor(n_in.to(tl.float64) * u.to(tl.float64)).to(tl.int64)
+        raw = (n_in * i.to(tl.int64) + w) // size_out - w // size_out
     a = tl.minimum(tl.maximum(raw, i.to(tl.int64)), size_in - size_out + i)
     a = tl.where(i <= 0, 0, a)
     return tl.where(i >= size_out, size_in, a)
@@ -64,8 +68,8 @@ def _region(i, u, bnd_ptr, bnd_stride, size_in, size_out, kernel, alpha, mask,
         start = tl.minimum(tl.maximum(start.to(tl.int64), 0), size_in - kernel)
         start = tl.where(i >= size_out - 1, size_in - kernel, start)
         return start, start + kernel
-    begin = _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT)
-    end = _boundary(i + 1, u, bnd_ptr, bnd_stride, size_in, size_out, alpha, mask, EXPLICIT)
+    begin = _boundary(i, u, bnd_ptr, bnd_stride, size_in, size_out, mask, EXPLICIT)
+    end = _boundary(i + 1, u, bnd_ptr, bnd_stride, size_in, size_out, mask, EXPLICIT)
     if REGIONS == 2:
         end = tl.minimum(end + 1, size_in)
     return begin, end

@@ -86,8 +86,9 @@ def draw_state(device: torch.device, streams: int) -> torch.Tensor:
         return torch.zeros(2, dtype=torch.int64, device=device)
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"cifarops: no generator for {device} tensors")
-    if _extension.LOADED and (device.type == "cpu" or _extension.BUILD_INFO.get("cuda")):
-        return _extension._C.draw_rng_state(device, streams)
+    draw = _extension.entry("draw_rng_state")  # None without the extension (or an old build without it)
+    if draw is not None and (device.type == "cpu" or _extension.BUILD_INFO.get("cuda")):
+        return draw(device, streams)
     if device.type == "cuda":
         # No CUDA kernels compiled in (the Triton backend alone): a key from torch's own RNG on the device, again
         # without a host sync; the same distributions, though not the stream the CUDA ops would draw.

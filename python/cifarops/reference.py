@@ -451,11 +451,11 @@ def fmp_regions(
         return start, start + kernel
     i = torch.arange(size_out + 1, device=(u if u is not None else boundaries).device)
     if boundaries is None:
-        acc = opmath_dtype(dtype)
-        u = u.to(acc).unsqueeze(-1)
-        alpha = (torch.scalar_tensor(size_in, dtype=acc, device=u.device)
-                 / torch.scalar_tensor(size_out, dtype=acc, device=u.device))
-        a = torch.floor((i.to(acc) + u) * alpha).long() - torch.floor(alpha * u).long()
+        # Exactly floor(alpha (i + u)) - floor(alpha u), alpha = in / out: with W = floor(in u) (exact in float64
+        # for samples of float32 or narrower), floor((in i + W) / out) - floor(W / out); see SPEC and
+        # csrc/include/cifarops/fractional_max_pool2d.h. Every step is floor(alpha) or ceil(alpha).
+        w = torch.floor(size_in * u.to(torch.float64).unsqueeze(-1)).long()
+        a = torch.div(size_in * i + w, size_out, rounding_mode="floor") - torch.div(w, size_out, rounding_mode="floor")
     else:
         a = boundaries[..., : size_out + 1].clone()
     a = torch.minimum(torch.maximum(a, i), size_in - size_out + i)

@@ -51,7 +51,7 @@ struct FmpAxis {
   int64_t in = 0, out = 0;
   int64_t kernel = 0;  // Window: the window size k
   int64_t span = 0;    // the widest region: k, 2 (Disjoint) or 3 (Overlapping); offsets in a region are < span
-  // Window: (in - k) / (out - 1) as ATen rounds it in the interval type; Graham: in / out in the compute type.
+  // Window: (in - k) / (out - 1) as ATen rounds it in the interval type. Graham's regions need none (integer math).
   double alpha = 0;
 };
 
@@ -183,15 +183,19 @@ CIFAROPS_INLINE void fmp_window_starts(interval_t u, const FmpAxis& a, int64_t* 
   if (a.out >= 1) begin[a.out - 1] = high;
 }
 
-// Graham's pseudorandom boundary a_i = floor(alpha (i + u)) - floor(alpha u) in the compute type, clamped so
-// that every region keeps at least one row: i <= a_i <= in - out + i.
+// Graham's pseudorandom boundary a_i = floor(alpha (i + u)) - floor(alpha u), alpha = in / out, computed exactly
+// and identically on every backend (triton_kernels/fractional_max_pool2d.py's _boundary and the reference's
+// fmp_regions do the same): with W = floor(in u), a_i = floor((in i + W) / out) - floor(W / out), because adding
+// the fraction of in u (< 1) to the integer in i + W cannot reach the next multiple of out. Only W involves the
+// sample: a float32 (or narrower) u times in < 2^29 is exact in double, a float64 u is rounded once. So every step
+// a_{i+1} - a_i is floor(alpha) or ceil(alpha) by construction, the paper's rule, where the float formula broke it
+// (in = 64, out = 32, u = 0.5 - 3 * 2^-22: i + u rounded differently across a power of two, a step of 3). Clamped
+// so that every region keeps at least one row: i <= a_i <= in - out + i (a no-op for u in [0, 1)).
 template <typename acc_t>
 CIFAROPS_INLINE int64_t fmp_pseudorandom_boundary(acc_t u, int64_t i, const FmpAxis& a) {
   if (i >= a.out) return a.in;
-  const acc_t alpha = static_cast<acc_t>(a.alpha);
-  const acc_t shifted = static_cast<acc_t>(i) + u;
-  const int64_t raw =
-      static_cast<int64_t>(CIFAROPS_FMP_FLOOR(shifted * alpha)) - static_cast<int64_t>(CIFAROPS_FMP_FLOOR(alpha * u));
+  const int64_t w = static_cast<int64_t>(CIFAROPS_FMP_FLOOR(static_cast<double>(a.in) * static_cast<double>(u)));
+  const int64_t raw = (a.in * i + w) / a.out - w / a.out;  // w >= 0 for u >= 0: truncation is the floor
   return fmp_clamp(raw, i, a.in - a.out + i);
 }
 

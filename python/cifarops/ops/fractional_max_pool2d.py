@@ -149,18 +149,27 @@ def _divide_in(a: int, b: int, dtype: torch.dtype) -> float:
     return _round_to(_round_to(a, dtype) / _round_to(b, dtype), dtype)
 
 
-@functools.lru_cache(maxsize=256)
 def _alpha(size_in, size_out, kernel, regions, dtype, device) -> torch.Tensor:
     """[width, height] alphas in the interval arithmetic's type (as csrc/args/fractional_max_pool2d.cpp), made on
-    the device by fills: no tensor from host data, no host read (tests/test_host_sync.py)."""
+    the device by fills: no tensor from host data, no host read (tests/test_host_sync.py). Cached per
+    configuration, except while a CUDA graph is captured: a tensor filled there holds nothing before a replay."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _make_alpha(size_in, size_out, kernel, regions, dtype, device)
+    return _cached_alpha(size_in, size_out, kernel, regions, dtype, device)
+
+
+def _make_alpha(size_in, size_out, kernel, regions, dtype, device) -> torch.Tensor:
     acc = reference.opmath_dtype(dtype)
     values = []
     for i, o, k in ((size_in[1], size_out[1], kernel[1]), (size_in[0], size_out[0], kernel[0])):
         if regions == "window":
             values.append(_divide_in(i - k, max(o - 1, 1), reference.fmp_interval_dtype(dtype, device)))
-        else:
+        else:  # Graham's regions: the kernels compute the exact integer sequence and ignore this alpha
             values.append(_divide_in(i, o, acc))
     return torch.stack([torch.full((), v, dtype=acc, device=device) for v in values])
+
+
+_cached_alpha = functools.lru_cache(maxsize=256)(_make_alpha)
 
 
 # ---------------------------------------------------------------------------------------------- Triton ops

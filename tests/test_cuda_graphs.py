@@ -17,9 +17,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _small_pyramidnet():
+def _small_pyramidnet(checkpoint=False):
     torch.manual_seed(0)
-    model = cifarops.models.create("pyramidnet110-a270-shakedrop", num_classes=10, depth=8, alpha=12, level="pixel")
+    model = cifarops.models.create("pyramidnet110-a270-shakedrop", num_classes=10, depth=8, alpha=12, level="pixel",
+                                   checkpoint=checkpoint)
     return model.cuda().train()
 
 
@@ -29,11 +30,9 @@ def _step(model, x, y):
     return loss.detach(), grads
 
 
-def test_captured_training_step_draws_new_noise_and_equals_eager():
-    model = _small_pyramidnet()
-    x = torch.randn(8, 3, 32, 32, device="cuda")
-    y = torch.randint(0, 10, (8,), device="cuda")
-    # Warm up on a side stream (as torch.cuda.graphs' documentation asks), then capture one step.
+def _capture_step(model, x, y):
+    """(graph, loss, grads): one training step captured, after a warm-up on a side stream (as torch.cuda.graphs'
+    documentation asks)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -43,6 +42,14 @@ def test_captured_training_step_draws_new_noise_and_equals_eager():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_loss, static_grads = _step(model, x, y)
+    return graph, static_loss, static_grads
+
+
+def test_captured_training_step_draws_new_noise_and_equals_eager():
+    model = _small_pyramidnet()
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (8,), device="cuda")
+    graph, static_loss, static_grads = _capture_step(model, x, y)
 
     generator = torch.cuda.default_generators[torch.cuda.current_device()]
     losses, offsets = [], []
@@ -97,18 +104,11 @@ def test_reduce_overhead_compile_runs_every_op():
     assert len(set(values)) == len(values), values
 
 
-def _small_checkpointed_pyramidnet():
-    torch.manual_seed(0)
-    model = cifarops.models.create("pyramidnet110-a270-shakedrop", num_classes=10, depth=8, alpha=12, level="pixel",
-                                   checkpoint="full")
-    return model.cuda().train()
-
-
 def test_training_step_makes_no_host_sync():
     """A training step (plain and checkpointed: the tape draws its states through cifarops.philox.draw_state) under
     torch.cuda.set_sync_debug_mode("error"): any synchronising call (a host read, a pageable copy of host data)
     raises. Issue 29, item 1."""
-    for model in (_small_pyramidnet(), _small_checkpointed_pyramidnet()):
+    for model in (_small_pyramidnet(), _small_pyramidnet(checkpoint="full")):
         x = torch.randn(8, 3, 32, 32, device="cuda")
         y = torch.randint(0, 10, (8,), device="cuda")
         _step(model, x, y)  # first call: lazy initialisations may sync once
@@ -124,18 +124,10 @@ def test_captured_checkpointed_block_draws_new_noise_each_replay():
     """A checkpointed zoo network (its tape reserves each op's state in C++, a one-thread kernel unpacking the
     generator's Philox state) captured in a CUDA graph: capture succeeds (no get_offset / set_offset, no copy of
     host data while capturing), and each replay draws new noise, its backward replaying the forward's."""
-    model = _small_checkpointed_pyramidnet()
+    model = _small_pyramidnet(checkpoint="full")
     x = torch.randn(8, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (8,), device="cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            _step(model, x, y)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss, static_grads = _step(model, x, y)
+    graph, static_loss, static_grads = _capture_step(model, x, y)
     results = []
     for _ in range(2):
         graph.replay()

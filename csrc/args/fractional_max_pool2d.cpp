@@ -145,6 +145,7 @@ FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, 
       TORCH_CHECK_VALUE(a.in <= 2 * a.out, op, ": Graham's regions take 1 or 2 rows each, so the input ", names[d],
                         " ", a.in, " can be at most twice the output ", names[d], " ", a.out);
       a.span = p.regions == FmpRegions::Disjoint ? 2 : 3;  // no alpha: fmp_pseudorandom_boundary is integer math
+      a.inv_out = 1.0 / static_cast<double>(a.out);
     }
   }
   TORCH_CHECK_VALUE(!(samples.has_value() && boundaries.has_value()), op,

@@ -36,8 +36,9 @@ __device__ __forceinline__ PhiloxState kernel_state(const CudaRng& rng) {
 // The kernels are thin wrappers: their bodies, fmp_*_thread, and the launch geometry, fmp_launch, are host/device
 // code in cifarops/fractional_max_pool2d.h, which cpp_tests/kernel_grid_fmp.cpp runs on the host. kDraw only
 // chooses where the state comes from.
-// The minimum of one block per SM stated: with __launch_bounds__(kElementwiseThreads) alone, ptxas (CUDA 13.0)
-// kept the grid-stride counter of the float64 drawn forward in local memory (scripts/kernel_report.py).
+// The minimum of one block per SM stated, forward and backward: with __launch_bounds__(kElementwiseThreads) alone,
+// ptxas (CUDA 13.0) kept the grid-stride counter of the float64 drawn forward in local memory, and capped the drawn
+// int64 backward of Graham's exact regions at 64 registers with spills (scripts/kernel_report.py).
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kDraw>
 __global__ void __launch_bounds__(kElementwiseThreads, 1)
     fmp_forward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
@@ -48,7 +49,7 @@ __global__ void __launch_bounds__(kElementwiseThreads, 1)
 }
 
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kDraw>
-__global__ void __launch_bounds__(kElementwiseThreads)
+__global__ void __launch_bounds__(kElementwiseThreads, 1)
     fmp_backward_kernel(const FmpParams p, const CudaRng rng, index_t total) {
   const PhiloxState state = kDraw ? resolve_rng(rng) : PhiloxState{};
   fmp_backward_thread<scalar_t, index_t, kChannelFastest>(p, state, total, static_cast<index_t>(blockIdx.x),

@@ -53,6 +53,7 @@ struct FmpAxis {
   int64_t span = 0;    // the widest region: k, 2 (Disjoint) or 3 (Overlapping); offsets in a region are < span
   // Window: (in - k) / (out - 1) as ATen rounds it in the interval type. Graham's regions need none (integer math).
   double alpha = 0;
+  double inv_out = 0;  // Graham: 1 / out, so that fmp_floor_div divides by out with a multiply
 };
 
 // Strides of an (n, c, h, w) tensor, in elements.
@@ -191,11 +192,27 @@ CIFAROPS_INLINE void fmp_window_starts(interval_t u, const FmpAxis& a, int64_t* 
 // a_{i+1} - a_i is floor(alpha) or ceil(alpha) by construction, the paper's rule, where the float formula broke it
 // (in = 64, out = 32, u = 0.5 - 3 * 2^-22: i + u rounded differently across a power of two, a step of 3). Clamped
 // so that every region keeps at least one row: i <= a_i <= in - out + i (a no-op for u in [0, 1)).
+// floor(n / d) for 0 <= n < 2^62, 0 < d, with inv_d = 1.0 / d from the host: no division on the device (a 64-bit
+// integer or a double division is a subroutine call on a GPU, whose register saves made FMP's backward search use
+// local memory). n * inv_d is within one of the quotient (n rounds by at most 2^(62 - 53), the product's relative
+// error is about 2^-52, and the quotient is at most in + 1 < 2^31), and one multiply-compare corrects it: exact.
+CIFAROPS_INLINE int64_t fmp_floor_div(int64_t n, int64_t d, double inv_d) {
+  int64_t q = static_cast<int64_t>(static_cast<double>(n) * inv_d);
+  if (q * d > n) {
+    --q;
+  } else if ((q + 1) * d <= n) {
+    ++q;
+  }
+  return q;
+}
+
 template <typename acc_t>
 CIFAROPS_INLINE int64_t fmp_pseudorandom_boundary(acc_t u, int64_t i, const FmpAxis& a) {
   if (i >= a.out) return a.in;
-  const int64_t w = static_cast<int64_t>(CIFAROPS_FMP_FLOOR(static_cast<double>(a.in) * static_cast<double>(u)));
-  const int64_t raw = (a.in * i + w) / a.out - w / a.out;  // w >= 0 for u >= 0: truncation is the floor
+  // u in [0, 1) makes w >= 0; an out-of-range explicit sample is clamped below like any other
+  int64_t w = static_cast<int64_t>(CIFAROPS_FMP_FLOOR(static_cast<double>(a.in) * static_cast<double>(u)));
+  w = w < 0 ? 0 : w;
+  const int64_t raw = fmp_floor_div(a.in * i + w, a.out, a.inv_out) - fmp_floor_div(w, a.out, a.inv_out);
   return fmp_clamp(raw, i, a.in - a.out + i);
 }
 

@@ -65,11 +65,6 @@ def philox_uniform(state: torch.Tensor, index: torch.Tensor, stream: int) -> tor
     return (word >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
-def to_signed(value: int) -> int:
-    """A uint64 as the int64 with the same bits."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def draw_state(device: torch.device, streams: int) -> torch.Tensor:
     """The RNG state {seed, offset} (int64, on ``device``) of one call that uses ``streams`` streams, taken from
     torch's default generator of ``device`` and advancing it exactly as the compiled kernels do.

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from cifarops.bench.__main__ import OPS
-from cifarops.bench.common import MODES, timed
+from cifarops.bench.common import MODES, CompiledPerCase, timed
 from conftest import DEVICE, synchronized
 
 FULL = os.environ.get("CIFAROPS_BENCH_FULL") == "1"
-PROVIDERS = {module: module.providers(DEVICE) for module in OPS.values()}  # once: torch.compile caches per object
+PROVIDERS = {module: module.providers(DEVICE) for module in OPS.values()}
 PARAMS = [
     pytest.param(module, case, name, id=f"{case.label}-{name}".replace(" ", "_"))
     for module in OPS.values()
-    for case in module.cases([torch.float32], quick=not FULL)
+    for case in module.cases([torch.float32], "full" if FULL else "quick")
     for name in PROVIDERS[module]
 ]
 
@@ -25,5 +25,8 @@ PARAMS = [
 @pytest.mark.parametrize("module, case, provider", PARAMS)
 def test_op(benchmark, module, case, provider, mode):
     benchmark.group = f"{case.label} {mode}"
-    fn = synchronized(timed(module.make(case, DEVICE, PROVIDERS[module][provider]), mode))
+    implementation = PROVIDERS[module][provider]
+    if isinstance(implementation, CompiledPerCase):  # compiled afresh for each case and mode
+        implementation = implementation.for_case()
+    fn = synchronized(timed(module.make(case, DEVICE, implementation), mode))
     benchmark.pedantic(fn, warmup_rounds=3, rounds=20, iterations=1)

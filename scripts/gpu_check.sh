@@ -74,8 +74,10 @@ part_sanitizers() {
 }
 
 part_bench() {
-  step "benchmark report"
-  run bench python -m cifarops.bench --models none --out "$OUT"
+  step "the main job as a user runs it (the default report; its target is 4 minutes on one H100/H200)"
+  run bench-default python -m cifarops.bench --out "$OUT/default"
+  step "benchmark report, every shape (--full, no model level: the next step is the GPU's)"
+  run bench python -m cifarops.bench --full --models none --out "$OUT"
   step "model benchmark: PyramidNet-272 a=200, batch 128, bf16 autocast, channels_last, each checkpoint mode"
   run models python -m cifarops.bench.models --models pyramidnet272-a200-shakedrop --batch 128 --autocast \
     --channels-last --steps 5 --out "$OUT"

@@ -18,7 +18,7 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 missing=$(python - <<'PY'
 import importlib.util
-need = {"triton": "triton<3.10", "pytest": "pytest", "pytest_benchmark": "pytest-benchmark", "hypothesis": "hypothesis",
+need = {"triton": "triton<3.10", "pytest": "pytest", "pytest_benchmark": "pytest-benchmark", "xdist": "pytest-xdist", "hypothesis": "hypothesis",
         "expecttest": "expecttest", "numpy": "numpy", "sklearn": "scikit-learn", "matplotlib": "matplotlib", "tqdm": "tqdm", "tensorboard": "tensorboard", "ninja": "ninja", "setuptools": "setuptools>=64", "wheel": "wheel"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PY

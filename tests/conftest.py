@@ -143,6 +143,18 @@ def count_hypothesis_example() -> None:
     HYPOTHESIS_EXAMPLES[node] += 1
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist (scripts/test.sh runs -n 2) each worker sends its counts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["hypothesis_examples"] = dict(HYPOTHESIS_EXAMPLES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # pytest-xdist's, on the controller: a worker finished
+    HYPOTHESIS_EXAMPLES.update(getattr(node, "workeroutput", {}).get("hypothesis_examples", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     if not HYPOTHESIS_EXAMPLES:
         return

@@ -1,5 +1,6 @@
-"""The report's picture (matplotlib, no display needed): how many times faster each op is than what users
-run today, and how much memory each op and each checkpoint mode saves.
+"""The report's picture (matplotlib, no display needed): one panel per op, the forward+backward time of
+cifarops (green) and of what it is compared with (grey) at the op's headline case, and a panel of the models'
+peak memory with and without checkpointing; the device and date in the title.
 
 `python -m cifarops.bench.chart DIR` redraws DIR/benchmark.png from a report's CSVs.
 """
@@ -23,62 +24,59 @@ def _pyplot():
     return plt
 
 
-def speedups(rows: list[dict]) -> list[tuple[str, float]]:
-    """(label, times faster than the baseline) for every cifarops provider's forward+backward row."""
-    return [
-        (f"{row['case']} {row['provider'][len('cifarops'):]}", row["vs_baseline"])
-        for row in rows
-        if row["mode"] == "full" and row["provider"].startswith("cifarops[") and row["vs_baseline"]
-    ]
-
-
-def memory_savings(rows: list[dict], baselines: dict[str, str], model_rows: Optional[list[dict]]) -> list[tuple[str, float]]:
-    """(label, memory relative to the baseline): bytes saved for backward per op case (cifarops / the op's
-    baseline, where the baseline keeps at least 1 MB), and per model the peak and the memory per image of
-    each checkpoint mode relative to none."""
-    saved = {(row["case"], row["provider"]): row["saved_mb"] for row in rows if row["mode"] == "full"}
-    out = []
-    for (case, provider), mb in saved.items():
-        op_baseline = next((b for prefix, b in baselines.items() if case.startswith(prefix)), None)
-        base = saved.get((case, op_baseline))
-        # a baseline that keeps next to nothing (ShakeDrop's keeps its gate) makes a ratio of noise
-        if provider.startswith("cifarops[") and mb is not None and base and base >= 1.0:
-            out.append((f"{case} {provider[len('cifarops'):]} saved ({mb:.1f} vs {base:.0f} MB)",
-                        mb / base))
-    for row in model_rows or []:
-        if row["layers"] == "cifarops" and row["checkpoint"] != "none" and row["vs_none_memory"]:
-            name = f"{row['model']} checkpoint={row['checkpoint']}"
-            out.append((f"{name}: peak at batch {row['batch']}", row["vs_none_memory"]))
-            if row.get("vs_none_per_sample"):
-                out.append((f"{name}: memory per image", row["vs_none_per_sample"]))
+def op_panels(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
+    """Per op, at its headline case (the first the report timed): (provider, forward+backward ms), fastest
+    first. The panel's title is the case."""
+    headline, out = {}, {}
+    for row in rows:
+        headline.setdefault(row["case"].split(" ", 1)[0], row["case"])
+    for case in headline.values():
+        times = [(row["provider"], row["median_ms"]) for row in rows if row["case"] == case and row["mode"] == "full"]
+        if times:
+            out[case] = sorted(times, key=lambda item: item[1])
     return out
 
 
-def write_chart(path: str, rows: list[dict], baselines: dict[str, str], model_rows: Optional[list[dict]],
-                title: str) -> None:
+def model_panel(model_rows: Optional[list[dict]]) -> list[tuple[str, float, float]]:
+    """(label, peak memory MB, step ms) of each eager cifarops model row, each checkpoint mode."""
+    return [(f"{row['model']} batch {row['batch']}, checkpoint={row['checkpoint']}", row["peak_mb"], row["step_ms"])
+            for row in model_rows or []
+            if row["layers"] == "cifarops" and row.get("compiled", "eager") == "eager" and row["peak_mb"] is not None]
+
+
+def write_chart(path: str, rows: list[dict], model_rows: Optional[list[dict]], title: str) -> None:
+    """One panel per op (forward+backward time of each implementation at the op's headline case) and one for
+    the models (peak memory of each checkpoint mode, the step time beside each bar)."""
     plt = _pyplot()
-    panels = [
-        (speedups(rows), "times faster than what users run today (forward + backward; right of the line is faster)",
-         "tab:green"),
-        (memory_savings(rows, baselines, model_rows),
-         "memory relative to the baseline or to no checkpointing (left of the line is less)", "tab:blue"),
-    ]
-    heights = [max(len(items), 1) for items, _, _ in panels]
-    fig, axes = plt.subplots(2, 1, figsize=(12, 1.6 + 0.3 * sum(heights)), gridspec_kw={"height_ratios": heights})
-    for axis, (items, xlabel, color) in zip(axes, panels):
-        labels = [label.replace("fractional_max_pool2d", "fmp") for label, _ in items]  # fit the margin
+    panels = []
+    for case, items in op_panels(rows).items():
+        ours = min((ms for name, ms in items if name.startswith("cifarops")), default=None)
+        notes = [f" {ms:.3g} ms" + (f": cifarops {ms / ours:.1f}x faster" if ours and not name.startswith("cifarops")
+                                     else "") for name, ms in items]
+        panels.append((case.replace("fractional_max_pool2d", "FMP"), items,
+                       "forward + backward time (ms), shorter is faster", notes))
+    models = model_panel(model_rows)
+    if models:
+        panels.append(("models: a training step", [(label, mb) for label, mb, _ in models],
+                       "peak memory (MB), shorter is less", [f" {mb:.0f} MB, step {ms:.0f} ms" for _, mb, ms in models]))
+    if not panels:
+        panels = [("nothing measured", [], "", [])]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.2 + sum(0.9 + 0.28 * len(p[1]) for p in panels)),
+                             gridspec_kw={"height_ratios": [max(len(p[1]), 1) + 1.5 for p in panels]}, squeeze=False)
+    for axis, (name, items, xlabel, notes) in zip(axes[:, 0], panels):
         values = [value for _, value in items]
-        axis.barh(range(len(values)), values, color=color)
-        axis.set_yticks(range(len(values)), labels, fontsize=7)
+        colors = ["tab:green" if label.startswith("cifarops") else "tab:gray" for label, _ in items]
+        axis.barh(range(len(values)), values, color=colors)
+        axis.set_yticks(range(len(values)), [label for label, _ in items], fontsize=8)
         axis.invert_yaxis()
-        axis.axvline(1.0, color="black", linewidth=0.8)
-        axis.set_xlim(0, 1.18 * max(values + [1.0]))
+        axis.set_xlim(0, 1.45 * max(values + [1e-9]))
         axis.set_xlabel(xlabel, fontsize=8)
-        for i, value in enumerate(values):
-            axis.text(value, i, f" {value:.2f}x", va="center", fontsize=7)
+        axis.set_title(name, fontsize=9, loc="left")
+        for i, (value, note) in enumerate(zip(values, notes)):
+            axis.text(value, i, note, va="center", fontsize=7)
         if not items:
             axis.text(0.5, 0.5, "nothing measured", ha="center", transform=axis.transAxes)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -95,17 +93,15 @@ def _read_csv(path: str, numbers: tuple[str, ...]) -> list[dict]:
 
 def redraw(directory: str) -> str:
     """DIR/benchmark.png from DIR/benchmark.csv (and DIR/models.csv if there is one)."""
-    from cifarops.bench.__main__ import OPS
-
-    rows = _read_csv(os.path.join(directory, "benchmark.csv"), ("vs_baseline", "saved_mb"))
+    rows = _read_csv(os.path.join(directory, "benchmark.csv"), ("median_ms",))
     models_csv = os.path.join(directory, "models.csv")
-    model_rows = _read_csv(models_csv, ("vs_none_memory", "vs_none_per_sample")) if os.path.exists(models_csv) else None
+    model_rows = _read_csv(models_csv, ("peak_mb", "step_ms")) if os.path.exists(models_csv) else None
     for row in model_rows or []:
         row["batch"] = int(row["batch"])
     env = rows[0] if rows else {}
     title = f"cifarops on {env.get('device', '?')}, torch {env.get('torch', '?')}, {env.get('date', '?')}"
     path = os.path.join(directory, "benchmark.png")
-    write_chart(path, rows, {op: module.BASELINE for op, module in OPS.items()}, model_rows, title)
+    write_chart(path, rows, model_rows, title)
     return path
 
 

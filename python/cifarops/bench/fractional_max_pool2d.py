@@ -8,7 +8,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.common import Benchmark, Case, compare, standard_providers
+from cifarops.bench.common import Benchmark, Case, compare, profile_shapes, standard_providers
 
 OP = "fractional_max_pool2d"
 BASELINE = "native"  # what users run today: the "vs baseline" column
@@ -24,10 +24,10 @@ SHAPES = [TARGET] + GRAHAM
 QUICK_SHAPES = [TARGET]
 
 
-def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
+def cases(dtypes, profile: str = "full", shapes=None) -> list[Case]:
     """Command-line shapes pool to 11/16 of the input, PyTorch's common output_ratio of about 0.7."""
     chosen = [(tuple(s), tuple(max(1, d * 11 // 16) for d in s[2:])) for s in shapes] if shapes else None
-    chosen = chosen or (QUICK_SHAPES if quick else SHAPES)
+    chosen = chosen or profile_shapes(profile, SHAPES, QUICK_SHAPES)
     return [Case(OP, shape, dtype, (("out", out), ("k", 2))) for dtype in dtypes for shape, out in chosen]
 
 

@@ -264,6 +264,7 @@ def run(device: torch.device, backends: Sequence[str], ops: Optional[Sequence[st
                 mine = name.startswith("cifarops[")
                 r = ratio(stats[name][0], peer[0]) if mine and peer is not None else None
                 record = {
+                    "op": row.op,  # not a CSV column: the report's summary reads it
                     "call": row.call,
                     "shape": str(tuple(row.shape)),
                     "mode": row.mode,

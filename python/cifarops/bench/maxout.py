@@ -7,7 +7,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.common import Benchmark, Case, compare, standard_providers
+from cifarops.bench.common import Benchmark, Case, compare, profile_shapes, standard_providers
 
 OP = "maxout"
 BASELINE = "view+max"  # what users run today: the "vs baseline" column
@@ -22,8 +22,8 @@ def _pieces(shape) -> int:
     return shape[1] // unit if shape[1] % unit == 0 else 2
 
 
-def cases(dtypes, quick: bool = False, shapes=None) -> list[Case]:
-    shapes = shapes or (QUICK_SHAPES if quick else SHAPES)
+def cases(dtypes, profile: str = "full", shapes=None) -> list[Case]:
+    shapes = shapes or profile_shapes(profile, SHAPES, QUICK_SHAPES)
     return [Case(OP, tuple(s), dtype, (("k", _pieces(s)),)) for dtype in dtypes for s in shapes]
 
 

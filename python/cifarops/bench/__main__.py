@@ -118,7 +118,10 @@ def run_models(args, device: torch.device) -> list[dict]:
     argv += ["--small"] * small
     # compiled rows for both layer sets, and their compile times: the whole report's only
     argv += ["--compile"] * (args.profile == "full" and not args.no_compile)
-    return bench_models.run(bench_models.parse_args(argv))
+    rows = bench_models.run(bench_models.parse_args(argv))
+    if small:  # the summary and the chart say which networks these were (models.csv keeps the zoo names)
+        rows = [{**row, "model": f"{row['model']} (small)"} for row in rows]
+    return rows
 
 
 class Sections:

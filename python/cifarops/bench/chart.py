@@ -24,6 +24,10 @@ def _pyplot():
     return plt
 
 
+def _ms(ms: float) -> str:
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
 def op_panels(rows: list[dict]) -> dict[str, list[tuple[str, float]]]:
     """Per op, at its headline case (the first the report timed): (provider, forward+backward ms), fastest
     first. The panel's title is the case."""
@@ -51,7 +55,7 @@ def write_chart(path: str, rows: list[dict], model_rows: Optional[list[dict]], t
     panels = []
     for case, items in op_panels(rows).items():
         ours = min((ms for name, ms in items if name.startswith("cifarops")), default=None)
-        notes = [f" {ms:.3g} ms" + (f": cifarops {ms / ours:.1f}x faster" if ours and not name.startswith("cifarops")
+        notes = [f" {_ms(ms)} ms" + (f": cifarops {ms / ours:.1f}x faster" if ours and not name.startswith("cifarops")
                                      else "") for name, ms in items]
         panels.append((case.replace("fractional_max_pool2d", "FMP"), items,
                        "forward + backward time (ms), shorter is faster", notes))

@@ -11,8 +11,11 @@
 #      triton for sm_80 and sm_90 with no local memory.
 # CI runs `bash scripts/check_torch_versions.sh 2.11.0`: the GPU machines' torch (2.11.0+cu130, triton 3.6.0).
 # A release runs it with no argument. Prints each version's result and time; fails if any version fails.
+# --venv-only: make (or update) the venvs and stop (CI makes 2.11.0's in the background while its tests run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+VENV_ONLY=0
+if [ "${1:-}" = "--venv-only" ]; then VENV_ONLY=1; shift; fi
 VERSIONS=("$@")
 [ ${#VERSIONS[@]} -gt 0 ] || VERSIONS=(2.11.0 2.12.0 2.13.0 2.14.1)
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -23,9 +26,10 @@ check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the
   local venv=$PWD/.venv-torch-$version build=build-torch-$version
   local pip="$venv/bin/python -m pip install -q --disable-pip-version-check"
   if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv" || return 1; fi
-  $pip "torch==$version" ninja numpy setuptools wheel pytest hypothesis expecttest || return 1
+  $pip "torch==$version" ninja numpy setuptools wheel pytest pytest-xdist hypothesis expecttest || return 1
   # The CPU wheel brings no triton; the CUDA wheels pin their own.
   "$venv/bin/python" -c "import triton" 2>/dev/null || $pip "triton<3.10" || return 1
+  [ "$VENV_ONLY" = 0 ] || return 0
   local site cuda
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
   cuda=$("$venv/bin/python" -c 'import torch; print(int(torch.version.cuda is not None))') || return 1
@@ -43,7 +47,9 @@ check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the
   echo "== pytest -m smoke against torch $version ($lib)"
   # Run from the tests, with the built package first on the path (never the repository's editable install).
   # A run that collects no test exits 5, and fails here like any other failure.
-  PYTHONPATH=$lib CIFAROPS_EXPECT_CUDA=$cuda "$venv/bin/python" -m pytest tests -m smoke -q -p no:cacheprovider
+  # Two pytest-xdist workers by default, as scripts/test.sh (CIFAROPS_TEST_WORKERS=0: this process).
+  PYTHONPATH=$lib CIFAROPS_EXPECT_CUDA=$cuda "$venv/bin/python" -m pytest tests -m smoke -q -p no:cacheprovider \
+    -n "${CIFAROPS_TEST_WORKERS:-2}" --dist loadfile
 }
 
 declare -A RESULT SECONDS_TAKEN
@@ -51,7 +57,8 @@ status=0
 for version in "${VERSIONS[@]}"; do
   start=$SECONDS
   echo "==== torch $version"
-  if check_version "$version"; then RESULT[$version]=passed; else RESULT[$version]=FAILED; status=1; fi
+  if check_version "$version"; then RESULT[$version]=$([ "$VENV_ONLY" = 1 ] && echo "venv made" || echo passed)
+  else RESULT[$version]=FAILED; status=1; fi
   SECONDS_TAKEN[$version]=$((SECONDS - start))
 done
 echo "==== torch versions"

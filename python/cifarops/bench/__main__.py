@@ -261,7 +261,7 @@ def _report(args) -> int:
     report.write_markdown(written[1], rows, env, checks, NOTES, md_sections)
     model_rows = None
     if args.models != "none":
-        sections.next("models: a training step, checkpointing none vs full, peak memory")
+        sections.next("models: a training step with and without checkpointing, peak memory")
         model_rows = run_models(args, device)
         written += [os.path.join(args.out, "models.csv"), os.path.join(args.out, "models.md")]
 

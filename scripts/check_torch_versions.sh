@@ -47,9 +47,10 @@ check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the
   echo "== pytest -m smoke against torch $version ($lib)"
   # Run from the tests, with the built package first on the path (never the repository's editable install).
   # A run that collects no test exits 5, and fails here like any other failure.
-  # Two pytest-xdist workers by default, as scripts/test.sh (CIFAROPS_TEST_WORKERS=0: this process).
+  # Two pytest-xdist workers by default, as scripts/test.sh (CIFAROPS_TEST_WORKERS=0: this process), test by
+  # test: the subset's long poles are test_build's two Triton compiles (sm_80, sm_90), one for each worker.
   PYTHONPATH=$lib CIFAROPS_EXPECT_CUDA=$cuda "$venv/bin/python" -m pytest tests -m smoke -q -p no:cacheprovider \
-    -n "${CIFAROPS_TEST_WORKERS:-2}" --dist loadfile
+    -n "${CIFAROPS_TEST_WORKERS:-2}" --dist load
 }
 
 declare -A RESULT SECONDS_TAKEN

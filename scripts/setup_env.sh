@@ -27,12 +27,32 @@ if [ -n "$missing" ]; then
   echo "== installing $missing"
   $PIP $missing
 fi
-echo "== building cifarops (torch $(python -c 'import torch; print(torch.__version__)'))"
-build_log=$(mktemp)
-if ! (cd "$ROOT" && MAX_JOBS=${MAX_JOBS:-2} $PIP --no-build-isolation -e .) > "$build_log" 2>&1; then
-  cat "$build_log"
-  echo "== building cifarops failed" >&2
-  exit 1
+# The build is skipped when nothing it reads changed since this venv's last one (the C++/CUDA sources, the build
+# files, torch's version and the build switches): pip rebuilds every object each time, two minutes here.
+stamp_file=$VENV/.cifarops-build-stamp
+stamp=$(cd "$ROOT" && python - <<'PY'
+import hashlib, os, pathlib, torch
+digest = hashlib.sha256(torch.__version__.encode())
+for key in ("CIFAROPS_CUDA", "FORCE_CUDA", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME"):
+    digest.update(f"{key}={os.environ.get(key)}".encode())
+for path in sorted([*pathlib.Path("csrc").rglob("*"), pathlib.Path("setup.py"), pathlib.Path("pyproject.toml")]):
+    if path.is_file():
+        digest.update(str(path).encode() + path.read_bytes())
+print(digest.hexdigest())
+PY
+)
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] && ls "$ROOT"/python/cifarops/_C*.so > /dev/null 2>&1; then
+  echo "== cifarops build up to date (no source or switch changed since the last)"
+else
+  echo "== building cifarops (torch $(python -c 'import torch; print(torch.__version__)'))"
+  build_log=$(mktemp)
+  rm -f "$stamp_file"
+  if ! (cd "$ROOT" && MAX_JOBS=${MAX_JOBS:-2} $PIP --no-build-isolation -e .) > "$build_log" 2>&1; then
+    cat "$build_log"
+    echo "== building cifarops failed" >&2
+    exit 1
+  fi
+  rm -f "$build_log"
+  echo "$stamp" > "$stamp_file"
 fi
-rm -f "$build_log"
 python -c "import cifarops; info = cifarops.build_info(); assert info['loaded'], info; print('== cifarops', cifarops.__version__, info)"

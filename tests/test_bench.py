@@ -103,8 +103,13 @@ def test_summary_of_the_models_compares_checkpointing_with_none():
 
 @pytest.fixture
 def eager_compile(monkeypatch):
-    """Dynamo alone (no Inductor code generation): the same caches and recompile limit, in seconds."""
+    """Dynamo alone (no Inductor code generation): the same caches and recompile limit, in seconds; and each
+    timing two calls (what is timed does not matter to these tests, that every call ran compiled does)."""
+    from cifarops.bench import __main__ as bench
+
     monkeypatch.setattr(CompiledPerCase, "BACKEND", "eager")
+    monkeypatch.setattr(bench, "median_ms", lambda fn, device, min_run_time: (fn(), fn(), (1.0, 0.0))[-1])
+    monkeypatch.setattr(bench, "copy_bandwidth_gbs", lambda numel, dtype, device: 1.0)
 
 
 def test_one_compiled_function_for_every_shape_falls_back_to_eager_but_per_case_never(eager_compile):
@@ -170,3 +175,22 @@ def test_the_default_run_leaves_compiles_past_its_budget_to_full(tmp_path, monke
     assert not [r for r in _report_rows(tmp_path) if r["provider"] == "compile(reference)"]
     written = (tmp_path / "summary.md").read_text()
     assert written.count("not compiled: --full") == 2 and (tmp_path / "benchmark.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("profile, models, batch, modes, small, compiled", [
+    ("default", ["pyramidnet110-a270-shakedrop", "shake-shake26-2x96d"], 32, ["none", "full"], True, False),
+    ("quick", ["pyramidnet110-a270-shakedrop"], 4, ["none", "full", "selective"], True, False),
+    ("full", ["pyramidnet272-a200-shakedrop"], 8, ["none", "full", "selective", "cheap"], False, True),
+])
+def test_each_run_chooses_its_model_level(monkeypatch, profile, models, batch, modes, small, compiled):
+    from cifarops.bench import __main__ as bench
+
+    seen = {}
+    monkeypatch.setattr(bench.bench_models, "run", lambda args: seen.setdefault("args", args) and [
+        {"model": models[0], "layers": "cifarops", "compiled": "eager"}])
+    args = bench.parse_args(["--device", "cpu"] + ([f"--{profile}"] if profile != "default" else []))
+    rows = bench.run_models(args, torch.device("cpu"))
+    chosen = seen["args"]
+    assert (chosen.models, chosen.batch, chosen.modes, chosen.small, chosen.compile) == (models, batch, modes, small,
+                                                                                          compiled)
+    assert rows[0]["model"] == models[0] + (" (small)" if small else "")

@@ -79,7 +79,7 @@ def parse_args(argv):
     parser.add_argument("--models", default=None,
                         help="comma-separated zoo models for the model-level section (default: the small PyramidNet-110 "
                              "and Shake-Shake 26 variants, checkpoint none and full; --full: PyramidNet-272 a=200, every "
-                             "mode; --quick: PyramidNet-110 a=270); 'none' skips it")
+                             "mode; --quick: the small PyramidNet-110 at batch 4); 'none' skips it")
     parser.add_argument("--model-batch", type=int, default=None,
                         help="default: 128 on a GPU, 8 on the CPU (4 with --quick, 32 for the small default models)")
     parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 7, 3 with --quick)")
@@ -106,10 +106,10 @@ DEFAULT_MODELS = "pyramidnet110-a270-shakedrop,shake-shake26-2x96d"  # their sma
 def run_models(args, device: torch.device) -> list[dict]:
     """The model-level section: python -m cifarops.bench.models with this report's settings."""
     gpu = device.type == "cuda"
-    small = args.profile == "default" and args.models is None
+    small = args.profile != "full" and args.models is None  # the quick and default runs' networks are small
     models = args.models or {"quick": "pyramidnet110-a270-shakedrop", "default": DEFAULT_MODELS,
                              "full": "pyramidnet272-a200-shakedrop"}[args.profile]
-    batch = args.model_batch or (128 if gpu else 32 if small else 4 if args.quick else 8)
+    batch = args.model_batch or (128 if gpu else 4 if args.quick else 32 if small else 8)
     argv = ["--device", str(device), "--models", models, "--out", args.out, "--batch", str(batch),
             "--steps", str(args.model_steps or (3 if args.quick else 7))]
     argv += ["--autocast"] * args.autocast + ["--channels-last"] * args.channels_last
@@ -152,7 +152,7 @@ def _report(args) -> int:
     available = [b for b in cifarops.available_backends(device) if b != "reference"]
     backends = choose(args.backends, available, "backends") if args.backends else available
     shapes = [tuple(int(s) for s in shape.split(",")) for shape in args.shape] if args.shape else None
-    min_run_time = 0.2 if args.quick else 0.5
+    min_run_time = 0.1 if args.quick else 0.5  # quick: CI's, which proves the report runs
     if args.quick and device.type == "cpu":
         args.no_compile = True  # Inductor's CPU compile of every case would take most of a quick run
     compile_budget = COMPILE_BUDGET_S.get(device.type, 60.0) if args.profile == "default" else float("inf")

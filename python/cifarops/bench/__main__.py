@@ -62,7 +62,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m cifarops.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     profile = parser.add_mutually_exclusive_group()
-    profile.add_argument("--quick", action="store_true", help="CI's: two shapes per op, short timing, no CPU compile")
+    profile.add_argument("--quick", action="store_true", help="CI's: one or two shapes per op, short timing, no compile on the CPU")
     profile.add_argument("--full", action="store_true",
                          help="the whole report: every shape, every case compiled, PyramidNet-272 at every checkpoint "
                               "mode, compiled (an hour or more on a CPU)")
@@ -81,7 +81,8 @@ def parse_args(argv):
                              "and Shake-Shake 26 variants, checkpoint none and full; --full: PyramidNet-272 a=200, every "
                              "mode; --quick: the small PyramidNet-110 at batch 4); 'none' skips it")
     parser.add_argument("--model-batch", type=int, default=None,
-                        help="default: 128 on a GPU, 8 on the CPU (4 with --quick, 32 for the small default models)")
+                        help="default: 128 on a GPU; on the CPU 32 (the default run's small networks), 4 with --quick, "
+                             "8 with --full or --models")
     parser.add_argument("--model-steps", type=int, default=None, help="timed steps per configuration (default 7, 3 with --quick)")
     parser.add_argument("--no-host-time", action="store_true",
                         help="skip the host-time section (host time and kernels per call at tiny shapes)")

@@ -14,7 +14,11 @@
 // and sizes whose interval arithmetic is exact in both (eighths, alphas 1, 1.5 and 2).
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <cmath>
+#include <functional>
+#include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "args/fractional_max_pool2d.h"
@@ -161,21 +165,95 @@ void check(const Case& c, at::ScalarType type, const std::vector<Grid>& grids) {
                              (grid.forced_blocks ? " grid " + std::to_string(grid.forced_blocks) : "");
     cifarops::FmpCall f = cifarops::fmp_forward_call(x, c.kernel, c.out, c.regions, samples, boundaries,
                                                      c.return_indices, sequence, c.per_image, state);
+    // As for device tensors: every thread checks the explicit draws it uses (good ones here: nothing throws).
+    const bool explicit_draws = samples.has_value() || boundaries.has_value();
+    f.params.check_draws = explicit_draws;
     poison(f.output);
     poison(f.index);
     const at::Tensor forward_table = run_on_host<true>(f, x, state, type, grid, path + " forward");
     expect(bits_equal(f.output, y) && at::equal(f.index, index), path + " forward");
     cifarops::FmpCall b = cifarops::fmp_backward_call(grad_y, index, in, c.kernel, c.regions, samples, boundaries,
                                                       sequence, c.per_image, state);
+    b.params.check_draws = explicit_draws;
     poison(b.grad_input);
     const at::Tensor backward_table = run_on_host<false>(b, grad_y, state, type, grid, path + " backward");
     expect(bits_equal(b.grad_input, grad_x), path + " backward");
   }
 }
 
+// Whether the host run of `call`'s main kernel stops with the device check's message naming `argument`.
+template <bool kForward>
+bool stops(cifarops::FmpCall& call, const at::Tensor& like, const char* argument) {
+  call.params.check_draws = true;  // as the op sets it for device tensors
+  try {
+    run_on_host<kForward>(call, like, at::Tensor(), like.scalar_type(), Grid{}, "bad draws");
+  } catch (const std::invalid_argument& e) {
+    return std::string(e.what()).find(argument) != std::string::npos;
+  }
+  return false;
+}
+
+// Explicit draws the CPU op would reject, written into the draw tensors after the host's checks passed (as
+// device tensors reach the kernels unread): every one stops the forward and the backward grid, where the
+// unchecked kernels skipped outputs in the gather (decreasing boundaries) or aliased the one-byte index (a
+// step of 3).
+void bad_draws() {
+  const std::vector<int64_t> shape{2, 3, 13, 11}, out{8, 7}, in{13, 11};
+  const at::Tensor x = at::randn(shape);
+  const auto forward_and_backward = [&](const std::optional<at::Tensor>& samples,
+                                        const std::optional<at::Tensor>& boundaries, const char* regions,
+                                        const std::function<void()>& spoil, const char* argument,
+                                        const std::string& what) {
+    cifarops::FmpCall f = cifarops::fmp_forward_call(x, {}, out, regions, samples, boundaries, false, "pseudorandom",
+                                                     false, std::nullopt);
+    const at::Tensor grad_y = at::randn(f.output.sizes());
+    const at::Tensor index = f.index.clone();
+    cifarops::FmpCall b = cifarops::fmp_backward_call(grad_y, index, in, {}, regions, samples, boundaries,
+                                                      "pseudorandom", false, std::nullopt);
+    spoil();
+    expect(stops<true>(f, x, argument), what + ": the forward stops naming " + argument);
+    expect(stops<false>(b, grad_y, argument), what + ": the backward stops naming " + argument);
+  };
+  const Case c{shape, out, {}, "disjoint", Draws::Boundaries};
+  // Each spoils one plane's row (axis 1: in 13, out 8) or column (axis 0: in 11, out 7) sequence a.
+  using Spoil = std::function<void(at::Tensor a)>;
+  const std::vector<std::tuple<const char*, int64_t, int64_t, Spoil>> spoils{
+      {"a step of 3", 1, 1, [](at::Tensor a) { a[3].fill_(a[2].item<int64_t>() + 3); }},
+      {"a decrease", 4, 0, [](at::Tensor a) { a[2].fill_(a[1].item<int64_t>() - 1); }},
+      {"a_0 = 1", 0, 1, [](at::Tensor a) { a[0].fill_(1); }},
+      {"a_out short of the input", 5, 1, [](at::Tensor a) { a[8].fill_(12); }}};
+  for (const char* regions : {"disjoint", "overlapping"}) {
+    for (const auto& [name, plane, axis, spoil_axis] : spoils) {
+      const at::Tensor boundaries = random_boundaries(c);
+      const auto spoil = [&, plane = plane, axis = axis, spoil_axis = spoil_axis] {
+        spoil_axis(boundaries.view({-1, 2, boundaries.size(3)})[plane][axis]);
+      };
+      forward_and_backward(std::nullopt, boundaries, regions, spoil, "boundaries",
+                           std::string(regions) + " boundaries, " + name);
+    }
+  }
+  for (const double bad : {1.0, -0.25, static_cast<double>(NAN)}) {
+    for (const char* regions : {"disjoint", "window"}) {
+      const at::Tensor samples = at::rand({2, 3, 2}) * 0.5;
+      std::vector<int64_t> kernel;
+      if (std::string(regions) == "window") kernel = {2, 2};
+      cifarops::FmpCall f = cifarops::fmp_forward_call(x, kernel, out, regions, samples, std::nullopt, false,
+                                                       "pseudorandom", false, std::nullopt);
+      const at::Tensor grad_y = at::randn(f.output.sizes());
+      cifarops::FmpCall b = cifarops::fmp_backward_call(grad_y, f.index.clone(), in, kernel, regions, samples,
+                                                        std::nullopt, "pseudorandom", false, std::nullopt);
+      samples[1][2][1].fill_(bad);
+      const std::string what = std::string(regions) + " sample " + std::to_string(bad);
+      expect(stops<true>(f, x, "samples"), what + ": the forward stops naming samples");
+      expect(stops<false>(b, grad_y, "samples"), what + ": the backward stops naming samples");
+    }
+  }
+}
+
 }  // namespace
 
 void fractional_max_pool2d() {
+  bad_draws();
   const std::vector<at::ScalarType> types{at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
   // The launcher's grid in both index widths, and one block: every case (3 x 3 planes of 20 or more outputs)
   // goes round the grid-stride loops.

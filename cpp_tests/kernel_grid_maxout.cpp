@@ -203,6 +203,18 @@ void maxout() {
   }
   // The capped grid: more outputs (and inputs) than 65536 blocks of 256 threads (the draw's quads fit in it).
   check({{1, 2, 4099, 4099}, 2, 1, false, "contiguous"}, at::kFloat, {Grid{}}, false);
+  // The 32-bit path also offsets into the input, which holds `pieces` times the outputs: the forward takes it
+  // only while the input has fewer than 2^31 elements (2^30 + 1 outputs of 2 pieces do not fit).
+  cifarops::MaxoutParams big;
+  big.outer = 1;
+  big.inner = 1;
+  big.pieces = 2;
+  big.channels = (int64_t(1) << 31) + 2;
+  big.group_count = big.channels / 2;
+  expect(!cifarops::maxout_forward_launch(big).small, "maxout forward: 64-bit offsets for an input of 2^31 + 2");
+  big.channels = (int64_t(1) << 31) - 2;
+  big.group_count = big.channels / 2;
+  expect(cifarops::maxout_forward_launch(big).small, "maxout forward: 32-bit offsets for an input of 2^31 - 2");
   paths.expect_all("maxout", {"forward: quads", "forward: channels fastest", "forward: one output a step",
                               "forward: a partial last quad", "forward: 64-bit indices",
                               "forward: a forced grid-stride loop", "forward: the capped grid-stride loop",

@@ -13,6 +13,10 @@
 #include "kernel_grid.h"
 
 #include <chrono>
+#include <random>
+#include <vector>
+
+#include "cifarops/fast_divider.h"
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -67,11 +71,50 @@ void Paths::expect_all(const std::string& op, std::initializer_list<const char*>
   for (const char* path : paths) expect(seen_.count(path) > 0, op + ": the cases ran " + path);
 }
 
+// The dividers of the 32-bit index paths (cifarops/fast_divider.h) against `/` and `%`: every divisor up to 4096,
+// those next to each power of two and INT32_MAX, each over the numerators next to its multiples, 0 .. 300,
+// those next to 2^31 and random ones below 2^31. One check per divisor.
+void fast_divider() {
+  std::vector<int64_t> divisors;
+  for (int64_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int k = 12; k <= 31; ++k) {
+    for (int64_t delta : {-1, 0, 1}) {
+      const int64_t d = (int64_t(1) << k) + delta;
+      if (d <= INT32_MAX) divisors.push_back(d);
+    }
+  }
+  std::mt19937 random(7);
+  for (int k = 0; k < 200; ++k) divisors.push_back(1 + random() % INT32_MAX);
+  for (const int64_t d : divisors) {
+    const cifarops::FastDivider divider(d);
+    std::vector<uint32_t> numerators;
+    for (uint32_t n = 0; n <= 300; ++n) numerators.push_back(n);
+    for (const int64_t multiple : {int64_t(1), int64_t(2), int64_t(3), (int64_t(INT32_MAX) / d), (int64_t(INT32_MAX) / d) / 2}) {
+      for (int64_t delta : {-1, 0, 1}) {
+        const int64_t n = multiple * d + delta;
+        if (n >= 0 && n <= INT32_MAX) numerators.push_back(static_cast<uint32_t>(n));
+      }
+    }
+    for (uint32_t n : {uint32_t(INT32_MAX), uint32_t(INT32_MAX - 1)}) numerators.push_back(n);
+    for (int k = 0; k < 200; ++k) numerators.push_back(random() % (uint32_t(INT32_MAX) + 1));
+    bool ok = true;
+    for (const uint32_t n : numerators) {
+      uint32_t q, r;
+      divider.divmod(n, q, r);
+      ok = ok && q == n / static_cast<uint32_t>(d) && r == n % static_cast<uint32_t>(d);
+    }
+    expect(ok, "FastDivider(" + std::to_string(d) + ") divides every numerator below 2^31 as / and %");
+  }
+  const cifarops::FastDivider unused(int64_t(1) << 32);  // a size only the 64-bit path holds: the divider by 1
+  expect(unused.div(12345) == 12345, "FastDivider of 2^32 is the divider by 1");
+}
+
 }  // namespace kernel_grid
 
 int main() {
   at::manual_seed(0);
-  const std::pair<const char*, void (*)()> ops[] = {{"shake_drop", kernel_grid::shake_drop},
+  const std::pair<const char*, void (*)()> ops[] = {{"fast_divider", kernel_grid::fast_divider},
+                                                    {"shake_drop", kernel_grid::shake_drop},
                                                     {"shake_shake", kernel_grid::shake_shake},
                                                     {"maxout", kernel_grid::maxout},
                                                     {"fractional_max_pool2d", kernel_grid::fractional_max_pool2d}};

@@ -346,7 +346,10 @@ def reason(k: Kernel) -> str:
         return ("fractional max-pooling computes each output's region (interval arithmetic, a Philox draw) and "
                 "scans it; its bytes per element are few, so it is compute-bound by design at small windows")
     if "maxout" in name:
-        return "a group's pieces are compared (and, probabilistic, drawn with Philox) per output"
+        return ("a group's pieces are compared (and, probabilistic, drawn with Philox) per output; one kernel serves "
+                "the three modes (max, sample, expectation: a softmax with exp per piece), and the backward moves "
+                "few bytes per element (a one-byte index read, the gradient written), so its index math and "
+                "mode branches weigh more than the bytes")
     if "shake_drop" in name or "shake_shake" in name:
         return "per-element Philox draws (pixel level: one Philox call per 4 elements) and the coefficient math"
     return "see the SASS"

@@ -494,3 +494,112 @@ def test_two_real_devices(backend):
         on_second = F.maxout(h.to(second), 2)
         assert on_second.device == second
         torch.testing.assert_close(on_second.cpu(), h.view(4, 3, 2, 5, 5).amax(2))
+
+
+# Explicit FMP draws in device memory are checked on the device, with no host read (issue 29, item 2): the CUDA
+# kernels check the draws each thread uses (FmpParams::check_draws; its host run in cpp_tests/kernel_grid_fmp.cpp
+# stops on each of these), the Triton and reference ops with torch._assert_async. Planes (2, 3, 13, 11) -> (8, 7).
+def _good_boundaries():
+    cols = [0, 2, 4, 6, 8, 9, 10, 11, 11]       # in 11, out 7 (padded with the input size)
+    rows = [0, 2, 4, 6, 8, 10, 11, 12, 13]      # in 13, out 8
+    return torch.tensor([cols, rows]).expand(2, 3, 2, 9).clone()
+
+
+def _spoiled(plane, axis, i, value):
+    b = _good_boundaries()
+    b.view(6, 2, 9)[plane, axis, i] = value
+    return b
+
+
+def _spoiled_samples(value):
+    s = torch.full((2, 3, 2), 0.25)
+    s[1, 2, 1] = value
+    return s
+
+
+BAD_DRAWS = [
+    ("a step of 3", None, _spoiled(1, 1, 3, 9), "boundaries must start at 0, increase in steps of 1 or 2"),
+    ("a decrease", None, _spoiled(4, 0, 2, 1), "boundaries must start at 0, increase in steps of 1 or 2"),
+    ("a_0 = 1", None, _spoiled(0, 1, 0, 1), "boundaries must start at 0"),
+    ("a_out short", None, _spoiled(5, 1, 8, 12), "reach the input size at index out"),
+    ("sample 1", _spoiled_samples(1.0), None, "samples must lie in [0, 1)"),
+    ("sample negative", _spoiled_samples(-0.25), None, "samples must lie in [0, 1)"),
+    ("sample NaN", _spoiled_samples(float("nan")), None, "samples must lie in [0, 1)"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_DRAWS, ids=[c[0] for c in BAD_DRAWS])
+def test_device_draw_check_raises_each_bad_draw(case):
+    """The device-side check (assert_draw_values_async, run here on CPU tensors, where torch._assert_async raises
+    at once) rejects every bad draw with the argument's name, and is what check_draws runs for device tensors
+    (values=False, device_values=True); the good draws pass."""
+    from cifarops.ops import fractional_max_pool2d as ops
+    _, samples, boundaries, fragment = case
+    with pytest.raises(RuntimeError, match=re.escape(fragment)):
+        ops.assert_draw_values_async(samples, boundaries, (13, 11), (8, 7), "op")
+    x = torch.randn(2, 3, 13, 11)
+    with pytest.raises(RuntimeError, match=re.escape(fragment)):
+        ops.check_draws(x, (13, 11), (8, 7), "disjoint", samples, boundaries, "op", values=False, device_values=True)
+    ops.check_draws(x, (13, 11), (8, 7), "disjoint", samples, boundaries, "op", values=False)  # shapes only
+    ops.assert_draw_values_async(None, _good_boundaries(), (13, 11), (8, 7), "op")
+    ops.assert_draw_values_async(_spoiled_samples(0.5), None, (13, 11), (8, 7), "op")
+
+
+def _draw_script(case, backend, device, good):
+    """A fresh interpreter's FMP forward and backward with the case's draws (or, `good`, valid ones of the same
+    kind) on `device`, printing "ran" at the end."""
+    _, samples, boundaries, _ = case
+    if good:
+        samples = None if samples is None else _spoiled_samples(0.5)
+        boundaries = None if boundaries is None else _good_boundaries()
+    if samples is not None:
+        draws = f"kernel_size=2, _random_samples=torch.tensor({samples.tolist()}, device={device!r})"
+    else:
+        draws = f"kernel_size=None, regions='disjoint', boundaries=torch.tensor({boundaries.tolist()}, device={device!r})"
+    return (
+        "import torch, cifarops, cifarops.functional as F\n"
+        "nan = float('nan')\n"
+        f"x = torch.randn(2, 3, 13, 11, device={device!r}, requires_grad=True)\n"
+        f"with cifarops.use_backend({backend!r}):\n"
+        f"    F.fractional_max_pool2d(x, output_size=(8, 7), {draws}).sum().backward()\n"
+        + ("torch.cuda.synchronize()\n" if device == "cuda" else "")
+        + "print('ran')\n")
+
+
+def _run(script):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cpu", "reference") if b in cifarops.available_backends("cpu")])
+def test_bad_draw_scripts_raise_on_the_cpu(backend):
+    """The GPU test's scripts on the CPU: each bad draw a ValueError naming it, each good one runs (so the
+    scripts themselves are right before a GPU runs them)."""
+    for case in BAD_DRAWS:
+        bad = _run(_draw_script(case, backend, "cpu", good=False))
+        argument = "samples" if case[1] is not None else "boundaries"
+        assert bad.returncode != 0, case[0]
+        assert f"ValueError: cifarops.fractional_max_pool2d: {argument}" in bad.stderr, (case[0], bad.stderr[-1500:])
+        good = _run(_draw_script(case, backend, "cpu", good=True))
+        assert good.returncode == 0 and "ran" in good.stdout, (case[0], good.stderr[-1500:])
+
+
+CUDA_BACKENDS = cifarops.available_backends("cuda") if torch.cuda.is_available() else []
+
+
+@pytest.mark.skipif(not CUDA_BACKENDS, reason="needs a GPU: the host run of the CUDA kernels' check is in "
+                                              "cpp_tests/kernel_grid_fmp.cpp, the Triton and reference check above")
+@pytest.mark.parametrize("backend", ["cuda", "triton", "reference"])
+def test_bad_device_draws_stop_the_device(backend):
+    """On a GPU every backend stops at each bad explicit draw (a device-side assert: the process's CUDA context
+    is lost, so each call runs in its own interpreter) where the CPU op raises ValueError, with no host read on
+    the call path; the same script with good draws runs."""
+    if backend not in CUDA_BACKENDS:
+        pytest.fail(f"backend {backend} is missing on a GPU machine")
+    for case in BAD_DRAWS:
+        bad = _run(_draw_script(case, backend, "cuda", good=False))
+        assert bad.returncode != 0 and "ran" not in bad.stdout, (case[0], bad.stdout, bad.stderr[-1500:])
+        assert "device-side assert" in bad.stderr or "Assertion" in bad.stderr, (case[0], bad.stderr[-1500:])
+        good = _run(_draw_script(case, backend, "cuda", good=True))
+        assert good.returncode == 0 and "ran" in good.stdout, (case[0], good.stderr[-1500:])

@@ -64,8 +64,9 @@ double window_alpha(int64_t in, int64_t k, int64_t out, const at::Tensor& x) {
   }
 }
 
-// The checks of every explicit draw's value need the values on the host: done here for CPU tensors; on CUDA
-// the functional API checks explicit draws, and the kernels clamp every region to the plane whatever the draws.
+// The checks of every explicit draw's value need the values on the host: done here for CPU tensors. On CUDA the
+// kernels check the draws each thread uses (FmpParams::check_draws: a device-side assert, no host sync), and
+// clamp every region to the plane whatever the draws.
 void check_sample_values(const at::Tensor& samples, const char* op) {
   if (!samples.is_cpu() || samples.numel() == 0) return;
   // One pass over the (N, C, 2) draws at their strides: no temporary tensors on every call.
@@ -163,6 +164,7 @@ FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, 
     TORCH_CHECK_VALUE(s.dim() == 3 && s.size(0) == batch && s.size(1) == channels && s.size(2) == 2, op,
                       ": samples must have shape (N, C, 2) = (", batch, ", ", channels, ", 2), got ", s.sizes());
     check_sample_values(s, op);
+    p.check_draws = !s.is_cpu();  // the values are read on the host only for CPU tensors
     keep_alive.push_back(s);
     p.samples = s.data_ptr();
     p.sample_stride_n = s.stride(0);
@@ -181,6 +183,7 @@ FmpDraw configure(FmpParams& p, const at::Tensor& x_like, const char* ref_name, 
                       "), got ", b.sizes());
     check_boundary_values(b, p.cols, 0, op);
     check_boundary_values(b, p.rows, 1, op);
+    p.check_draws = !b.is_cpu();
     keep_alive.push_back(b);
     p.boundaries = b.data_ptr<int64_t>();
     p.boundary_stride_n = b.stride(0);
@@ -259,6 +262,7 @@ FmpCall fmp_forward_call(const at::Tensor& x, at::IntArrayRef kernel_size, at::I
   p.index = call.index.data_ptr();
   p.in_strides = strides4(dense);
   p.out_strides = strides4(call.output);
+  fmp_set_dividers(p, p.rows.out, p.cols.out);  // one thread per output
   return call;
 }
 
@@ -294,6 +298,7 @@ FmpCall fmp_backward_call(const at::Tensor& grad_y, const at::Tensor& index, at:
   p.grad_input = call.grad_input.data_ptr();
   p.in_strides = strides4(call.grad_input);
   p.out_strides = strides4(dense_grad);
+  fmp_set_dividers(p, p.rows.in, p.cols.in);  // one thread per input
   return call;
 }
 

@@ -96,6 +96,10 @@ void set_input_view(MaxoutParams& p, const at::Tensor& dense, int64_t dim) {
   TORCH_INTERNAL_ASSERT(ok, "cifarops: maxout input view does not collapse");
   p.channels = dense.size(dim);
   p.group_count = p.channels / p.pieces;
+  p.by_inner = FastDivider(p.inner);
+  p.by_groups = FastDivider(p.group_count);
+  p.by_channels = FastDivider(p.channels);
+  p.by_pieces = FastDivider(p.pieces);
 }
 
 Strides3 output_strides(const at::Tensor& t, int64_t dim) {

@@ -21,7 +21,8 @@ namespace {
 // The kernels are thin wrappers: their bodies, maxout_*_thread, and the launch geometry, maxout_*_launch, are
 // host/device code in cifarops/maxout.h, which cpp_tests/kernel_grid_maxout.cpp runs on the host.
 // The minimum of one block per SM stated: with __launch_bounds__(kElementwiseThreads) alone, ptxas (CUDA 13.0)
-// spilled the probabilistic (64-bit index) and float64 forwards on sm_80 (scripts/kernel_report.py --arch 80).
+// spilled the probabilistic (64-bit index) and float64 forwards on sm_80 (scripts/kernel_report.py --arch 80),
+// and the float64 backward's 32-bit path once it divided with FastDivider.
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kQuad>
 __global__ void __launch_bounds__(kElementwiseThreads, 1) maxout_forward_kernel(const MaxoutParams p, const CudaRng rng) {
   PhiloxState state;
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(kElementwiseThreads, 1) maxout_forward_kernel(
 }
 
 template <typename scalar_t, typename index_t, bool kChannelFastest>
-__global__ void __launch_bounds__(kElementwiseThreads) maxout_backward_kernel(const MaxoutParams p) {
+__global__ void __launch_bounds__(kElementwiseThreads, 1) maxout_backward_kernel(const MaxoutParams p) {
   maxout_backward_thread<scalar_t, index_t, kChannelFastest>(p, static_cast<index_t>(blockIdx.x),
                                                              static_cast<index_t>(threadIdx.x),
                                                              static_cast<index_t>(gridDim.x));

@@ -308,8 +308,9 @@ def fractional_max_pool2d(
     the channels of an image (Graham); the default draws per (image, channel) (PyTorch). Explicit draws:
     ``_random_samples`` for pseudorandom sequences, ``boundaries`` ((N, C or 1, 2, L) int64, a_0 = 0 ...
     a_out = input, index 0 for the width) for any sequence; they may be shared per image with C = 1. Their
-    values are checked on the CPU; on a GPU only with CIFAROPS_CHECK_VALUES=1, since that reads them back (a
-    host sync), and never under torch.compile: the kernels clamp every region to the plane whatever the draws.
+    values are checked on the CPU (ValueError); on a GPU on the device, without a host sync (a bad draw stops
+    the kernel, and the next synchronising call raises "device-side assert triggered"), or with
+    CIFAROPS_CHECK_VALUES=1 read back and raised at once as on the CPU (a host sync every call).
 
     Backward is deterministic and gathers, without atomics. Saved for backward: one byte per output (its
     offset inside the region) unless ``return_indices``, which returns PyTorch's int64 flat indices h * W + w.
@@ -362,9 +363,10 @@ def fractional_max_pool2d(
 
 
 FMP_OP = "cifarops.fractional_max_pool2d"
-# The values of explicit draws on a GPU (samples in [0, 1), boundaries in steps of 1 or 2) are checked only
-# when CIFAROPS_CHECK_VALUES=1: the check reads them back, a host sync on every call. Without it the kernels
-# clamp every region to the plane, so no value makes them read out of bounds. CPU tensors are always checked.
+# The values of explicit draws on a GPU (samples in [0, 1), boundaries in steps of 1 or 2) are checked on the
+# device (the CUDA kernels' FmpParams::check_draws, torch._assert_async for the Triton and reference ops): no host
+# sync, an asynchronous "device-side assert triggered". CIFAROPS_CHECK_VALUES=1 reads them back instead and raises
+# the CPU's ValueError at once, a host sync on every call. CPU tensors are always read and checked.
 CHECK_DEVICE_VALUES = os.environ.get("CIFAROPS_CHECK_VALUES", "") == "1"
 _FLOATING = frozenset(FLOATING)
 # Validated FMP hyper-parameters -> (kernel, output size or None, output ratio or None), as the op takes them.
@@ -426,9 +428,10 @@ def _fmp_call(x, kernel, size_out, return_indices, samples, boundaries, regions,
     fn = backends.fast_op("fractional_max_pool2d", x)
     if fn is _reference_fmp:  # the compiled and Triton ops check their own arguments
         kernel_, size_out_, size_in = _fmp_ops.check_args(x, kernel, size_out, regions, op, sequence=sequence)
+        compiling = torch.compiler.is_compiling()
         _fmp_ops.check_draws(x, size_in, size_out_, regions, samples, boundaries, op,
-                             values=(x.device.type == "cpu" or CHECK_DEVICE_VALUES) and not torch.compiler.is_compiling(),
-                             sequence=sequence, rng_state=state)
+                             values=(x.device.type == "cpu" or CHECK_DEVICE_VALUES) and not compiling,
+                             device_values=not compiling, sequence=sequence, rng_state=state)
     y, index, _ = fn(x, kernel, size_out, regions, samples, boundaries, return_indices, sequence, per_image, state)
     if unbatched:
         y, index = y.squeeze(0), index.squeeze(0)

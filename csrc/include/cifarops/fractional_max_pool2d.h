@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "cifarops/cuda_elementwise.cuh"
+#include "cifarops/fast_divider.h"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
@@ -84,6 +85,13 @@ struct FmpParams {
   bool draw = false;
   int64_t draw_channels = 0;
   float sample_max = 0;  // the largest value of the input's dtype below 1
+  // Explicit samples or boundaries in device memory, whose values the host did not read: every thread checks the
+  // draws it uses (fmp_check_*, CIFAROPS_KERNEL_CHECK), so that bad ones stop the kernel, as the CPU op raises,
+  // instead of making the gather skip outputs or the one-byte index alias. The CPU ops read them on the host.
+  bool check_draws = false;
+  // The 32-bit index path's split of a thread index (fmp_split) into (n, c, h, w) of the grid's sizes (the
+  // outputs' in forward, the inputs' in backward), made on the host: by C, by the height and by the width.
+  FastDivider by_channels, by_height, by_width;
 
   CIFAROPS_INLINE int64_t planes() const { return batch * channels; }
   CIFAROPS_INLINE int64_t output_numel() const { return planes() * rows.out * cols.out; }
@@ -243,6 +251,17 @@ struct FmpSequence {
     end = end < axis->in ? end : axis->in;
   }
 
+  // Step i of explicit boundaries as given (before boundary()'s clamp): a_0 = 0, a_out = in and every step 1 or 2,
+  // the CPU op's check. Every step is checked by some thread: forward output i checks its steps, backward input x
+  // the step min(x, out - 1) (in > out).
+  CIFAROPS_INLINE void check_step(int64_t i) const {
+    if (boundaries == nullptr) return;
+    const int64_t a = boundaries[i * boundary_stride], b = boundaries[(i + 1) * boundary_stride];
+    CIFAROPS_KERNEL_CHECK(b - a >= 1 && b - a <= 2 && (i > 0 || a == 0) && (i + 1 < axis->out || b == axis->in),
+                          "cifarops.fractional_max_pool2d: boundaries must start at 0, increase in steps of 1 or 2 "
+                          "and reach the input size at index out (checked on the device)");
+  }
+
   // The first output whose region ends after x (== out when none does): binary search, since ends never
   // decrease. The outputs containing x follow it for as long as their regions begin at or before x.
   CIFAROPS_INLINE int64_t first_ending_after(int64_t x) const {
@@ -279,6 +298,10 @@ CIFAROPS_INLINE FmpPlaneSequences<interval_t, acc_t> fmp_plane_sequences(const F
     const scalar_t* samples = static_cast<const scalar_t*>(p.samples) + n * p.sample_stride_n + c * p.sample_stride_c;
     u[0] = to_acc<acc_t>(samples[0]);
     u[1] = to_acc<acc_t>(samples[p.sample_stride_axis]);
+    if (p.check_draws) {
+      CIFAROPS_KERNEL_CHECK(u[0] >= acc_t(0) && u[0] < acc_t(1) && u[1] >= acc_t(0) && u[1] < acc_t(1),
+                            "cifarops.fractional_max_pool2d: samples must lie in [0, 1) (checked on the device)");
+    }
   }
   for (int axis_index = 0; axis_index < 2; ++axis_index) {
     FmpSequence<interval_t, acc_t>& s = axes[axis_index];
@@ -335,6 +358,10 @@ template <typename scalar_t, typename interval_t>
 CIFAROPS_INLINE void fmp_forward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t oh, int64_t ow) {
   using acc_t = typename OpMath<scalar_t>::type;
   const auto [rows, cols] = fmp_plane_sequences<scalar_t, interval_t, acc_t>(p, n, c, state);
+  if (p.check_draws) {
+    rows.check_step(oh);
+    cols.check_step(ow);
+  }
   int64_t r0, r1, c0, c1, h, w;
   rows.region(oh, r0, r1);
   cols.region(ow, c0, c1);
@@ -373,6 +400,10 @@ template <typename scalar_t, typename interval_t>
 CIFAROPS_INLINE void fmp_backward_element(const FmpParams& p, PhiloxState state, int64_t n, int64_t c, int64_t h, int64_t w) {
   using acc_t = typename OpMath<scalar_t>::type;
   const auto [rows, cols] = fmp_plane_sequences<scalar_t, interval_t, acc_t>(p, n, c, state);
+  if (p.check_draws) {
+    rows.check_step(h < p.rows.out ? h : p.rows.out - 1);
+    cols.check_step(w < p.cols.out ? w : p.cols.out - 1);
+  }
   const scalar_t* grad_output = static_cast<const scalar_t*>(p.grad_output);
   const int64_t target = h * p.cols.in + w;
   const int64_t first_col = cols.first_ending_after(w);
@@ -425,11 +456,27 @@ inline void fmp_dispatch(const FmpLaunch& launch, Launcher&& launcher) {
   index_layout_dispatch(launch.small, launch.channel_fastest, launcher);
 }
 
-// Splits a linear thread index into (n, c, h, w) of an (N, C, height, width) grid, in index_t arithmetic.
+// Splits a linear thread index into (n, c, h, w) of an (N, C, height, width) grid, in index_t arithmetic: 32-bit
+// indices with the host-made dividers, 64-bit ones with `/`.
 template <typename index_t, bool kChannelFastest>
-CIFAROPS_INLINE void fmp_split(index_t t, index_t channels, index_t height, index_t width, int64_t& n, int64_t& c,
-                               int64_t& h, int64_t& w) {
-  if (kChannelFastest) {
+CIFAROPS_INLINE void fmp_split(const FmpParams& p, index_t t, index_t channels, index_t height, index_t width,
+                               int64_t& n, int64_t& c, int64_t& h, int64_t& w) {
+  if constexpr (sizeof(index_t) == 4) {
+    uint32_t rest, plane, cc, hh, ww, nn;
+    if (kChannelFastest) {
+      p.by_channels.divmod(t, rest, cc);
+      p.by_width.divmod(rest, plane, ww);
+      p.by_height.divmod(plane, nn, hh);
+    } else {
+      p.by_width.divmod(t, rest, ww);
+      p.by_height.divmod(rest, plane, hh);
+      p.by_channels.divmod(plane, nn, cc);
+    }
+    n = nn;
+    c = cc;
+    h = hh;
+    w = ww;
+  } else if (kChannelFastest) {
     c = t % channels;
     t /= channels;
     w = t % width;
@@ -446,6 +493,13 @@ CIFAROPS_INLINE void fmp_split(index_t t, index_t channels, index_t height, inde
   }
 }
 
+// The dividers of fmp_split for a grid of (N, C, height, width).
+inline void fmp_set_dividers(FmpParams& p, int64_t height, int64_t width) {
+  p.by_channels = FastDivider(p.channels);
+  p.by_height = FastDivider(height);
+  p.by_width = FastDivider(width);
+}
+
 // Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop over the `total` outputs.
 // `state`: the resolved RNG state (used when the call draws its samples).
 template <typename scalar_t, typename index_t, bool kChannelFastest>
@@ -457,7 +511,7 @@ CIFAROPS_INLINE void fmp_forward_thread(const FmpParams& p, PhiloxState state, i
   const index_t step = blocks * kElementwiseThreads;
   for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
     int64_t n, c, oh, ow;
-    fmp_split<index_t, kChannelFastest>(t, channels, height, width, n, c, oh, ow);
+    fmp_split<index_t, kChannelFastest>(p, t, channels, height, width, n, c, oh, ow);
     fmp_forward_element<scalar_t, acc_t>(p, state, n, c, oh, ow);
   }
 }
@@ -472,7 +526,7 @@ CIFAROPS_INLINE void fmp_backward_thread(const FmpParams& p, PhiloxState state, 
   const index_t step = blocks * kElementwiseThreads;
   for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
     int64_t n, c, h, w;
-    fmp_split<index_t, kChannelFastest>(t, channels, height, width, n, c, h, w);
+    fmp_split<index_t, kChannelFastest>(p, t, channels, height, width, n, c, h, w);
     fmp_backward_element<scalar_t, acc_t>(p, state, n, c, h, w);
   }
 }

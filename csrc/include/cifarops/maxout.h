@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "cifarops/cuda_elementwise.cuh"
+#include "cifarops/fast_divider.h"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
 #include "cifarops/tensor_types.h"
@@ -34,10 +35,20 @@ enum class MaxoutMode : int {
   Expectation = 2,  // y = sum_i softmax(z / temperature)_i z_i: probabilistic maxout at test time
 };
 
-// Strides of the logical (outer, channel, inner) view, in elements.
+// Strides of the logical (outer, channel, inner) view, in elements. index_t: the offset's type, 32-bit on the
+// kernels' 32-bit paths (dense tensors of fewer than 2^31 elements, where every offset fits).
+template <typename T>
+struct NonDeduced {  // a parameter type that takes the template argument given (or the default), not the call's
+  using type = T;
+};
+
 struct Strides3 {
   int64_t outer = 0, channel = 0, inner = 0;
-  CIFAROPS_INLINE int64_t at(int64_t o, int64_t c, int64_t i) const { return o * outer + c * channel + i * inner; }
+  template <typename index_t = int64_t>
+  CIFAROPS_INLINE index_t at(typename NonDeduced<index_t>::type o, typename NonDeduced<index_t>::type c,
+                             typename NonDeduced<index_t>::type i) const {
+    return o * static_cast<index_t>(outer) + c * static_cast<index_t>(channel) + i * static_cast<index_t>(inner);
+  }
 };
 
 struct MaxoutParams {
@@ -52,14 +63,17 @@ struct MaxoutParams {
   MaxoutMode mode = MaxoutMode::Max;
   double inverse_temperature = 1.0;  // lambda of arXiv 1312.6116, used in the compute type
   int64_t group_count = 0;           // channels / pieces, computed once on the host (no division per element)
+  // The 32-bit index paths' divisions (maxout_split and the backward's group and piece), made on the host.
+  FastDivider by_inner, by_groups, by_channels, by_pieces;
 
   CIFAROPS_INLINE int64_t groups() const { return group_count; }
   CIFAROPS_INLINE int64_t output_numel() const { return outer * groups() * inner; }
   CIFAROPS_INLINE int64_t input_numel() const { return outer * channels * inner; }
   // Channel of `piece` in group `j`, and back (group_of / piece_of divide: once per row or plane, not per
   // element in a hot loop).
-  CIFAROPS_INLINE int64_t channel_of(int64_t j, int64_t piece) const {
-    return strided_grouping ? piece * groups() + j : j * pieces + piece;
+  template <typename index_t = int64_t>
+  CIFAROPS_INLINE index_t channel_of(typename NonDeduced<index_t>::type j, typename NonDeduced<index_t>::type piece) const {
+    return strided_grouping ? piece * static_cast<index_t>(group_count) + j : j * static_cast<index_t>(pieces) + piece;
   }
   CIFAROPS_INLINE int64_t group_of(int64_t c) const { return strided_grouping ? c % groups() : c / pieces; }
   CIFAROPS_INLINE int64_t piece_of(int64_t c) const { return strided_grouping ? c / groups() : c % pieces; }
@@ -73,12 +87,12 @@ CIFAROPS_INLINE int64_t maxout_draw_index(const MaxoutParams& p, int64_t o, int6
 // Output element (o, j, i): writes the value and, for Max and Sample, the piece. u: the element's uniform
 // philox_uniform(state, maxout_draw_index(p, o, j, i), 0) for Sample (the caller draws it, four at a time
 // with philox_quad where its loop walks consecutive indices), ignored otherwise.
-template <typename scalar_t>
-CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, int64_t j, int64_t i, float u) {
+template <typename scalar_t, typename index_t = int64_t>
+CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, index_t o, index_t j, index_t i, float u) {
   using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* x = static_cast<const scalar_t*>(p.input);
   const auto piece_value = [&](int64_t piece) {
-    return to_acc<acc_t>(x[p.in_strides.at(o, p.channel_of(j, piece), i)]);
+    return to_acc<acc_t>(x[p.in_strides.at<index_t>(o, p.channel_of<index_t>(j, static_cast<index_t>(piece)), i)]);
   };
   // First maximum, NaN included: the first NaN wins and propagates.
   acc_t best = piece_value(0);
@@ -122,48 +136,48 @@ CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, int64_t o, in
       y = piece_value(arg);
     }
   }
-  const int64_t out = p.out_strides.at(o, j, i);
+  const index_t out = p.out_strides.at<index_t>(o, j, i);
   static_cast<scalar_t*>(p.output)[out] = from_acc<scalar_t>(y);
   if (p.mode != MaxoutMode::Expectation) p.index[out] = static_cast<uint8_t>(arg);
 }
 
 // grad_input (o, c, i) for Max and Sample: the output's gradient if this piece was chosen, else 0. j and
 // piece: group_of(c) and piece_of(c), computed by the caller.
-template <typename scalar_t>
-CIFAROPS_INLINE void maxout_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i, int64_t j,
-                                             int64_t piece) {
-  const int64_t out = p.out_strides.at(o, j, i);
+template <typename scalar_t, typename index_t = int64_t>
+CIFAROPS_INLINE void maxout_backward_element(const MaxoutParams& p, index_t o, index_t c, index_t i, index_t j,
+                                             index_t piece) {
+  const index_t out = p.out_strides.at<index_t>(o, j, i);
   const bool chosen = p.index[out] == piece;
-  static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(o, c, i)] =
+  static_cast<scalar_t*>(p.grad_input)[p.in_strides.at<index_t>(o, c, i)] =
       chosen ? static_cast<const scalar_t*>(p.grad_output)[out] : from_acc<scalar_t>(0.0f);
 }
 
 // grad_input (o, c, i) for Expectation: dy * p_c * (1 + lambda * (z_c - y)), the softmax-weighted gradient
 // including the softmax's own derivative (y = sum_i p_i z_i, dp_i/dz_c = lambda p_i (delta_ic - p_c)).
 // j: group_of(c), computed by the caller.
-template <typename scalar_t>
-CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, int64_t o, int64_t c, int64_t i,
-                                                         int64_t j) {
+template <typename scalar_t, typename index_t = int64_t>
+CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, index_t o, index_t c, index_t i,
+                                                         index_t j) {
   using acc_t = typename OpMath<scalar_t>::type;
   const scalar_t* x = static_cast<const scalar_t*>(p.input);
   const acc_t lambda = static_cast<acc_t>(p.inverse_temperature);
-  acc_t best = to_acc<acc_t>(x[p.in_strides.at(o, p.channel_of(j, 0), i)]);
+  acc_t best = to_acc<acc_t>(x[p.in_strides.at<index_t>(o, p.channel_of<index_t>(j, 0), i)]);
   for (int64_t piece = 1; piece < p.pieces; ++piece) {
-    const acc_t v = to_acc<acc_t>(x[p.in_strides.at(o, p.channel_of(j, piece), i)]);
+    const acc_t v = to_acc<acc_t>(x[p.in_strides.at<index_t>(o, p.channel_of<index_t>(j, static_cast<index_t>(piece)), i)]);
     best = v > best || CIFAROPS_ISNAN(v) ? v : best;
   }
   acc_t total = 0, weighted = 0;
   for (int64_t piece = 0; piece < p.pieces; ++piece) {
-    const acc_t v = to_acc<acc_t>(x[p.in_strides.at(o, p.channel_of(j, piece), i)]);
+    const acc_t v = to_acc<acc_t>(x[p.in_strides.at<index_t>(o, p.channel_of<index_t>(j, static_cast<index_t>(piece)), i)]);
     const acc_t w = CIFAROPS_EXP(lambda * (v - best));
     total += w;
     weighted += w * v;
   }
-  const acc_t z = to_acc<acc_t>(x[p.in_strides.at(o, c, i)]);
+  const acc_t z = to_acc<acc_t>(x[p.in_strides.at<index_t>(o, c, i)]);
   const acc_t y = weighted / total;
   const acc_t prob = CIFAROPS_EXP(lambda * (z - best)) / total;
-  const acc_t dy = to_acc<acc_t>(static_cast<const scalar_t*>(p.grad_output)[p.out_strides.at(o, j, i)]);
-  static_cast<scalar_t*>(p.grad_input)[p.in_strides.at(o, c, i)] =
+  const acc_t dy = to_acc<acc_t>(static_cast<const scalar_t*>(p.grad_output)[p.out_strides.at<index_t>(o, j, i)]);
+  static_cast<scalar_t*>(p.grad_input)[p.in_strides.at<index_t>(o, c, i)] =
       from_acc<scalar_t>(dy * prob * (acc_t(1) + lambda * (z - y)));
 }
 
@@ -172,8 +186,9 @@ CIFAROPS_INLINE void maxout_expectation_backward_element(const MaxoutParams& p, 
 // One thread per output element in forward (four consecutive ones for the probabilistic draw in NCHW order,
 // which share one Philox call), one per input element in backward, in grid-stride loops of kElementwiseThreads
 // threads a block. Consecutive threads take consecutive addresses: along the inner dims in NCHW, along the
-// channels in channels_last (kChannelFastest). Index math is 32-bit below 2^31 elements (the grid-stride step
-// stays below 2^24, so t + step fits in uint32 too), else 64-bit.
+// channels in channels_last (kChannelFastest). Index and offset math is 32-bit below 2^31 input elements (the
+// grid-stride step stays below 2^24, so t + step fits in uint32 too; the splits use the host-made dividers), else
+// 64-bit.
 struct MaxoutLaunch {
   bool launch = true;  // false: nothing to do (no elements, no state to write)
   bool channel_fastest = false, quad = false, small = false;
@@ -192,7 +207,7 @@ inline MaxoutLaunch maxout_forward_launch(const MaxoutParams& p) {
   launch.channel_fastest = total > 0 && maxout_channel_fastest(p);
   launch.quad = draws && !launch.channel_fastest;
   launch.blocks = elementwise_blocks(launch.quad ? (total + 3) / 4 : total);
-  launch.small = total < (int64_t(1) << 31);
+  launch.small = p.input_numel() < (int64_t(1) << 31);  // 32-bit offsets into the input (the larger) too
   return launch;
 }
 
@@ -233,10 +248,22 @@ inline void maxout_backward_dispatch(const MaxoutLaunch& launch, Launcher&& laun
   index_layout_dispatch(launch.small, launch.channel_fastest, launcher);
 }
 
-// Splits a linear thread index into (o, c, i) of an (outer, channels, inner) grid.
+// Splits a linear thread index into (o, c, i) of an (outer, channels, inner) grid; `by_channels` divides by
+// `channels`. 32-bit indices (below 2^31) divide with the host-made dividers, 64-bit ones with `/`.
 template <typename index_t, bool kChannelFastest>
-CIFAROPS_INLINE void maxout_split(index_t t, index_t channels, index_t inner, index_t& o, index_t& c, index_t& i) {
-  if (kChannelFastest) {
+CIFAROPS_INLINE void maxout_split(const MaxoutParams& p, index_t t, index_t channels, const FastDivider& by_channels,
+                                  index_t& o, index_t& c, index_t& i) {
+  const index_t inner = static_cast<index_t>(p.inner);
+  if constexpr (sizeof(index_t) == 4) {
+    uint32_t rest;
+    if (kChannelFastest) {
+      by_channels.divmod(t, rest, c);
+      p.by_inner.divmod(rest, o, i);
+    } else {
+      p.by_inner.divmod(t, rest, i);
+      by_channels.divmod(rest, o, c);
+    }
+  } else if (kChannelFastest) {
     c = t % channels;
     t /= channels;
     i = t % inner;
@@ -249,6 +276,22 @@ CIFAROPS_INLINE void maxout_split(index_t t, index_t channels, index_t inner, in
   }
 }
 
+// Group and piece of channel c (the backward's), in index_t.
+template <typename index_t>
+CIFAROPS_INLINE void maxout_group_piece(const MaxoutParams& p, index_t c, index_t& j, index_t& piece) {
+  if constexpr (sizeof(index_t) == 4) {
+    if (p.strided_grouping) {
+      p.by_groups.divmod(c, piece, j);
+    } else {
+      p.by_pieces.divmod(c, j, piece);
+    }
+  } else {
+    const index_t groups = static_cast<index_t>(p.groups()), pieces = static_cast<index_t>(p.pieces);
+    j = p.strided_grouping ? c % groups : c / pieces;
+    piece = p.strided_grouping ? c / groups : c % pieces;
+  }
+}
+
 // Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop over the outputs.
 // kQuad (Sample in NCHW order, where the thread order is the draw's logical order): each step takes the four
 // outputs 4q .. 4q + 3 and one philox_quad. Otherwise one output a step, and for Sample one philox_uniform of
@@ -258,7 +301,7 @@ CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState st
                                            index_t blocks) {
   const bool draws = p.mode == MaxoutMode::Sample;
   const index_t total = static_cast<index_t>(p.output_numel());
-  const index_t groups = static_cast<index_t>(p.groups()), inner = static_cast<index_t>(p.inner);
+  const index_t groups = static_cast<index_t>(p.groups());
   const index_t step = blocks * kElementwiseThreads;
   const index_t first = block * kElementwiseThreads + thread;
   if constexpr (kQuad) {
@@ -272,17 +315,17 @@ CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState st
         const index_t t = q * 4 + k;
         if (t >= total) break;
         index_t o, j, i;
-        maxout_split<index_t, false>(t, groups, inner, o, j, i);
+        maxout_split<index_t, false>(p, t, groups, p.by_groups, o, j, i);
         // k is a constant once unrolled: no quad in local memory.
-        maxout_forward_element<scalar_t>(p, o, j, i, philox_bits_to_uniform(words.v[k]));
+        maxout_forward_element<scalar_t, index_t>(p, o, j, i, philox_bits_to_uniform(words.v[k]));
       }
     }
   } else {
     for (index_t t = first; t < total; t += step) {
       index_t o, j, i;
-      maxout_split<index_t, kChannelFastest>(t, groups, inner, o, j, i);
+      maxout_split<index_t, kChannelFastest>(p, t, groups, p.by_groups, o, j, i);
       const float u = draws ? philox_uniform(state, static_cast<uint64_t>(maxout_draw_index(p, o, j, i)), 0) : 0.0f;
-      maxout_forward_element<scalar_t>(p, o, j, i, u);
+      maxout_forward_element<scalar_t, index_t>(p, o, j, i, u);
     }
   }
 }
@@ -291,18 +334,16 @@ CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState st
 template <typename scalar_t, typename index_t, bool kChannelFastest>
 CIFAROPS_INLINE void maxout_backward_thread(const MaxoutParams& p, index_t block, index_t thread, index_t blocks) {
   const index_t total = static_cast<index_t>(p.input_numel());
-  const index_t channels = static_cast<index_t>(p.channels), inner = static_cast<index_t>(p.inner);
-  const index_t groups = static_cast<index_t>(p.groups()), pieces = static_cast<index_t>(p.pieces);
+  const index_t channels = static_cast<index_t>(p.channels);
   const index_t step = blocks * kElementwiseThreads;
   for (index_t t = block * kElementwiseThreads + thread; t < total; t += step) {
-    index_t o, c, i;
-    maxout_split<index_t, kChannelFastest>(t, channels, inner, o, c, i);
-    const index_t j = p.strided_grouping ? c % groups : c / pieces;
+    index_t o, c, i, j, piece;
+    maxout_split<index_t, kChannelFastest>(p, t, channels, p.by_channels, o, c, i);
+    maxout_group_piece<index_t>(p, c, j, piece);
     if (p.mode == MaxoutMode::Expectation) {
-      maxout_expectation_backward_element<scalar_t>(p, o, c, i, j);
+      maxout_expectation_backward_element<scalar_t, index_t>(p, o, c, i, j);
     } else {
-      const index_t piece = p.strided_grouping ? c / groups : c % pieces;
-      maxout_backward_element<scalar_t>(p, o, c, i, j, piece);
+      maxout_backward_element<scalar_t, index_t>(p, o, c, i, j, piece);
     }
   }
 }

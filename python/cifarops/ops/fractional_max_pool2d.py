@@ -76,9 +76,10 @@ def check_args(x, kernel_size, output_size, regions, op: str, input_size=None, s
 
 
 def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, values: bool, sequence="pseudorandom",
-                rng_state=None, ref_name="x", needs_state=False) -> bool:
-    """Shapes, dtypes and devices of the draws; their values too when `values` (a host read: the functional
-    API checks explicit draws, the ops check CPU tensors). Returns whether the call draws them itself; a
+                rng_state=None, ref_name="x", needs_state=False, device_values=False) -> bool:
+    """Shapes, dtypes and devices of the draws; their values too when `values` (a host read: the ops check CPU
+    tensors, the functional API device tensors when CIFAROPS_CHECK_VALUES=1), else, with `device_values`, on
+    the device without a host read (assert_draw_values_async). Returns whether the call draws them itself; a
     backward (`needs_state`) that would draws from rng_state, which must be given."""
     n, c = x.shape[0], x.shape[1]
     if samples is not None and boundaries is not None:
@@ -103,6 +104,8 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
         if values and samples.numel() and not bool(((samples >= 0) & (samples < 1)).all()):
             raise ValueError(f"{op}: samples must lie in [0, 1), got values from {samples.min().item()} to "
                              f"{samples.max().item()}")
+        if device_values and not values:
+            assert_draw_values_async(samples, None, size_in, size_out, op)
         return False
     check_tensor(boundaries, "boundaries", op)
     check_same_device(boundaries, x, "boundaries", op, ref_name=ref_name)
@@ -121,7 +124,27 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
                                  f"{i} at index {o}")
             if not bool(((steps >= 1) & (steps <= 2)).all()):
                 raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must increase in steps of 1 or 2")
+    if device_values and not values:
+        assert_draw_values_async(None, boundaries, size_in, size_out, op)
     return False
+
+
+def assert_draw_values_async(samples, boundaries, size_in, size_out, op: str) -> None:
+    """check_draws' value checks as device-side asserts (torch._assert_async): no host read, capture-safe, a few
+    small kernels. A bad draw stops the device with the message, and the next synchronising call raises
+    "device-side assert triggered", as the CUDA kernels' own check does (FmpParams::check_draws). On CPU
+    tensors torch raises the message at once."""
+    if samples is not None and samples.numel():
+        torch._assert_async(((samples >= 0) & (samples < 1)).all(), f"{op}: samples must lie in [0, 1) (checked on the device)")
+    if boundaries is not None and boundaries.numel():
+        ok = None
+        for axis_index, (i, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
+            a = boundaries[:, :, axis_index, : o + 1]
+            steps = a.diff(dim=-1)
+            axis_ok = (a[..., 0] == 0).all() & (a[..., o] == i).all() & ((steps >= 1) & (steps <= 2)).all()
+            ok = axis_ok if ok is None else ok & axis_ok
+        torch._assert_async(ok, f"{op}: boundaries must start at 0, increase in steps of 1 or 2 and reach the "
+                                "input size at index out (checked on the device)")
 
 
 def wide_index(kernel, regions: str, return_indices: bool) -> bool:
@@ -229,7 +252,7 @@ def triton_fractional_max_pool2d(x, kernel_size, output_size, regions, samples, 
                                  per_image, rng_state):
     kernel, size_out, size_in = check_args(x, kernel_size, output_size, regions, FORWARD_OP, sequence=sequence)
     draws = check_draws(x, size_in, size_out, regions, samples, boundaries, FORWARD_OP, values=x.device.type == "cpu",
-                        sequence=sequence, rng_state=rng_state)
+                        device_values=True, sequence=sequence, rng_state=rng_state)
     x, y, index = _outputs(x, kernel, size_out, regions, return_indices)
     alpha = _alpha(size_in, size_out, kernel, regions, x.dtype, x.device)
     if not draws:
@@ -250,8 +273,8 @@ def triton_fractional_max_pool2d_backward(grad_y, index, input_size, kernel_size
                                            sequence=sequence)
     _check_index(grad_y, index, kernel, regions)
     draws = check_draws(grad_y, size_in, size_out, regions, samples, boundaries, BACKWARD_OP,
-                        values=grad_y.device.type == "cpu", sequence=sequence, rng_state=rng_state, ref_name="grad_y",
-                        needs_state=True)
+                        values=grad_y.device.type == "cpu", device_values=True, sequence=sequence, rng_state=rng_state,
+                        ref_name="grad_y", needs_state=True)
     grad_y, index, grad_x = _grad_input(grad_y, index, size_in)
     alpha = _alpha(size_in, size_out, kernel, regions, grad_y.dtype, grad_y.device)
     _triton().fmp_bwd(grad_y, index, grad_x, samples, boundaries, kernel, regions, alpha, rng_state if draws else None,

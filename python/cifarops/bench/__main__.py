@@ -7,7 +7,7 @@ host time per call at tiny shapes beside the peer layers, with the device kernel
 model level; and last one screen to act on (also `summary.md`) and the chart.
 
 How much it runs: the default, every op at its CIFAR headline shape and two small networks (minutes);
-`--full`, every shape and PyramidNet-272 (expect an hour or more on a CPU: it says so at its start);
+`--full`, every shape and PyramidNet-272 (expect over two hours on a 2-core CPU: it says so at its start);
 `--quick`, CI's.
 """
 
@@ -52,8 +52,9 @@ did not run through its compiled graph stops the report."""
 COMPILE_BUDGET_S = {"cpu": 150.0, "cuda": 60.0}
 # What --full took end to end, measured (printed at its start). None: not measured on that kind of device yet.
 FULL_DURATION = {
-    "cpu": "over an hour on a 2-core CPU (2026-12-06: checks and op timing 11 minutes, then PyramidNet-272's "
-           "model level, whose torch.compile alone ran 49 minutes and more)",
+    "cpu": "over two hours on a 2-core CPU (measured 2026-12-07: 133.5 minutes, with builds and tests beside it for "
+           "part of the time; checks, op timing and host time 11 minutes, then PyramidNet-272's model level, whose two "
+           "compiled configurations compiled for 36 and 38 minutes)",
     "cuda": None,
 }
 
@@ -65,7 +66,7 @@ def parse_args(argv):
     profile.add_argument("--quick", action="store_true", help="CI's: one or two shapes per op, short timing, no compile on the CPU")
     profile.add_argument("--full", action="store_true",
                          help="the whole report: every shape, every case compiled, PyramidNet-272 at every checkpoint "
-                              "mode, compiled (an hour or more on a CPU)")
+                              "mode, compiled (over two hours on a 2-core CPU)")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, from {list(OPS)}")
     parser.add_argument("--backends", default=None, help="comma-separated cifarops backends to time (default: all available)")
     parser.add_argument("--dtypes", default=None,

@@ -86,7 +86,7 @@ struct FmpParams {
   int64_t draw_channels = 0;
   float sample_max = 0;  // the largest value of the input's dtype below 1
   // Explicit samples or boundaries in device memory, whose values the host did not read: every thread checks the
-  // draws it uses (fmp_check_*, CIFAROPS_KERNEL_CHECK), so that bad ones stop the kernel, as the CPU op raises,
+  // draws it uses (FmpSequence::check_step, the samples in fmp_plane_sequences; CIFAROPS_KERNEL_CHECK), so that bad ones stop the kernel, as the CPU op raises,
   // instead of making the gather skip outputs or the one-byte index alias. The CPU ops read them on the host.
   bool check_draws = false;
   // The 32-bit index path's split of a thread index (fmp_split) into (n, c, h, w) of the grid's sizes (the

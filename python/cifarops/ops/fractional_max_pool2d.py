@@ -116,13 +116,11 @@ def check_draws(x, size_in, size_out, regions, samples, boundaries, op: str, val
         raise ValueError(f"{op}: boundaries must have shape (N, C, 2, L) = ({n}, {c}, 2, >= {length}), "
                          f"got {tuple(boundaries.shape)}")
     if values and boundaries.numel():
-        for axis_index, (i, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
-            a = boundaries[:, :, axis_index, : o + 1]
-            steps = a.diff(dim=-1)
-            if not bool((a[..., 0] == 0).all() and (a[..., o] == i).all()):
+        for axis_index, i, o, ends_ok, steps_ok in _boundary_conditions(boundaries, size_in, size_out):
+            if not bool(ends_ok):
                 raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must start at 0 and reach the input size "
                                  f"{i} at index {o}")
-            if not bool(((steps >= 1) & (steps <= 2)).all()):
+            if not bool(steps_ok):
                 raise ValueError(f"{op}: boundaries[..., {axis_index}, :] must increase in steps of 1 or 2")
     if device_values and not values:
         assert_draw_values_async(None, boundaries, size_in, size_out, op)
@@ -138,13 +136,20 @@ def assert_draw_values_async(samples, boundaries, size_in, size_out, op: str) ->
         torch._assert_async(((samples >= 0) & (samples < 1)).all(), f"{op}: samples must lie in [0, 1) (checked on the device)")
     if boundaries is not None and boundaries.numel():
         ok = None
-        for axis_index, (i, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
-            a = boundaries[:, :, axis_index, : o + 1]
-            steps = a.diff(dim=-1)
-            axis_ok = (a[..., 0] == 0).all() & (a[..., o] == i).all() & ((steps >= 1) & (steps <= 2)).all()
-            ok = axis_ok if ok is None else ok & axis_ok
+        for _, _, _, ends_ok, steps_ok in _boundary_conditions(boundaries, size_in, size_out):
+            ok = ends_ok & steps_ok if ok is None else ok & ends_ok & steps_ok
         torch._assert_async(ok, f"{op}: boundaries must start at 0, increase in steps of 1 or 2 and reach the "
                                 "input size at index out (checked on the device)")
+
+
+def _boundary_conditions(boundaries, size_in, size_out):
+    """Per axis (index 0 the width): (axis index, in, out, a_0 = 0 and a_out = in, every step 1 or 2), the two
+    conditions as 0-dim bool tensors on the boundaries' device (read back by the host check, asserted on the
+    device by the async one)."""
+    for axis_index, (i, o) in enumerate(((size_in[1], size_out[1]), (size_in[0], size_out[0]))):
+        a = boundaries[:, :, axis_index, : o + 1]
+        steps = a.diff(dim=-1)
+        yield axis_index, i, o, (a[..., 0] == 0).all() & (a[..., o] == i).all(), ((steps >= 1) & (steps <= 2)).all()
 
 
 def wide_index(kernel, regions: str, return_indices: bool) -> bool:

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <utility>
 
+#include "args/cpu_output_cache.h"
 #include "args/rng.h"
 #include "args/signatures.h"
 
@@ -313,6 +314,21 @@ PyMethodDef kEntries[] = {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cifarops compiled kernels; importing this module registers the C++ and CUDA ops";
   m.def("build_info", &cifarops::build_info, "What this build of cifarops._C contains");
+  m.def(
+      "cpu_output_cache_info",
+      [] {
+        const cifarops::CpuOutputCacheInfo info = cifarops::cpu_output_cache_info();
+        pybind11::dict out;
+        out["cached_bytes"] = info.cached_bytes;
+        out["limit_bytes"] = info.limit_bytes;
+        out["hits"] = info.hits;
+        out["misses"] = info.misses;
+        return out;
+      },
+      "The CPU output cache: bytes kept, its limit, outputs served from it (hits) and not (misses)");
+  m.def("empty_cpu_output_cache", &cifarops::empty_cpu_output_cache, "Frees the blocks the CPU output cache keeps");
+  m.def("set_cpu_output_cache_limit", &cifarops::set_cpu_output_cache_limit, pybind11::arg("bytes"),
+        "Sets how many bytes the CPU output cache may keep (0: none), evicting the oldest blocks beyond it");
   // Without the GIL, as the op entries: threads may draw at once, and the generator's mutex keeps them apart.
   m.def("draw_rng_state", &cifarops::draw_rng_state, pybind11::arg("device"), pybind11::arg("streams"),
         pybind11::call_guard<pybind11::gil_scoped_release>(),

@@ -36,6 +36,8 @@ RUN_BY = {
         "tests/test_examples.py::test_digits_training_script_trains_both_runs_and_plots_them",
     "torchrun --nproc-per-node 2 examples/pipeline_gpipe.py":
         "tests/test_examples.py::test_pipeline_example_trains",
+    "python -m cifarops.bench.processes --cache-off":
+        "tests/test_cpu_cache.py::test_the_five_process_benchmark_reports_each_process",
 }
 # ... or the reason no test runs it.
 NOT_RUN = {

@@ -3,16 +3,12 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <c10/util/SmallVector.h>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
+#include "args/cpu_output_cache.h"
 #include "cifarops/tensor_types.h"
 
 namespace cifarops {
@@ -43,28 +39,15 @@ inline at::MemoryFormat dense_format(const at::Tensor& t) {
   return at::MemoryFormat::Contiguous;
 }
 
-// An uninitialised output. On Linux CPU tensors of several megabytes, the 2 MiB-aligned interior of the
-// fresh buffer is advised to use transparent huge pages before the kernel first touches it: a memory-bound
-// CPU kernel otherwise spends most of its time in 4 KiB page faults (measured here: 9.6 ms to first-touch
-// 32 MiB, 2.5 ms with huge pages). The buffer stays owned by torch's allocator; this is what torch itself
-// does for every allocation under THP_MEM_ALLOC_ENABLE=1. CIFAROPS_HUGE_PAGES=0 turns it off.
+// An uninitialised output. CPU outputs come from the CPU output cache (csrc/args/cpu_output_cache.h): a block an
+// earlier output used where one of the size is kept, so that the kernel does not spend most of its time in page
+// faults on fresh memory.
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format) {
-  at::Tensor out = at::empty(sizes, options.memory_format(format));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t(1) << 21;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t end = begin + static_cast<uintptr_t>(out.nbytes());
-  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t last = end & ~(kHugePage - 1);
-  static const bool enabled = [] {
-    const char* setting = std::getenv("CIFAROPS_HUGE_PAGES");
-    return setting == nullptr || std::string(setting) != "0";
-  }();
-  if (enabled && out.is_cpu() && last >= first + 2 * kHugePage) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only: failure is harmless
+  if (options.device().is_cpu() && !options.pinned_memory()) {
+    return at::detail::empty_generic(sizes, cpu_output_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                     c10::typeMetaToScalarType(options.dtype()), format);
   }
-#endif
-  return out;
+  return at::empty(sizes, options.memory_format(format));
 }
 
 inline at::Tensor empty_output_like(const at::Tensor& dense, at::MemoryFormat format) {

@@ -109,10 +109,12 @@ void shake_drop() {
   std::vector<Case> grid;
   // Rows of whole packets for every dtype (H x W = 32 in NCHW, C = 16 or 8 in channels_last) and rows that are
   // not (H x W = 15, C = 6 or 3): the packet path, the scalar path, and a shortcut that breaks the packets.
-  const std::vector<std::vector<int64_t>> shapes{{3, 16, 4, 8}, {2, 6, 3, 5}, {5, 8, 1, 1}};
+  // (N, C) inputs walk their C vector as rows (channels_last), in packets where C holds whole ones.
+  const std::vector<std::vector<int64_t>> shapes{{3, 16, 4, 8}, {2, 6, 3, 5}, {5, 8, 1, 1}, {4, 16}, {3, 6}};
   for (const auto& shape : shapes) {
     for (int64_t shortcut : {int64_t(0), shape[1], shape[1] / 2}) {
       for (bool channels_last : {false, true}) {
+        if (channels_last && shape.size() != 4) continue;
         for (const std::string level : {"batch", "sample", "channel", "pixel"}) {
           for (const std::string gate_level : {"batch", "sample"}) {
             grid.push_back({shape, shortcut, channels_last, gate_level, level, true});
@@ -127,6 +129,17 @@ void shake_drop() {
   }
   // The grid-stride loop: more elements than the capped grid (65536 blocks of 256 threads) has threads.
   check({{1, 1, 4099, 4099}, 0, false, "batch", "sample", true}, at::kFloat);  // odd rows: scalar
+  // An (N, C) input of whole packets takes the packet path (it never did when its rows were 1 x 1 planes).
+  for (at::ScalarType type : types) {
+    const at::Tensor h = at::randn({4, 16}).to(type);
+    const cifarops::ShakeDropCall call = cifarops::shake_drop_forward_call(
+        h, std::nullopt, 0.5, {-1.0, 1.0}, {0.0, 1.0}, "batch", "sample", true, std::nullopt, std::nullopt,
+        std::nullopt, std::nullopt);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, type, "shake_drop_nc", [&] {
+      expect(cifarops::shake_drop_launch<scalar_t>(call.params).vectorize,
+             "shake_drop " + std::string(c10::toString(type)) + " (4, 16): packets");
+    });
+  }
   paths.expect_all("shake_drop", {"packets", "scalars", "the grid-stride loop"});
 }
 

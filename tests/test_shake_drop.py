@@ -199,6 +199,18 @@ def test_matches_reference_half_packets_with_shortcut(kernel_backend, dtype, lay
     compare_with_reference(device, backend, h, x, p_drop=0.3, level=level, gate_level="sample")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("shortcut_channels", [None, 16, 8])
+def test_matches_reference_without_spatial_dims(kernel_backend, dtype, level, shortcut_channels):
+    """(N, C) inputs, whose C vector the kernels walk as a row (in CUDA packets where C holds whole ones): every
+    level, including channel noise along the row."""
+    device, backend = kernel_backend
+    h = torch.randn(6, 16, device=device).to(dtype)
+    x = None if shortcut_channels is None else torch.randn(6, shortcut_channels, device=device).to(dtype)
+    compare_with_reference(device, backend, h, x, p_drop=0.4, gate_level="sample", level=level)
+
+
 @pytest.mark.parametrize("shape", [(3, 5), (2, 3, 7), (2, 3, 2, 2, 2), (1, 1, 1, 1), (3, 17, 1, 13)])
 def test_matches_reference_other_shapes(kernel_backend, shape):
     device, backend = kernel_backend

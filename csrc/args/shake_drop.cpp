@@ -101,7 +101,9 @@ ShakeDropCall start_call(const at::Tensor& h, at::MemoryFormat format) {
   p.batch = h.size(0);
   p.channels = h.size(1);
   p.spatial = h.numel() == 0 ? 0 : h.numel() / (h.size(0) * h.size(1));
-  p.channels_last = format == at::MemoryFormat::ChannelsLast;
+  // Without spatial dims ((N, C), or 1 x 1 planes) both layouts are the same memory: walking it as channels_last
+  // makes a row the C vector, so that the CUDA kernel moves whole packets along it.
+  p.channels_last = format == at::MemoryFormat::ChannelsLast || p.spatial == 1;
   return call;
 }
 

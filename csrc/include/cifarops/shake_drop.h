@@ -52,6 +52,12 @@ struct ShakeDropParams {
 
   CIFAROPS_INLINE int64_t numel() const { return batch * channels * spatial; }
   CIFAROPS_INLINE bool pixel_noise() const { return coef.kind == Noise::PerElement || (coef.kind == Noise::Drawn && coef.level == Level::Pixel); }
+  // Whether the coefficient changes along the channels (so a channels_last row, which spans them, needs one
+  // per element); batch- and sample-level coefficients do not.
+  CIFAROPS_INLINE bool coef_varies_by_channel() const {
+    return pixel_noise() || (coef.kind == Noise::PerChannel && coef.stride_c != 0) ||
+           (coef.kind == Noise::Drawn && coef.level == Level::Channel);
+  }
 };
 
 // Logical coordinates of an element: sample, channel, flattened spatial position.
@@ -174,7 +180,10 @@ inline void shake_drop_dispatch(const ShakeDropLaunch& launch, Launcher&& launch
 // Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop. It handles kVec
 // consecutive elements of one row at a time (one packet load and store); all kVec share n, and the row's
 // coordinates advance by one along s (NCHW) or c (channels_last), so locate()'s divisions happen once per
-// packet, in index_t (32-bit when the tensor has fewer than 2^31 elements). p.rng is resolved.
+// packet, in index_t (32-bit when the tensor has fewer than 2^31 elements). The scale is computed once per
+// packet unless it changes along the row (pixel noise; channel noise in channels_last); where the drawn
+// indices along the row are consecutive (pixel level in NCHW, channel level in channels_last) one Philox call
+// serves four elements. p.rng is resolved.
 template <typename scalar_t, int kVec, typename index_t>
 CIFAROPS_INLINE void shake_drop_thread(const ShakeDropParams& p, index_t block, index_t thread, index_t blocks) {
   using acc_t = typename OpMath<scalar_t>::type;
@@ -182,7 +191,9 @@ CIFAROPS_INLINE void shake_drop_thread(const ShakeDropParams& p, index_t block, 
   const index_t step = blocks * kElementwiseThreads;
   const auto* h = static_cast<const Packet<scalar_t, kVec>*>(p.h);
   auto* out = static_cast<Packet<scalar_t, kVec>*>(p.out);
-  const bool pixel_philox = p.coef.kind == Noise::Drawn && p.coef.level == Level::Pixel;
+  const bool per_element = p.channels_last ? p.coef_varies_by_channel() : p.pixel_noise();
+  const bool drawn = p.coef.kind == Noise::Drawn;
+  const bool quad_philox = drawn && (p.channels_last ? p.coef.level == Level::Channel : p.coef.level == Level::Pixel);
   for (index_t i = block * kElementwiseThreads + thread; i < packets; i += step) {
     const index_t m0 = i * kVec;
     const Position q0 = locate<index_t>(p, m0);
@@ -195,9 +206,8 @@ CIFAROPS_INLINE void shake_drop_thread(const ShakeDropParams& p, index_t block, 
       xv = *reinterpret_cast<const Packet<scalar_t, kVec>*>(static_cast<const scalar_t*>(p.shortcut) +
                                                             shortcut_offset(p, q0));
     }
-    // Per-packet scale for every level but pixel (the packet shares n and, in NCHW, c).
-    acc_t scale = p.pixel_noise() || p.channels_last ? acc_t(0)
-                                                     : shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q0, m0));
+    // The packet shares n and, in NCHW, c.
+    acc_t scale = per_element ? acc_t(0) : shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q0, m0));
     Philox4 quad{};
     Packet<scalar_t, kVec> yv;
 #if defined(__CUDACC__)
@@ -205,13 +215,13 @@ CIFAROPS_INLINE void shake_drop_thread(const ShakeDropParams& p, index_t block, 
 #endif
     for (int j = 0; j < kVec; ++j) {
       const Position q{q0.n, p.channels_last ? q0.c + j : q0.c, p.channels_last ? q0.s : q0.s + j};
-      if (pixel_philox && !p.channels_last) {
-        // Consecutive logical indices: one Philox call per four elements.
-        const uint64_t index = static_cast<uint64_t>(logical_index(p, q));
+      if (quad_philox) {
+        // Consecutive Philox indices: one call per four elements.
+        const uint64_t index = p.channels_last ? noise_index(p.coef, p, q.n, q.c) : static_cast<uint64_t>(logical_index(p, q));
         if (j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, p.coef.stream);
         const float u = philox_bits_to_uniform(philox_word(quad, index % 4));  // no quad in local memory
         scale = shake_drop_scale(gate, coefficient_from_uniform<acc_t>(p.coef, u));
-      } else if (p.pixel_noise() || p.channels_last) {
+      } else if (per_element) {
         scale = shake_drop_scale(gate, shake_drop_coefficient<acc_t>(p, q, m0 + j));
       }
       acc_t y = scale * to_acc<acc_t>(hv.v[j]);

@@ -35,8 +35,8 @@ def _case(op: str, tiny: bool):
 
 
 def worker(op: str, tiny: bool) -> dict:
-    """One process's figures: the medians (ms) of forward+backward of cifarops[cpu], the eager reference and
-    the baseline."""
+    """One process's figures (ms) of forward+backward of cifarops[cpu], the eager reference and the baseline:
+    each the lower of two medians after warm-up, taken alternately."""
     import torch
 
     from cifarops.bench.common import timed

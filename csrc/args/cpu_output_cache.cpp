@@ -101,22 +101,14 @@ class CpuOutputCache final : public c10::Allocator {
   }
 
   void set_limit(int64_t bytes) {
-    std::vector<Block> evicted;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      limit_ = bytes;
-      evict_beyond(static_cast<size_t>(limit_), evicted);
-    }
-    for (const Block& b : evicted) std::free(b.block);
+    std::unique_lock<std::mutex> lock(mutex_);
+    limit_ = bytes;
+    free_unlocked(evict_beyond(static_cast<size_t>(bytes)), lock);
   }
 
   void empty() {
-    std::vector<Block> evicted;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      evict_beyond(0, evicted);
-    }
-    for (const Block& b : evicted) std::free(b.block);
+    std::unique_lock<std::mutex> lock(mutex_);
+    free_unlocked(evict_beyond(0), lock);
   }
 
  private:
@@ -146,27 +138,30 @@ class CpuOutputCache final : public c10::Allocator {
     void* block = static_cast<char*>(data) - kHeader;
     const size_t bytes = header(data)[0];
     report_to_profiler(data, -static_cast<int64_t>(header(data)[1]));
-    std::vector<Block> evicted;
-    {
-      std::lock_guard<std::mutex> lock(cache.mutex_);
-      if (static_cast<int64_t>(bytes) <= cache.limit_) {
-        cache.kept_.push_back({block, bytes});
-        cache.cached_bytes_ += bytes;
-        cache.evict_beyond(static_cast<size_t>(cache.limit_), evicted);
-        block = nullptr;
-      }
+    std::unique_lock<std::mutex> lock(cache.mutex_);
+    if (static_cast<int64_t>(bytes) > cache.limit_) {
+      lock.unlock();
+      std::free(block);
+      return;
     }
-    if (block != nullptr) std::free(block);
-    for (const Block& b : evicted) std::free(b.block);  // outside the lock: unmapping takes a while
+    cache.kept_.push_back({block, bytes});
+    cache.cached_bytes_ += bytes;
+    free_unlocked(cache.evict_beyond(static_cast<size_t>(cache.limit_)), lock);
   }
 
-  void evict_beyond(size_t limit, std::vector<Block>& evicted) {
+  // The oldest kept blocks beyond `limit` bytes, taken out of the cache (under the lock).
+  std::vector<Block> evict_beyond(size_t limit) {
     size_t oldest = 0;
-    while (cached_bytes_ > limit) {
-      cached_bytes_ -= kept_[oldest].bytes;
-      evicted.push_back(kept_[oldest++]);
-    }
+    while (cached_bytes_ > limit) cached_bytes_ -= kept_[oldest++].bytes;
+    std::vector<Block> evicted(kept_.begin(), kept_.begin() + static_cast<std::ptrdiff_t>(oldest));
     kept_.erase(kept_.begin(), kept_.begin() + static_cast<std::ptrdiff_t>(oldest));
+    return evicted;
+  }
+
+  // Frees evicted blocks after releasing the lock: unmapping takes a while.
+  static void free_unlocked(const std::vector<Block>& blocks, std::unique_lock<std::mutex>& lock) {
+    lock.unlock();
+    for (const Block& b : blocks) std::free(b.block);
   }
 
   std::mutex mutex_;

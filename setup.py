@@ -82,7 +82,10 @@ def extension():
     with_cuda = want_cuda(os.environ, torch.version.cuda, nvcc_release(CUDA_HOME), CUDA_HOME)
     cpp = sources("csrc/ops.cpp") + sources("csrc/python_module.cpp") + sources("csrc/args/*.cpp") + sources("csrc/cpu/*.cpp")
     define = [("CIFAROPS_VERSION", f'"{VERSION}"')]
-    cxx = ["-O3", "-fopenmp"]  # torch.utils.cpp_extension picks the C++ standard torch needs
+    # torch.utils.cpp_extension picks the C++ standard torch needs. -ffp-contract=off: no fused multiply-adds, so
+    # that each operation rounds once, as the reference's do (GCC fuses wherever the target has FMA: aarch64,
+    # -march=native), and the draws decide alike everywhere (csrc/include/cifarops/rounding.h).
+    cxx = ["-O3", "-fopenmp", "-ffp-contract=off"]
     if not with_cuda:
         return CppExtension(
             "cifarops._C",

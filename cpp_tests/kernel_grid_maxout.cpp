@@ -1,10 +1,11 @@
 // Maxout's and probabilistic maxout's kernels (maxout_forward_thread, maxout_backward_thread in
 // csrc/include/cifarops/maxout.h) over their whole launch grids on the host, against the CPU op: every dtype;
 // all three modes (maxout, the probabilistic draw, its expectation) and both backwards; both groupings; the
-// instantiations the launcher picks (the draw's four-output Philox steps in NCHW order, with output counts that
-// are not a multiple of four; channels fastest in channels_last; one output a step otherwise), the 64-bit-index
-// one; dims in the middle, last and first; ties, NaN and infinities; grids forced down to one block, and the
-// capped grid of more outputs (and inputs) than 65536 blocks of 256 threads.
+// instantiations the launcher picks (four outputs a step in NCHW order: rows of four moved as vectors, and the
+// draw's fallback one output at a time, with output counts that are not a multiple of four and a misaligned
+// input; channels fastest in channels_last; one output a step otherwise), the 64-bit-index one; dims in the
+// middle, last and first; ties, NaN and infinities; grids forced down to one block, and the capped grid of more
+// outputs (and inputs) than 65536 blocks of 256 threads.
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -44,7 +45,9 @@ void forward_on_host(const MaxoutParams& p, cifarops::PhiloxState state, Grid gr
   if (!launch.launch) return;
   const int64_t total = p.output_numel();
   const int64_t items = launch.quad ? (total + 3) / 4 : total;
-  const char* kind = launch.quad ? "quads" : launch.channel_fastest ? "channels fastest" : "one output a step";
+  const char* kind = !launch.quad             ? (launch.channel_fastest ? "channels fastest" : "one output a step")
+                     : p.rows_of_four          ? "rows of four"
+                                               : "quads one output at a time";
   paths.saw(std::string("forward: ") + kind);
   if (launch.quad && total % 4 != 0) paths.saw("forward: a partial last quad");
   if (!launch.small) paths.saw("forward: 64-bit indices");
@@ -85,6 +88,7 @@ struct Case {
   int64_t pieces, dim;
   bool channels_last;
   std::string grouping;
+  bool misaligned = false;  // the input one element into its buffer: no packet of four is aligned
 };
 
 using MaxoutSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, int64_t, c10::string_view);
@@ -107,6 +111,7 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
 // returns as 0x7FC0 and the CPU op's maxout, copying the input's bits, as 0xFFFF).
 at::Tensor input(const Case& c, at::ScalarType type, bool special) {
   at::Tensor x = (at::randint(-3, 4, c.shape).to(at::kFloat) + at::randn(c.shape).mul_(0.25).round_()).to(type);
+  if (c.misaligned) x = at::empty({x.numel() + 1}, x.options()).narrow(0, 1, x.numel()).view(c.shape).copy_(x);
   if (special && x.numel() >= 8) {
     at::Tensor flat = x.view(-1);
     flat[1].fill_(NAN);
@@ -127,7 +132,7 @@ void check(const Case& c, at::ScalarType type, const std::vector<Grid>& grids, b
   const double temperature = 0.75;
   const std::string what = "maxout " + std::string(c10::toString(type)) + " shape " + c10::str(c.shape) + " pieces " +
                            std::to_string(c.pieces) + " dim " + std::to_string(c.dim) + " " + c.grouping +
-                           (c.channels_last ? " channels_last" : "");
+                           (c.channels_last ? " channels_last" : "") + (c.misaligned ? " misaligned" : "");
   const auto [y_max, index_max] = maxout.call(x, c.pieces, c.dim, c.grouping);
   const auto [y_sample, index_sample, state_out] = sample.call(x, c.pieces, c.dim, c.grouping, temperature, state);
   const at::Tensor y_expectation = expectation.call(x, c.pieces, c.dim, c.grouping, temperature);
@@ -193,6 +198,12 @@ void maxout() {
       // Other dims: the layout is made NCHW (channels_last is kept only for dim 1).
       cases.push_back({{2, 3, 6, 5}, 2, 2, channels_last, grouping});
       cases.push_back({{4, 3, 5, 6}, 3, -1, channels_last, grouping});
+      // Rows of four: planes of 20 and 192 (576 steps: past a block's threads) and inner 8 under dim 2; and
+      // the same plane misaligned, which falls back to one output at a time.
+      cases.push_back({{2, 6, 4, 5}, 2, 1, channels_last, grouping});
+      cases.push_back({{3, 8, 16, 12}, 4, 1, channels_last, grouping});
+      cases.push_back({{2, 3, 6, 8}, 3, 2, channels_last, grouping});
+      cases.push_back({{2, 6, 4, 5}, 2, 1, channels_last, grouping, true});
     }
     cases.push_back({{3, 7, 8}, 4, -1, false, grouping});  // channels last at unit stride, inner size 1
     cases.push_back({{5, 12}, 3, 1, false, grouping});
@@ -215,7 +226,7 @@ void maxout() {
   big.channels = (int64_t(1) << 31) - 2;
   big.group_count = big.channels / 2;
   expect(cifarops::maxout_forward_launch(big).small, "maxout forward: 32-bit offsets for an input of 2^31 - 2");
-  paths.expect_all("maxout", {"forward: quads", "forward: channels fastest", "forward: one output a step",
+  paths.expect_all("maxout", {"forward: rows of four", "forward: quads one output at a time", "forward: channels fastest", "forward: one output a step",
                               "forward: a partial last quad", "forward: 64-bit indices",
                               "forward: a forced grid-stride loop", "forward: the capped grid-stride loop",
                               "backward: channels fastest", "backward: inner fastest", "backward: 64-bit indices",

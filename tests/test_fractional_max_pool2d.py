@@ -12,7 +12,8 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import COMPILE_BACKENDS, DTYPES, assert_close, deterministic, ids, matches_reference, namespace_for
+from conftest import (COMPILE_BACKENDS, DTYPES, TOLERANCES, assert_close, deterministic, ids, matches_reference,
+                      namespace_for)
 from layouts import LAYOUTS, in_layout
 
 GRAHAM = ["disjoint", "overlapping"]
@@ -175,6 +176,20 @@ def pytorch_result(x, kernel, output, samples, grad):
     return y, index, x.grad
 
 
+def summed_in_any_order(got, want, index, grad):
+    """Input gradients that PyTorch's CUDA backward adds with atomics in any order, against ours (in row-major
+    order): an input that n windows chose sums n terms of at most G = max |grad|, and two orders of that sum differ
+    by at most n^2 eps G (n roundings of at most eps n G / 2 each, per order); inputs chosen once or never match
+    within the dtype's tolerance."""
+    planes = index.flatten(2) + torch.arange(index.shape[0] * index.shape[1], device=index.device).view(
+        index.shape[0], index.shape[1], 1) * got[0, 0].numel()
+    n = torch.bincount(planes.flatten(), minlength=got.numel()).view(got.shape).double()
+    rtol, atol = TOLERANCES[got.dtype]
+    bound = atol + rtol * want.double().abs() + n * n * torch.finfo(got.dtype).eps * float(grad.abs().max())
+    error = (got.double() - want.double()).abs()
+    assert bool((error <= bound).all()), f"{int((error > bound).sum())} gradients beyond the bound, worst {error.max()}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_equals_pytorch(any_backend, dtype):
     """Outputs, indices and gradients equal to torch.nn.functional.fractional_max_pool2d's, element for
@@ -196,8 +211,8 @@ def test_equals_pytorch(any_backend, dtype):
         exact(index, want[1])
         if device == "cpu":
             exact(x_.grad, want[2])
-        else:  # PyTorch's CUDA backward adds with atomics in any order
-            assert_close(x_.grad, want[2])
+        else:
+            summed_in_any_order(x_.grad, want[2], index, grad)
         assert torch.equal(F.fractional_max_pool2d(x, kernel, output_size=output, _random_samples=samples), y)
 
 

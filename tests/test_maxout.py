@@ -378,6 +378,65 @@ def test_draw_hand_worked_oracle(any_backend):
                 assert y[o, j, 0, i].item() == z[want]
 
 
+def _knife_edge_input(u: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pieces (0, d) per output, where u is the output's uniform: they weigh 1 and w = draw_exp(d) (temperature
+    1), and piece 0 is drawn exactly when u (1 + w) < 1. For u in [1/2, 1) d sits at log(1/u - 1) moved by -32 to
+    +32 float32 steps (one step per output, cycling), so that every such draw is decided by the weight's last
+    bits; for u < 1/2 (no boundary: piece 0 always) d is -1. Returns (d, the pieces drawn by that rule, worked in
+    float32 with numpy)."""
+    import numpy as np
+
+    from cifarops.reference import draw_exp
+
+    un = u.numpy().astype(np.float64)
+    base = np.where(un >= 0.5, np.log(np.maximum(1.0 / un - 1.0, 1e-30)), -1.0).astype(np.float32)
+    step = (np.arange(len(un)) % 65 - 32).astype(np.int32)
+    d = (base.view(np.int32) + np.where(un >= 0.5, step, 0)).view(np.float32)  # neighbouring floats of base
+    d = np.minimum(np.where(np.isfinite(d), d, np.float32(-1.0)), np.float32(0.0))
+    w = draw_exp(torch.from_numpy(d)).numpy()
+    total = (np.float32(1.0) + w).astype(np.float32)
+    want = np.where((u.numpy() * total).astype(np.float32) < np.float32(1.0), 0, 1).astype(np.uint8)
+    return torch.from_numpy(d).to(dtype), torch.from_numpy(want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("rows", [True, False], ids=["rows", "columns"])
+def test_draws_decide_alike_at_the_boundary(kernel_backend, dtype, rows):
+    """SPEC's "the same decisions on every backend" where it is hardest: draws on the boundary between two
+    pieces, where exp's last bit (an FMA, a device expf) would flip them. Every backend draws the pieces of the
+    rule u (1 + w) < 1 worked by hand in float32 (as the reference does): along rows (the CUDA forward's rows of
+    four) and down the channels of (N, C) inputs."""
+    from cifarops.philox import philox_uniform
+
+    device, backend = kernel_backend
+    state = torch.tensor([0x5EED_0123_4567, 12], dtype=torch.int64)
+    n = 4096
+    d, want = _knife_edge_input(philox_uniform(state, torch.arange(n), 0), dtype)
+    x = torch.stack([torch.zeros_like(d), d])  # (2, n): piece 0 is the maximum, 0
+    x = x.unsqueeze(0) if rows else x.t()  # (1, 2, n): one row of n outputs; (n, 2): n outputs of one group
+    ops = namespace_for(backend)
+    _, index, _ = ops.probabilistic_maxout(x.to(device), 2, 1, "contiguous", 1.0, state.to(device))
+    assert torch.equal(index.cpu().reshape(-1), want)
+    # The sweep straddles the boundary: both pieces are drawn in most of its 65-step runs.
+    runs = want[: n - n % 65].view(-1, 65)
+    assert ((runs.min(1).values == 0) & (runs.max(1).values == 1)).sum() > len(runs) // 4
+
+
+def test_draw_exp_is_exp():
+    """The draw's weight against math.exp: within 2e-7 relative for |d| < 1, 4e-6 down to 2^-126, exactly 1 at
+    0, and 0 below 2^-126 (where t = d log2(e) < -126) and at -inf."""
+    from cifarops.reference import draw_exp
+
+    d = torch.cat([-torch.rand(200_000, dtype=torch.float64) * 90, -torch.logspace(-30, 0, 2000, dtype=torch.float64),
+                   torch.tensor([0.0, -87.33, -87.34, -100.0, -math.inf], dtype=torch.float64)]).float()
+    w = draw_exp(d).double()
+    exact = torch.tensor([math.exp(v) for v in d.double().tolist()], dtype=torch.float64)
+    normal = exact >= 2.0**-126 * 1.000_01
+    rel = ((w - exact) / exact)[normal].abs()
+    assert rel[d.abs()[normal] < 1].max() < 2e-7 and rel.max() < 4e-6
+    assert w[d == 0].eq(1).all() and w[exact < 2.0**-126 * 0.999_99].eq(0).all()
+
+
 def test_uniforms_are_philox_words_in_logical_order():
     """A single piece per group with two pieces of equal value but one: pieces = 2 and z = (0, 0) gives
     piece 1 exactly when u >= 1/2, so the drawn pieces read the uniforms back, for 37 outputs (quads, a

@@ -128,7 +128,7 @@ def test_known_answer_noise_from_the_generator(any_backend):
     beta = u(state, torch.arange(12, device=device), 2).reshape(3, 4, 1, 1)
     expected = (gate + (1 - gate) * alpha) * h.detach()
     expected[:, :2] += x
-    torch.testing.assert_close(y, expected, rtol=0, atol=3e-7)
+    assert_close(y, expected)  # within a rounding: a GPU fuses scale * h + x into one multiply-add
     torch.testing.assert_close(h.grad, (gate + (1 - gate) * beta).expand_as(h), rtol=0, atol=3e-7)
 
 

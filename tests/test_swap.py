@@ -18,6 +18,7 @@ import cifarops
 import cifarops.models as models
 from cifarops import philox, reference
 from cifarops.swap import SwapReport, swap_layers
+from conftest import assert_close
 
 
 class ForeignShakeDrop(nn.Module):
@@ -108,10 +109,16 @@ def test_foreign_model_computes_exactly_what_torch_computed(kernel_backend):
     # Twice, so that the regions drawn anew at the second call are compared too.
     for seed in (1, 2):
         want, got = _run(torch_model, x, seed), _run(swapped, x, seed)
-        for a, b in zip(got[:3], want[:3]):
+        for a, b in zip(got[:2], want[:2]):
             assert a.dtype == b.dtype and torch.equal(a, b)
-        for a, b in zip(got[3], want[3]):
-            assert torch.equal(a, b)
+        # Gradients: bit for bit on the CPU; on CUDA within a rounding, since torch's FMP backward adds with
+        # atomics in any order (and cuDNN's backward convolution is not bitwise reproducible either).
+        for a, b in zip([got[2], *got[3]], [want[2], *want[3]]):
+            assert a.dtype == b.dtype
+            if device == "cpu":
+                assert torch.equal(a, b)
+            else:
+                assert_close(a, b)
 
 
 def test_report_names_every_replacement_and_the_look_alike():

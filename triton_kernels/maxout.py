@@ -4,7 +4,8 @@ the elements so that neighbouring lanes touch neighbouring addresses in channels
 
 The probabilistic draw is the compiled kernels': u = philox_uniform(state, logical output index in
 (outer, groups, inner) order, stream 0), with the state {seed, offset} read from a 2-element int64 tensor in
-the kernel. lambda = 1 / temperature comes as the bits of a float64 (Triton's float scalars are float32), so a
+the kernel, and the piece decided in float32 with _draw_exp, bit for bit as every backend decides it.
+lambda = 1 / temperature comes as the bits of a float64 (Triton's float scalars are float32), so a
 launch builds no tensor."""
 
 import struct
@@ -17,6 +18,8 @@ from cifarops.triton_kernels.philox import load_state, philox_uniform
 
 BLOCK = 512
 MODE_MAX, MODE_SAMPLE, MODE_EXPECTATION = 0, 1, 2
+# No fused multiply-adds in the forward: the draw rounds once per operation, as every backend does (rounding.h).
+LAUNCH_OPTIONS = {"_maxout_fwd_kernel": {"enable_fp_fusion": False}}
 
 
 @triton.jit
@@ -37,6 +40,25 @@ def _channel_of(j, piece, groups, pieces, STRIDED: tl.constexpr):
     if STRIDED:
         return piece * groups + j
     return j * pieces + piece
+
+
+@triton.jit
+def _draw_exp(d):
+    """exp(d) for float32 d <= 0, as csrc/include/cifarops/rounding.h's draw_exp computes it (the launch turns off
+    fused multiply-adds, so each operation rounds once)."""
+    t = tl.minimum(d * 1.4426950216293335, 0.0)  # log2(e) in float32
+    k = tl.floor(t)
+    f = t - k
+    p = f * 1.3215486660556053e-06 + 1.5252733646775596e-05  # ln(2)^n / n! in float32, n = 8 down to 0
+    p = p * f + 0.0001540352968731895
+    p = p * f + 0.0013333557872101665
+    p = p * f + 0.009618128649890423
+    p = p * f + 0.05550410971045494
+    p = p * f + 0.24022650718688965
+    p = p * f + 0.6931471824645996
+    p = p * f + 1.0
+    scale = ((tl.maximum(k, -126.0).to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(t > -126.0, p * scale, 0.0)
 
 
 @triton.jit
@@ -62,34 +84,39 @@ def _maxout_fwd_kernel(
     y = best
     if MODE != 0:
         lam = lambda_bits.to(tl.int64).to(tl.float64, bitcast=True).to(best.dtype)
+    if MODE == 2:
         total = tl.zeros([BLOCK], best.dtype)
         weighted = tl.zeros([BLOCK], best.dtype)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
             w = tl.exp(lam * (v - best))
-            if MODE == 1:  # the draw: a piece equal to a +inf maximum weighs 1, not exp(inf - inf) (maxout.h)
-                w = tl.where(v == best, 1.0, w).to(best.dtype)
             total += w
             weighted += w * v
-        if MODE == 2:
-            y = tl.where(best == best, weighted / total, best)
-        else:
-            seed, offset = load_state(state_ptr)
-            target = philox_uniform(seed, offset, (o * groups + j) * inner + i, 0).to(best.dtype) * total
-            cumulative = tl.zeros([BLOCK], best.dtype)
-            drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
-            found = tl.zeros([BLOCK], tl.int32)
-            for piece in range(0, pieces):
-                v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
-                v = v.to(best.dtype)
-                cumulative += tl.where(v == best, 1.0, tl.exp(lam * (v - best))).to(best.dtype)
-                hit = (target < cumulative) & (found == 0)
-                drawn = tl.where(hit, piece, drawn).to(tl.int32)
-                found = found | hit.to(tl.int32)
-            arg = tl.where(best == best, drawn, arg)
-            y = tl.load(x_ptr + base + _channel_of(j, arg, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
-            y = y.to(best.dtype)
+        y = tl.where(best == best, weighted / total, best)
+    if MODE == 1:
+        # The draw decides in float32 with _draw_exp, launched without fused multiply-adds: the same piece as every
+        # backend (maxout.h). A piece equal to a +inf maximum weighs 1, not exp(inf - inf).
+        total = tl.zeros([BLOCK], tl.float32)
+        for piece in range(0, pieces):
+            v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            v = v.to(best.dtype)
+            total += tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
+        seed, offset = load_state(state_ptr)
+        target = philox_uniform(seed, offset, (o * groups + j) * inner + i, 0) * total
+        cumulative = tl.zeros([BLOCK], tl.float32)
+        drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
+        found = tl.zeros([BLOCK], tl.int32)
+        for piece in range(0, pieces):
+            v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+            v = v.to(best.dtype)
+            cumulative += tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
+            hit = (target < cumulative) & (found == 0)
+            drawn = tl.where(hit, piece, drawn).to(tl.int32)
+            found = found | hit.to(tl.int32)
+        arg = tl.where(best == best, drawn, arg)
+        y = tl.load(x_ptr + base + _channel_of(j, arg, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
+        y = y.to(best.dtype)
     out = o * ys_o + j * ys_c + i * ys_i
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
     if MODE != 2:
@@ -185,6 +212,7 @@ def maxout_fwd(x, y, index, state, pieces, dim, strided, mode, temperature):
             x, y, index if index is not None else y, state if state is not None else y, _lambda_bits(temperature),
             outer, groups, inner, pieces, *x_strides, *y_strides,
             MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+            **LAUNCH_OPTIONS["_maxout_fwd_kernel"],
         )
 
 

@@ -147,6 +147,7 @@ MaxoutCall maxout_forward_call(const at::Tensor& x, int64_t pieces, int64_t dim,
   p.output = call.output.data_ptr();
   p.out_strides = output_strides(call.output, dim);
   if (call.index.defined()) p.index = call.index.data_ptr<uint8_t>();
+  p.rows_of_four = maxout_rows_of_four(p, x.element_size());
   return call;
 }
 

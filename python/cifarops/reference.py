@@ -258,6 +258,27 @@ def _first_max(values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return best, arg
 
 
+# ln(2)^n / n! in float32, n = 8 down to 0, and log2(e) in float32 (csrc/include/cifarops/rounding.h's draw_exp).
+_DRAW_EXP_TAYLOR = tuple(float.fromhex(h) for h in (
+    "0x1.62c022p-20", "0x1.ffcbfcp-17", "0x1.430912p-13", "0x1.5d87fep-10", "0x1.3b2ab6p-7", "0x1.c6b08ep-5",
+    "0x1.ebfbe0p-3", "0x1.62e430p-1", "0x1.0p+0"))
+_LOG2E_FLOAT32 = float.fromhex("0x1.715476p+0")
+
+
+def draw_exp(d: torch.Tensor) -> torch.Tensor:
+    """exp(d) for float32 d <= 0, bit for bit as every kernel computes the draw's weights (rounding.h's draw_exp):
+    2^t, t = d log2(e), as 2^floor(t) times a degree-8 Taylor polynomial of 2^(t - floor(t)), each operation one
+    float32 rounding (torch's eager ops round once each), and 0 below t = -126."""
+    t = torch.clamp_max(d * _LOG2E_FLOAT32, 0.0)
+    k = torch.floor(t)
+    f = t - k
+    p = torch.full_like(f, _DRAW_EXP_TAYLOR[0])
+    for c in _DRAW_EXP_TAYLOR[1:]:
+        p = p * f + c
+    scale = ((k.clamp_min(-126).to(torch.int32) + 127) << 23).view(torch.float32)
+    return torch.where(t > -126, p * scale, torch.zeros_like(p))
+
+
 def _output_index(shape, dim: int, device) -> torch.Tensor:
     """Logical (outer, group, inner) index of every output element: the Philox counter of its draw."""
     n = 1
@@ -282,13 +303,14 @@ class _Maxout(torch.autograd.Function):
         best, arg = _first_max(values)
         if temperature is not None:  # probabilistic maxout: a categorical draw per output element
             lam = torch.tensor(1.0 / temperature, dtype=best.dtype).item()  # in the compute type, as the kernels
-            # A piece equal to the maximum weighs 1 (exp(inf - inf) would be NaN for a +inf maximum, whose
-            # softmax limit draws it); for finite values exp(0) is 1 anyway.
-            weights = [torch.where(v == best, 1.0, torch.exp((v - best) * lam)) for v in values]
+            # The draw decides in float32 with draw_exp, whatever the dtype: the same piece on every backend. A
+            # piece equal to the maximum weighs 1 (exp(inf - inf) would be NaN for a +inf maximum, whose softmax
+            # limit draws it).
+            weights = [torch.where(v == best, 1.0, draw_exp(((v - best) * lam).float())) for v in values]
             cumulative = [weights[0]]
             for w in weights[1:]:
                 cumulative.append(cumulative[-1] + w)
-            u = philox_uniform(rng_state, _output_index(best.shape, dim, x.device), stream=0).to(best.dtype)
+            u = philox_uniform(rng_state, _output_index(best.shape, dim, x.device), stream=0)
             target = u * cumulative[-1]
             drawn = torch.full_like(arg, pieces - 1)
             for p in reversed(range(pieces)):

@@ -15,6 +15,7 @@
 #include "cifarops/fast_divider.h"
 #include "cifarops/macros.h"
 #include "cifarops/philox.h"
+#include "cifarops/rounding.h"
 #include "cifarops/tensor_types.h"
 
 #if defined(__CUDACC__)
@@ -65,6 +66,9 @@ struct MaxoutParams {
   int64_t group_count = 0;           // channels / pieces, computed once on the host (no division per element)
   // The 32-bit index paths' divisions (maxout_split and the backward's group and piece), made on the host.
   FastDivider by_inner, by_groups, by_channels, by_pieces;
+  // The forward's rows of four (maxout_rows_of_four, set by the host with the pointers): the CUDA forward walks
+  // four outputs of a row a step and moves each piece and output as one vector.
+  bool rows_of_four = false;
 
   CIFAROPS_INLINE int64_t groups() const { return group_count; }
   CIFAROPS_INLINE int64_t output_numel() const { return outer * groups() * inner; }
@@ -84,61 +88,106 @@ CIFAROPS_INLINE int64_t maxout_draw_index(const MaxoutParams& p, int64_t o, int6
   return (o * p.groups() + j) * p.inner + i;
 }
 
-// Output element (o, j, i): writes the value and, for Max and Sample, the piece. u: the element's uniform
-// philox_uniform(state, maxout_draw_index(p, o, j, i), 0) for Sample (the caller draws it, four at a time
-// with philox_quad where its loop walks consecutive indices), ignored otherwise.
-template <typename scalar_t, typename index_t = int64_t>
-CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, index_t o, index_t j, index_t i, float u) {
+// Outputs (o, j, i .. i + kLanes - 1) of one row: writes the values and, for Max and Sample, the pieces. Each
+// piece is loaded, and the outputs stored, as one kLanes-element packet (kLanes > 1: the CUDA forward's rows of
+// four, where the caller has checked maxout_rows_of_four). u[k]: lane k's uniform
+// philox_uniform(state, maxout_draw_index(p, o, j, i + k), 0) for Sample (the caller draws it, four at a time with
+// philox_quad where its loop walks consecutive indices), ignored otherwise. Every lane computes exactly what
+// kLanes = 1 does for it, in the same order: the CPU op and every kernel path give the same bits.
+template <typename scalar_t, typename index_t = int64_t, int kLanes = 1>
+CIFAROPS_INLINE void maxout_forward_lanes(const MaxoutParams& p, index_t o, index_t j, index_t i,
+                                          const float (&u)[kLanes]) {
   using acc_t = typename OpMath<scalar_t>::type;
+  using Values = Packet<scalar_t, kLanes>;
   const scalar_t* x = static_cast<const scalar_t*>(p.input);
-  const auto piece_value = [&](int64_t piece) {
-    return to_acc<acc_t>(x[p.in_strides.at<index_t>(o, p.channel_of<index_t>(j, static_cast<index_t>(piece)), i)]);
+  const auto load = [&](int64_t piece, acc_t (&v)[kLanes]) {
+    const index_t c = p.channel_of<index_t>(j, static_cast<index_t>(piece));
+    const Values packet = *reinterpret_cast<const Values*>(x + p.in_strides.at<index_t>(o, c, i));
+    for (int k = 0; k < kLanes; ++k) v[k] = to_acc<acc_t>(packet.v[k]);
   };
   // First maximum, NaN included: the first NaN wins and propagates.
-  acc_t best = piece_value(0);
-  int64_t arg = 0;
-  for (int64_t piece = 1; piece < p.pieces && !CIFAROPS_ISNAN(best); ++piece) {
-    const acc_t v = piece_value(piece);
-    if (v > best || CIFAROPS_ISNAN(v)) {
-      best = v;
-      arg = piece;
+  acc_t best[kLanes], y[kLanes];
+  int64_t arg[kLanes];
+  load(0, best);
+  for (int k = 0; k < kLanes; ++k) arg[k] = 0;
+  for (int64_t piece = 1; piece < p.pieces; ++piece) {
+    acc_t v[kLanes];
+    load(piece, v);
+    for (int k = 0; k < kLanes; ++k) {
+      if (!CIFAROPS_ISNAN(best[k]) && (v[k] > best[k] || CIFAROPS_ISNAN(v[k]))) {
+        best[k] = v[k];
+        arg[k] = piece;
+      }
     }
   }
-  acc_t y = best;
-  if (p.mode != MaxoutMode::Max && !CIFAROPS_ISNAN(best)) {
-    // softmax(lambda z) with the maximum subtracted: weights in (0, 1], the winner's exactly 1. The draw
-    // gives a piece equal to the maximum weight 1 explicitly: for a +inf maximum, exp(inf - inf) is NaN, and
-    // the limit of the softmax draws the +inf piece (the expectation keeps PyTorch's softmax: NaN).
-    const acc_t lambda = static_cast<acc_t>(p.inverse_temperature);
-    const bool draw = p.mode == MaxoutMode::Sample;
-    const auto weight = [&](acc_t v) { return draw && v == best ? acc_t(1) : CIFAROPS_EXP(lambda * (v - best)); };
-    acc_t total = 0, weighted = 0;
+  for (int k = 0; k < kLanes; ++k) y[k] = best[k];
+  const acc_t lambda = static_cast<acc_t>(p.inverse_temperature);
+  if (p.mode == MaxoutMode::Expectation) {
+    // softmax(lambda z) with the maximum subtracted (weights in (0, 1]), PyTorch's softmax for a +inf maximum
+    // (NaN), and a NaN maximum kept.
+    acc_t total[kLanes], weighted[kLanes];
+    for (int k = 0; k < kLanes; ++k) total[k] = weighted[k] = 0;
     for (int64_t piece = 0; piece < p.pieces; ++piece) {
-      const acc_t v = piece_value(piece);
-      const acc_t w = weight(v);
-      total += w;
-      weighted += w * v;
+      acc_t v[kLanes];
+      load(piece, v);
+      for (int k = 0; k < kLanes; ++k) {
+        const acc_t w = CIFAROPS_EXP(lambda * (v[k] - best[k]));
+        total[k] += w;
+        weighted[k] += w * v[k];
+      }
     }
-    if (p.mode == MaxoutMode::Expectation) {
-      y = weighted / total;
-    } else {
-      // Inverse CDF of the categorical distribution with one Philox uniform per output element.
-      const acc_t target = static_cast<acc_t>(u) * total;
-      acc_t cumulative = 0;
-      arg = p.pieces - 1;
-      for (int64_t piece = 0; piece < p.pieces; ++piece) {
-        cumulative += weight(piece_value(piece));
-        if (target < cumulative) {
-          arg = piece;
-          break;
+    for (int k = 0; k < kLanes; ++k) y[k] = CIFAROPS_ISNAN(best[k]) ? best[k] : weighted[k] / total[k];
+  } else if (p.mode == MaxoutMode::Sample) {
+    // Inverse CDF of softmax(lambda z) with one Philox uniform per output element: the first piece whose
+    // cumulative weight passes u * total, the last one if rounding leaves none. It decides in float32 with
+    // draw_exp and once-rounded operations (cifarops/rounding.h), whatever the dtype: the same piece on every
+    // backend. A piece equal to the maximum weighs 1: for a +inf maximum exp(inf - inf) is NaN, and the limit of
+    // the softmax draws the +inf piece. A NaN maximum keeps its piece and value.
+    const auto weight = [&](acc_t v, acc_t top) {
+      return v == top ? 1.0f : draw_exp(static_cast<float>(lambda * (v - top)));
+    };
+    float total[kLanes], target[kLanes], cumulative[kLanes];
+    bool drawn[kLanes];
+    for (int k = 0; k < kLanes; ++k) total[k] = cumulative[k] = 0.0f;
+    for (int64_t piece = 0; piece < p.pieces; ++piece) {
+      acc_t v[kLanes];
+      load(piece, v);
+      for (int k = 0; k < kLanes; ++k) total[k] = rn_add(total[k], weight(v[k], best[k]));
+    }
+    for (int k = 0; k < kLanes; ++k) {
+      target[k] = rn_mul(u[k], total[k]);
+      drawn[k] = CIFAROPS_ISNAN(best[k]);
+    }
+    for (int64_t piece = 0; piece < p.pieces; ++piece) {
+      acc_t v[kLanes];
+      load(piece, v);
+      for (int k = 0; k < kLanes; ++k) {
+        if (drawn[k]) continue;
+        cumulative[k] = rn_add(cumulative[k], weight(v[k], best[k]));
+        if (target[k] < cumulative[k] || piece == p.pieces - 1) {
+          arg[k] = piece;
+          y[k] = v[k];
+          drawn[k] = true;
         }
       }
-      y = piece_value(arg);
     }
   }
   const index_t out = p.out_strides.at<index_t>(o, j, i);
-  static_cast<scalar_t*>(p.output)[out] = from_acc<scalar_t>(y);
-  if (p.mode != MaxoutMode::Expectation) p.index[out] = static_cast<uint8_t>(arg);
+  Values result;
+  for (int k = 0; k < kLanes; ++k) result.v[k] = from_acc<scalar_t>(y[k]);
+  *reinterpret_cast<Values*>(static_cast<scalar_t*>(p.output) + out) = result;
+  if (p.mode != MaxoutMode::Expectation) {
+    Packet<uint8_t, kLanes> chosen;
+    for (int k = 0; k < kLanes; ++k) chosen.v[k] = static_cast<uint8_t>(arg[k]);
+    *reinterpret_cast<Packet<uint8_t, kLanes>*>(p.index + out) = chosen;
+  }
+}
+
+// Output element (o, j, i) alone (the CPU op's generic path, the kernels' one output a step).
+template <typename scalar_t, typename index_t = int64_t>
+CIFAROPS_INLINE void maxout_forward_element(const MaxoutParams& p, index_t o, index_t j, index_t i, float u) {
+  const float lane[1] = {u};
+  maxout_forward_lanes<scalar_t, index_t, 1>(p, o, j, i, lane);
 }
 
 // grad_input (o, c, i) for Max and Sample: the output's gradient if this piece was chosen, else 0. j and
@@ -198,14 +247,28 @@ struct MaxoutLaunch {
 // Channels at unit stride below the inner dims: channels_last with dim = 1.
 CIFAROPS_INLINE bool maxout_channel_fastest(const MaxoutParams& p) { return p.in_strides.channel < p.in_strides.inner; }
 
-// At least one block for a drawing forward, which writes its state even for no elements.
+// Whether the forward can take its outputs four at a time along unit-stride rows, each piece and the outputs
+// moved as one aligned vector of four: NCHW order, rows (inner sizes) a multiple of four, every row starting
+// four-aligned (all strides but the inner one multiples of four, the pointers aligned to a packet of four).
+// element_size: the input's and output's bytes per element.
+inline bool maxout_rows_of_four(const MaxoutParams& p, int64_t element_size) {
+  const auto fours = [](int64_t n) { return n % 4 == 0; };
+  const auto aligned = [](const void* ptr, int64_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
+  return p.output_numel() > 0 && !maxout_channel_fastest(p) && fours(p.inner) && p.in_strides.inner == 1 &&
+         p.out_strides.inner == 1 && fours(p.in_strides.channel) && fours(p.in_strides.outer) &&
+         fours(p.out_strides.channel) && fours(p.out_strides.outer) && aligned(p.input, 4 * element_size) &&
+         aligned(p.output, 4 * element_size) && (p.index == nullptr || aligned(p.index, 4));
+}
+
+// At least one block for a drawing forward, which writes its state even for no elements. Four outputs a step
+// (kQuad) for every mode in rows of four, and for the draw in NCHW order (its Philox quads) without them.
 inline MaxoutLaunch maxout_forward_launch(const MaxoutParams& p) {
   const int64_t total = p.output_numel();
   const bool draws = p.mode == MaxoutMode::Sample;
   MaxoutLaunch launch;
   launch.launch = total > 0 || draws;
   launch.channel_fastest = total > 0 && maxout_channel_fastest(p);
-  launch.quad = draws && !launch.channel_fastest;
+  launch.quad = !launch.channel_fastest && (draws || p.rows_of_four);
   launch.blocks = elementwise_blocks(launch.quad ? (total + 3) / 4 : total);
   launch.small = p.input_numel() < (int64_t(1) << 31);  // 32-bit offsets into the input (the larger) too
   return launch;
@@ -293,9 +356,11 @@ CIFAROPS_INLINE void maxout_group_piece(const MaxoutParams& p, index_t c, index_
 }
 
 // Thread `thread` of block `block` in a grid of `blocks` blocks: its grid-stride loop over the outputs.
-// kQuad (Sample in NCHW order, where the thread order is the draw's logical order): each step takes the four
-// outputs 4q .. 4q + 3 and one philox_quad. Otherwise one output a step, and for Sample one philox_uniform of
-// the output's logical index. `state`: the resolved RNG state (Sample only).
+// kQuad (NCHW order, where the thread order is the draw's logical order): each step takes the four outputs
+// 4q .. 4q + 3 and, for Sample, one philox_quad; in rows of four as one row of vectors (neighbouring lanes on
+// neighbouring 4-element packets), else one output at a time (lanes 4 outputs apart: the draw's fallback for
+// rows not a multiple of four or unaligned). Otherwise one output a step, and for Sample one philox_uniform of the
+// output's logical index. `state`: the resolved RNG state (Sample only).
 template <typename scalar_t, typename index_t, bool kChannelFastest, bool kQuad>
 CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState state, index_t block, index_t thread,
                                            index_t blocks) {
@@ -307,7 +372,15 @@ CIFAROPS_INLINE void maxout_forward_thread(const MaxoutParams& p, PhiloxState st
   if constexpr (kQuad) {
     const index_t quads = total / 4 + (total % 4 != 0);
     for (index_t q = first; q < quads; q += step) {
-      const Philox4 words = philox_quad(state, static_cast<uint64_t>(q), 0);
+      const Philox4 words = draws ? philox_quad(state, static_cast<uint64_t>(q), 0) : Philox4{};
+      if (p.rows_of_four) {  // the four outputs are (o, j, i .. i + 3) of one row
+        index_t o, j, i;
+        maxout_split<index_t, false>(p, q * 4, groups, p.by_groups, o, j, i);
+        const float u[4] = {philox_bits_to_uniform(words.v[0]), philox_bits_to_uniform(words.v[1]),
+                            philox_bits_to_uniform(words.v[2]), philox_bits_to_uniform(words.v[3])};
+        maxout_forward_lanes<scalar_t, index_t, 4>(p, o, j, i, u);
+        continue;
+      }
 #if defined(__CUDACC__)
 #pragma unroll
 #endif

@@ -8,7 +8,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from conftest import (COMPILE_BACKENDS, DTYPES, assert_close, assert_compiled_step_equals_eager, ids,
+from conftest import (COMPILE_BACKENDS, DTYPES, KERNEL_BACKENDS, assert_close, assert_compiled_step_equals_eager, ids,
                       matches_reference, namespace_for)
 from layouts import LAYOUTS, in_layout
 
@@ -197,6 +197,50 @@ def test_matches_reference_half_packets_with_shortcut(kernel_backend, dtype, lay
     h = in_layout(torch.randn(4, 16, 4, 8, device=device).to(dtype), layout)
     x = in_layout(torch.randn(4, shortcut_channels, 4, 8, device=device).to(dtype), layout)
     compare_with_reference(device, backend, h, x, p_drop=0.3, level=level, gate_level="sample")
+
+
+@pytest.mark.parametrize("shape, shortcut_channels", [((3, 9, 25, 20), 5), ((2, 1, 80, 60), 1)], ids=["C9", "C1"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("gate_level", ["batch", "sample"])
+def test_matches_reference_large_samples(kernel_backend, shape, shortcut_channels, layout, level, gate_level):
+    """Samples of 4500 and 4800 elements: the Triton kernel's per-sample grid (5 blocks of 1024 a sample, the last
+    one partial), every level, with a narrower shortcut and with one channel; in CUDA the packet path."""
+    device, backend = kernel_backend
+    h = in_layout(torch.randn(*shape, device=device), layout)
+    x = in_layout(torch.randn(shape[0], shortcut_channels, *shape[2:], device=device), layout)
+    compare_with_reference(device, backend, h, x, p_drop=0.5, level=level, gate_level=gate_level)
+
+
+TRITON_BACKENDS = [(d, b) for d, b in KERNEL_BACKENDS if b == "triton"]
+
+
+@pytest.mark.parametrize("device, backend", TRITON_BACKENDS, ids=ids(TRITON_BACKENDS))
+def test_triton_grid_per_sample_from_four_blocks(device, backend, monkeypatch):
+    """The Triton launcher's grid: (samples, blocks of a sample) from PER_SAMPLE_MIN elements a sample (each
+    program draws its sample's noise once), flat below."""
+    from cifarops.triton_kernels import shake_drop as kernels
+
+    launches = []
+    real = kernels._shake_drop_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((tuple(grid), kwargs["PER_SAMPLE"]))
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kernels, "_shake_drop_kernel", Recording())
+    with cifarops.use_backend(backend):
+        for spatial in (kernels.PER_SAMPLE_MIN // 2, kernels.PER_SAMPLE_MIN // 2 - 1):
+            launches.clear()
+            F.shake_drop(torch.randn(3, 2, spatial, device=device), p_drop=0.5)
+            blocks = -(-2 * spatial // kernels.BLOCK)
+            if 2 * spatial >= kernels.PER_SAMPLE_MIN:
+                assert launches == [((3, blocks), True)]
+            else:
+                assert launches == [((-(-3 * 2 * spatial // kernels.BLOCK),), False)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -1,6 +1,8 @@
 """ShakeDrop in Triton: out = shortcut + (gate + (1 - gate) * coef) * h in one pass (math of SPEC.md, same
 form and the same Philox noise as csrc/include/cifarops/shake_drop.h). The backward pass is the same kernel
-with no shortcut and beta as the coefficient.
+with no shortcut and beta as the coefficient. Samples of PER_SAMPLE_MIN elements or more go on a grid of
+(samples, blocks of a sample), where each program draws its batch- and sample-level noise once; smaller ones on
+a flat grid, one draw per element.
 """
 
 import torch
@@ -18,6 +20,7 @@ BLOCK = 1024
 # Triton's default of 4 warps (8 a thread) the channels_last float32 variants spilled on sm_80 (tests/test_build.py
 # compiles every variant and fails on local memory).
 LAUNCH_OPTIONS = {"_shake_drop_kernel": {"num_warps": 8}}
+PER_SAMPLE_MIN = 4 * BLOCK  # the smallest sample (C x H x W elements) launched on the per-sample grid
 
 
 @triton.jit
@@ -42,29 +45,50 @@ def _shake_drop_kernel(
     coef_ptr, coef_stride_n, coef_stride_c, lo, hi, coef_value, coef_stream,
     numel, channels, spatial, shortcut_channels,
     HAS_SHORTCUT: tl.constexpr, CHANNELS_LAST: tl.constexpr, GATE_SOURCE: tl.constexpr, GATE_LEVEL: tl.constexpr,
-    COEF_SOURCE: tl.constexpr, COEF_LEVEL: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    COEF_SOURCE: tl.constexpr, COEF_LEVEL: tl.constexpr, PER_SAMPLE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     # 64-bit memory indices: correct past 2^31 elements.
-    m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = m < numel
-    if CHANNELS_LAST:
-        c = m % channels
-        row = m // channels
-        n = row // spatial
-        s = row % spatial
+    if PER_SAMPLE:
+        # Grid (samples, blocks of a sample): every element of the program is in sample program_id(0), so its
+        # batch- and sample-level draws are one Philox call for the program (n_draw), not one per element.
+        sample = tl.program_id(0).to(tl.int64)
+        sample_size = channels * spatial  # below 2^31 on this grid (at most 65535 blocks a sample)
+        r = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = r < sample_size
+        m = sample * sample_size + r
+        if CHANNELS_LAST:
+            c = r % channels
+            s = r // channels
+        else:
+            s = r % spatial
+            c = r // spatial
+        n = tl.zeros([BLOCK], tl.int64) + sample
+        n_draw = tl.zeros([1], tl.int64) + sample
     else:
-        s = m % spatial
-        row = m // spatial
-        n = row // channels
-        c = row % channels
-    logical = (n * channels + c) * spatial + s
+        m = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = m < numel
+        if CHANNELS_LAST:
+            c = m % channels
+            row = m // channels
+            n = row // spatial
+            s = row % spatial
+        else:
+            s = m % spatial
+            row = m // spatial
+            n = row // channels
+            c = row % channels
+        n_draw = n
+    # NCHW: the logical (n, c, s) order is the memory order, and the shortcut's offset needs no split on the
+    # per-sample grid (unused splits are compiled away).
+    logical = m if not CHANNELS_LAST else (n * channels + c) * spatial + s
     seed, offset = load_state(state_ptr)
     if GATE_SOURCE == 0:
         gate = tl.zeros([BLOCK], ACC) + gate_value
     elif GATE_SOURCE == 1:
         gate = tl.load(gate_ptr + n * gate_stride, mask=mask, other=0).to(ACC)
     else:
-        u = _uniform(seed, offset, GATE_LEVEL, n, c, logical, channels, 0)
+        u = _uniform(seed, offset, GATE_LEVEL, n_draw, c, logical, channels, 0)
         gate = tl.where(u < keep, 1.0, 0.0).to(ACC) + tl.zeros([BLOCK], ACC)
     if COEF_SOURCE == 0:
         coef = tl.zeros([BLOCK], ACC) + coef_value
@@ -73,16 +97,21 @@ def _shake_drop_kernel(
     elif COEF_SOURCE == 2:
         coef = tl.load(coef_ptr + m, mask=mask, other=0).to(ACC)
     else:
-        u = _uniform(seed, offset, COEF_LEVEL, n, c, logical, channels, coef_stream)
+        u = _uniform(seed, offset, COEF_LEVEL, n_draw, c, logical, channels, coef_stream)
         coef = (lo + (hi - lo) * u).to(ACC) + tl.zeros([BLOCK], ACC)
     scale = gate + (1 - gate) * coef
     y = scale * tl.load(h_ptr + m, mask=mask, other=0).to(ACC)
     if HAS_SHORTCUT:
         if CHANNELS_LAST:
             x_offset = (n * spatial + s) * shortcut_channels + c
+            x_mask = mask & (c < shortcut_channels)
+        elif PER_SAMPLE:
+            x_offset = sample * shortcut_channels * spatial + r
+            x_mask = mask & (r < shortcut_channels * spatial)
         else:
             x_offset = (n * shortcut_channels + c) * spatial + s
-        y += tl.load(shortcut_ptr + x_offset, mask=mask & (c < shortcut_channels), other=0).to(ACC)
+            x_mask = mask & (c < shortcut_channels)
+        y += tl.load(shortcut_ptr + x_offset, mask=x_mask, other=0).to(ACC)
     tl.store(out_ptr + m, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -116,14 +145,17 @@ def shake_drop_apply(h, shortcut, p_drop, alpha_range, coef_range, gate_level, l
                 coef_source, coef_strides = PER_CHANNEL, (0 if coef.shape[0] == 1 else coef.stride(0), 0)
             else:
                 coef_source, coef_strides = PER_CHANNEL, (coef.stride(0), coef.stride(1))
-    grid = (triton.cdiv(h.numel(), BLOCK),)
+    sample_size = h.numel() // batch
+    # Samples of at least 4 blocks (a quarter of the last block's lanes idle at most) take the per-sample grid.
+    per_sample = sample_size >= PER_SAMPLE_MIN and triton.cdiv(sample_size, BLOCK) <= 65535
+    grid = (batch, triton.cdiv(sample_size, BLOCK)) if per_sample else (triton.cdiv(h.numel(), BLOCK),)
     launch = lambda: _shake_drop_kernel[grid](  # noqa: E731
         h, shortcut if shortcut is not None else h, out, state,
         gate if gate is not None else h, gate_stride, 1.0 - p_drop, gate_value,
         coef if coef is not None else h, *coef_strides, float(coef_range[0]), float(coef_range[1]), coef_value, stream,
         h.numel(), channels, h.numel() // (batch * channels), shortcut.shape[1] if shortcut is not None else 0,
         HAS_SHORTCUT=shortcut is not None, CHANNELS_LAST=fmt == torch.channels_last, GATE_SOURCE=gate_source,
-        GATE_LEVEL=LEVEL[gate_level], COEF_SOURCE=coef_source, COEF_LEVEL=LEVEL[level],
+        GATE_LEVEL=LEVEL[gate_level], COEF_SOURCE=coef_source, COEF_LEVEL=LEVEL[level], PER_SAMPLE=per_sample,
         ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=BLOCK, **LAUNCH_OPTIONS["_shake_drop_kernel"],
     )
     if h.is_cuda:

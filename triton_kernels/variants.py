@@ -30,7 +30,10 @@ def variants():
         widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
         for source, channels_last, width in itertools.product(sources, (False, True), widths):
             levels = (0, 1, 2, 3) if source == 3 else (0,)
-            for level in levels:
+            # The per-sample grid where it draws once a program (batch and sample level), and with explicit noise.
+            for level, per_sample in itertools.product(levels, (False, True)):
+                if per_sample and source == 3 and level > 1:
+                    continue
                 yield _shake_drop_kernel, {
                     "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
                     "state_ptr": "*i64", "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32",
@@ -38,7 +41,7 @@ def variants():
                     "lo": "fp32", "hi": "fp32", "coef_value": "fp32", "coef_stream": "i32", "numel": width,
                     "channels": width, "spatial": width, "shortcut_channels": width,
                 }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
-                    "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level,
+                    "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level, "PER_SAMPLE": per_sample,
                     "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
         for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
             common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,

@@ -159,6 +159,18 @@ def test_matches_reference_shapes(kernel_backend, function, grouping, shape, dim
 
 
 @pytest.mark.parametrize("function", list(FUNCTIONS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 1200, 2, 3), (3, 4, 1, 1100)], ids=["wide-channels", "wide-rows"])
+def test_matches_reference_wide_rows_and_channels(kernel_backend, function, layout, shape):
+    """Rows longer than one tile (the Triton kernels' several column blocks a row, with a partial last one) and
+    tiles of many short rows: 1200 channels (600 groups, channels fastest in channels_last) of 6-element planes,
+    planes of 1100 elements."""
+    device, _ = kernel_backend
+    x = in_layout(distinct(*shape, device=device), layout)
+    compare_with_reference(FUNCTIONS[function], x, pieces=2, grouping="contiguous")
+
+
+@pytest.mark.parametrize("function", list(FUNCTIONS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_matches_reference_dtypes_layouts(kernel_backend, function, dtype, layout):

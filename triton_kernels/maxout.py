@@ -1,6 +1,7 @@
 """Maxout and probabilistic maxout in Triton (math of csrc/include/cifarops/maxout.h): forward over output
-elements, backward over input elements, on the (outer, C, inner) view of the tensor. CHANNEL_FASTEST orders
-the elements so that neighbouring lanes touch neighbouring addresses in channels_last.
+elements, backward over input elements, on the (outer, C, inner) view of the tensor, in 2-D tiles (_tile) whose
+columns run along the unit-stride axis: neighbouring lanes touch neighbouring addresses, and the index splits are
+made per row, not per element. CHANNEL_FASTEST puts the channels on the columns (channels_last).
 
 The probabilistic draw is the compiled kernels': u = philox_uniform(state, logical output index in
 (outer, groups, inner) order, stream 0), with the state {seed, offset} read from a 2-element int64 tensor in
@@ -19,20 +20,33 @@ from cifarops.triton_kernels.philox import load_state, philox_uniform
 BLOCK = 512
 MODE_MAX, MODE_SAMPLE, MODE_EXPECTATION = 0, 1, 2
 # No fused multiply-adds in the forward: the draw rounds once per operation, as every backend does (rounding.h).
-LAUNCH_OPTIONS = {"_maxout_fwd_kernel": {"enable_fp_fusion": False}}
+# maxnreg 128: with Triton's default limit ptxas kept a 64-bit value in local memory in the float32 draw's 32-bit
+# variant on sm_90, and with 8 warps in the float64 draw's (tests/test_build.py and scripts/kernel_report.py fail
+# on local memory).
+LAUNCH_OPTIONS = {"_maxout_fwd_kernel": {"enable_fp_fusion": False, "maxnreg": 128}}
 
 
 @triton.jit
-def _split(t, channels, inner, CHANNEL_FASTEST: tl.constexpr):
+def _tile(middle, inner, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, CHANNEL_FASTEST: tl.constexpr):
+    """The program's tile of an (outer, middle, inner) grid: BLOCK // BLOCK_C rows by BLOCK_C columns, rows
+    (outer, middle) and columns inner in NCHW order, rows (outer, inner) and columns middle with the channels
+    fastest. Returns o, m, i (broadcasting to the tile: a row's indices are divided out once per row, not once per
+    element) and the columns' bound; rows past the end have o >= outer."""
+    BLOCK_R: tl.constexpr = BLOCK // BLOCK_C
+    cols = middle if CHANNEL_FASTEST else inner
+    col_blocks = tl.cdiv(cols, BLOCK_C)
+    pid = tl.program_id(0).to(tl.int64)
+    row = (pid // col_blocks) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    col = (pid % col_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
     if CHANNEL_FASTEST:
-        c = t % channels
-        i = (t // channels) % inner
-        o = t // channels // inner
+        o = row // inner
+        i = row % inner
+        m = col
     else:
-        i = t % inner
-        c = (t // inner) % channels
-        o = t // inner // channels
-    return o, c, i
+        o = row // middle
+        m = row % middle
+        i = col
+    return o, m, i, col < cols
 
 
 @triton.jit
@@ -66,15 +80,15 @@ def _maxout_fwd_kernel(
     x_ptr, y_ptr, index_ptr, state_ptr, lambda_bits, outer, groups, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     MODE: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    o, j, i = _split(t, groups, inner, CHANNEL_FASTEST)
-    # Not t < outer * groups * inner: Triton passes sizes below 2^31 as int32, whose product wraps past 2^31.
-    mask = o < outer
+    o, j, i, in_cols = _tile(groups, inner, BLOCK, BLOCK_C, CHANNEL_FASTEST)
+    # Rows by o < outer (int64), not by a flat count: Triton passes sizes below 2^31 as int32, whose product wraps.
+    mask = (o < outer) & in_cols
     base = o * xs_o + i * xs_i
     best = tl.load(x_ptr + base + _channel_of(j, 0, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
     best = best.to(tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32)
-    arg = tl.zeros([BLOCK], tl.int32)
+    arg = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.int32)
     for piece in range(1, pieces):  # first maximum; a NaN wins and stays
         v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
         v = v.to(best.dtype)
@@ -85,8 +99,8 @@ def _maxout_fwd_kernel(
     if MODE != 0:
         lam = lambda_bits.to(tl.int64).to(tl.float64, bitcast=True).to(best.dtype)
     if MODE == 2:
-        total = tl.zeros([BLOCK], best.dtype)
-        weighted = tl.zeros([BLOCK], best.dtype)
+        total = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], best.dtype)
+        weighted = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], best.dtype)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
@@ -97,16 +111,16 @@ def _maxout_fwd_kernel(
     if MODE == 1:
         # The draw decides in float32 with _draw_exp, launched without fused multiply-adds: the same piece as every
         # backend (maxout.h). A piece equal to a +inf maximum weighs 1, not exp(inf - inf).
-        total = tl.zeros([BLOCK], tl.float32)
+        total = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.float32)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
             total += tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
         seed, offset = load_state(state_ptr)
         target = philox_uniform(seed, offset, (o * groups + j) * inner + i, 0) * total
-        cumulative = tl.zeros([BLOCK], tl.float32)
-        drawn = (tl.zeros([BLOCK], tl.int32) + (pieces - 1)).to(tl.int32)
-        found = tl.zeros([BLOCK], tl.int32)
+        cumulative = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.float32)
+        drawn = (tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.int32) + (pieces - 1)).to(tl.int32)
+        found = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.int32)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
@@ -128,10 +142,10 @@ def _maxout_bwd_kernel(
     grad_y_ptr, index_ptr, x_ptr, grad_x_ptr, lambda_bits, outer, channels, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
     EXPECTATION: tl.constexpr, STRIDED: tl.constexpr, CHANNEL_FASTEST: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    o, c, i = _split(t, channels, inner, CHANNEL_FASTEST)
-    mask = o < outer  # int64, as in the forward kernel
+    o, c, i, in_cols = _tile(channels, inner, BLOCK, BLOCK_C, CHANNEL_FASTEST)
+    mask = (o < outer) & in_cols  # as in the forward kernel
     groups = channels // pieces
     if STRIDED:
         j = c % groups
@@ -151,8 +165,8 @@ def _maxout_bwd_kernel(
             v = v.to(acc_dtype)
             best = tl.where((v > best) | (v != v), v, best)
         lam = lambda_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc_dtype)
-        total = tl.zeros([BLOCK], acc_dtype)
-        weighted = tl.zeros([BLOCK], acc_dtype)
+        total = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], acc_dtype)
+        weighted = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], acc_dtype)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(acc_dtype)
@@ -185,6 +199,15 @@ def _view3(t: torch.Tensor, dim: int):
     return (outer, t.shape[dim], inner), (so, t.stride(dim), si)
 
 
+def _tiles(outer, middle, inner, channel_fastest):
+    """(grid, BLOCK_C) of a launch over the (outer, middle, inner) grid in tiles of _tile: columns along the
+    unit-stride axis (middle with the channels fastest, else inner), BLOCK_C its size up to a power of two (at most
+    BLOCK), so that a row's splits are made once per row and plane-sized rows fill the tile."""
+    rows, cols = (outer * inner, middle) if channel_fastest else (outer * middle, inner)
+    block_c = min(BLOCK, triton.next_power_of_2(cols))
+    return (triton.cdiv(rows, BLOCK // block_c) * triton.cdiv(cols, block_c),), block_c
+
+
 def _lambda_bits(temperature):
     """lambda = 1 / temperature as the int64 with its float64 bits (the kernel bitcasts it back and rounds it to
     the compute type, as the reference does)."""
@@ -206,12 +229,13 @@ def maxout_fwd(x, y, index, state, pieces, dim, strided, mode, temperature):
     (outer, _, inner), x_strides = _view3(x, dim)
     _, y_strides = _view3(y, dim)
     groups = y.shape[dim]
-    grid = (triton.cdiv(outer * groups * inner, BLOCK),)
+    channel_fastest = x_strides[1] < x_strides[2]
+    grid, block_c = _tiles(outer, groups, inner, channel_fastest)
     with _guard(x):
         _maxout_fwd_kernel[grid](
             x, y, index if index is not None else y, state if state is not None else y, _lambda_bits(temperature),
             outer, groups, inner, pieces, *x_strides, *y_strides,
-            MODE=mode, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+            MODE=mode, STRIDED=strided, CHANNEL_FASTEST=channel_fastest, BLOCK=BLOCK, BLOCK_C=block_c,
             **LAUNCH_OPTIONS["_maxout_fwd_kernel"],
         )
 
@@ -223,10 +247,12 @@ def maxout_bwd(grad_y, index, x, grad_x, pieces, dim, strided, temperature):
         return
     (outer, channels, inner), x_strides = _view3(grad_x, dim)
     _, y_strides = _view3(grad_y, dim)
-    grid = (triton.cdiv(outer * channels * inner, BLOCK),)
+    channel_fastest = x_strides[1] < x_strides[2]
+    grid, block_c = _tiles(outer, channels, inner, channel_fastest)
     with _guard(grad_x):
         _maxout_bwd_kernel[grid](
             grad_y, index if index is not None else grad_y, x if x is not None else grad_y, grad_x,
             _lambda_bits(temperature), outer, channels, inner, pieces, *x_strides, *y_strides,
-            EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=x_strides[1] < x_strides[2], BLOCK=BLOCK,
+            EXPECTATION=index is None, STRIDED=strided, CHANNEL_FASTEST=channel_fastest, BLOCK=BLOCK,
+            BLOCK_C=block_c,
         )

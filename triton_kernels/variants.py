@@ -57,16 +57,18 @@ def variants():
         yield from _fmp_variants(element, acc)
         for width in widths:
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
-            for mode in (0, 1, 2) if element == "fp32" else (1,):
+            # Tiles of one 512-element row (CIFAR's planes) and of 512 one-element rows (the dearest: a split each).
+            for mode, block_c in itertools.product((0, 1, 2) if element == "fp32" else (1,), (512, 1)):
                 yield _maxout_fwd_kernel, {
                     "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "state_ptr": "*i64",
                     "lambda_bits": "i64", "groups": width, **sizes,
-                }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512}
-            for expectation in (False, True):
+                }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512, "BLOCK_C": block_c}
+            for expectation, block_c in itertools.product((False, True), (512, 1)):
                 yield _maxout_bwd_kernel, {
                     "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
                     "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
-                }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512}
+                }, {"EXPECTATION": expectation, "STRIDED": False, "CHANNEL_FASTEST": True, "BLOCK": 512,
+                    "BLOCK_C": block_c}
 
 
 def _fmp_variants(element, acc):

@@ -84,13 +84,16 @@ def _fmp_variants(element, acc):
              (1, True, False, False, 2), (2, False, True, False, 3), (2, True, False, True, 3)]
     if element != "fp32":
         modes = [modes[0], modes[-1]]
-    for (regions, explicit, draw, wide, span), channel_fastest in itertools.product(
-            modes, (False, True) if element == "fp32" else (False,)):
+    # The 32-bit split (SMALL, below 2^31 elements) in float32's window-drawn and Graham-from-samples modes.
+    for (regions, explicit, draw, wide, span), channel_fastest, small in itertools.product(
+            modes, (False, True) if element == "fp32" else (False,), (False, True)):
+        if small and (element != "fp32" or (regions, explicit) not in ((0, False), (1, True)) or draw and regions):
+            continue
         pointers = {"samples_ptr": f"*{element}", "bnd_ptr": "*i64" if explicit else f"*{element}",
                     "alpha_ptr": f"*{acc}", "state_ptr": "*i64" if draw else f"*{acc}",
                     "index_ptr": "*i64" if wide else "*u8"}
         flags = {"REGIONS": regions, "EXPLICIT": explicit, "DRAW": draw, "WIDE": wide, "ROUND": False,
-                 "CHANNEL_FASTEST": channel_fastest, "SPAN_W": span, "BLOCK": BLOCK}
+                 "CHANNEL_FASTEST": channel_fastest, "SPAN_W": span, "SMALL": small, "BLOCK": BLOCK}
         yield _fmp_fwd_kernel, {"x_ptr": f"*{element}", "y_ptr": f"*{element}", **pointers,
                                 **{n: "i32" for n in ints}, "sample_max": "fp32"}, {**flags, "SPAN_H": span}
         yield _fmp_bwd_kernel, {"grad_y_ptr": f"*{element}", "grad_x_ptr": f"*{element}", **pointers,

@@ -146,7 +146,7 @@ def shake_drop_apply(h, shortcut, p_drop, alpha_range, coef_range, gate_level, l
             else:
                 coef_source, coef_strides = PER_CHANNEL, (coef.stride(0), coef.stride(1))
     sample_size = h.numel() // batch
-    # Samples of at least 4 blocks (a quarter of the last block's lanes idle at most) take the per-sample grid.
+    # Samples of at least 4 blocks take the per-sample grid: a partial last block idles under a quarter of the lanes.
     per_sample = sample_size >= PER_SAMPLE_MIN and triton.cdiv(sample_size, BLOCK) <= 65535
     grid = (batch, triton.cdiv(sample_size, BLOCK)) if per_sample else (triton.cdiv(h.numel(), BLOCK),)
     launch = lambda: _shake_drop_kernel[grid](  # noqa: E731

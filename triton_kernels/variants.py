@@ -30,9 +30,9 @@ def variants():
         widths = ("i32", "i64") if element == "fp32" else ("i64",)  # Triton launches ints below 2^31 as i32
         for source, channels_last, width in itertools.product(sources, (False, True), widths):
             levels = (0, 1, 2, 3) if source == 3 else (0,)
-            # The per-sample grid where it draws once a program (batch and sample level), and with explicit noise.
+            # The per-sample grid where it draws once a program: batch and sample level.
             for level, per_sample in itertools.product(levels, (False, True)):
-                if per_sample and source == 3 and level > 1:
+                if per_sample and (source != 3 or level > 1):
                     continue
                 yield _shake_drop_kernel, {
                     "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
@@ -57,13 +57,15 @@ def variants():
         yield from _fmp_variants(element, acc)
         for width in widths:
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
-            # Tiles of one 512-element row (CIFAR's planes) and of 512 one-element rows (the dearest: a split each).
-            for mode, block_c in itertools.product((0, 1, 2) if element == "fp32" else (1,), (512, 1)):
+            # Tiles of one 512-element row (CIFAR's planes) and, in float32, of 512 one-element rows (the dearest: a
+            # split each).
+            for mode, block_c in itertools.product((0, 1, 2) if element == "fp32" else (1,),
+                                                   (512, 1) if element == "fp32" else (512,)):
                 yield _maxout_fwd_kernel, {
                     "x_ptr": f"*{element}", "y_ptr": f"*{element}", "index_ptr": "*u8", "state_ptr": "*i64",
                     "lambda_bits": "i64", "groups": width, **sizes,
                 }, {"MODE": mode, "STRIDED": True, "CHANNEL_FASTEST": False, "BLOCK": 512, "BLOCK_C": block_c}
-            for expectation, block_c in itertools.product((False, True), (512, 1)):
+            for expectation, block_c in itertools.product((False, True), (512, 1) if element == "fp32" else (512,)):
                 yield _maxout_bwd_kernel, {
                     "grad_y_ptr": f"*{element}", "index_ptr": "*u8", "x_ptr": f"*{element}",
                     "grad_x_ptr": f"*{element}", "lambda_bits": "i64", "channels": width, **sizes,
@@ -84,10 +86,11 @@ def _fmp_variants(element, acc):
              (1, True, False, False, 2), (2, False, True, False, 3), (2, True, False, True, 3)]
     if element != "fp32":
         modes = [modes[0], modes[-1]]
-    # The 32-bit split (SMALL, below 2^31 elements) in float32's window-drawn and Graham-from-samples modes.
+    # The 32-bit split (SMALL, below 2^31 elements) in float32's window-drawn and Graham-from-samples modes, NCHW.
     for (regions, explicit, draw, wide, span), channel_fastest, small in itertools.product(
             modes, (False, True) if element == "fp32" else (False,), (False, True)):
-        if small and (element != "fp32" or (regions, explicit) not in ((0, False), (1, True)) or draw and regions):
+        if small and (element != "fp32" or channel_fastest or (regions, explicit) not in ((0, False), (1, True))
+                      or draw and regions):
             continue
         pointers = {"samples_ptr": f"*{element}", "bnd_ptr": "*i64" if explicit else f"*{element}",
                     "alpha_ptr": f"*{acc}", "state_ptr": "*i64" if draw else f"*{acc}",

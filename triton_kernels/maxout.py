@@ -76,6 +76,13 @@ def _draw_exp(d):
 
 
 @triton.jit
+def _draw_weight(v, best, lam):
+    """The draw's float32 weight of piece value v (maxout.h's weight): 1 for the maximum (also a +inf one, where
+    exp(inf - inf) would be NaN), else _draw_exp(lambda (v - max))."""
+    return tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
+
+
+@triton.jit
 def _maxout_fwd_kernel(
     x_ptr, y_ptr, index_ptr, state_ptr, lambda_bits, outer, groups, inner, pieces,
     xs_o, xs_c, xs_i, ys_o, ys_c, ys_i,
@@ -109,13 +116,13 @@ def _maxout_fwd_kernel(
             weighted += w * v
         y = tl.where(best == best, weighted / total, best)
     if MODE == 1:
-        # The draw decides in float32 with _draw_exp, launched without fused multiply-adds: the same piece as every
-        # backend (maxout.h). A piece equal to a +inf maximum weighs 1, not exp(inf - inf).
+        # The draw decides in float32 with _draw_weight, launched without fused multiply-adds: the same piece as
+        # every backend (maxout.h).
         total = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.float32)
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
-            total += tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
+            total += _draw_weight(v, best, lam)
         seed, offset = load_state(state_ptr)
         target = philox_uniform(seed, offset, (o * groups + j) * inner + i, 0) * total
         cumulative = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], tl.float32)
@@ -124,7 +131,7 @@ def _maxout_fwd_kernel(
         for piece in range(0, pieces):
             v = tl.load(x_ptr + base + _channel_of(j, piece, groups, pieces, STRIDED) * xs_c, mask=mask, other=0)
             v = v.to(best.dtype)
-            cumulative += tl.where(v == best, 1.0, _draw_exp((lam * (v - best)).to(tl.float32)))
+            cumulative += _draw_weight(v, best, lam)
             hit = (target < cumulative) & (found == 0)
             drawn = tl.where(hit, piece, drawn).to(tl.int32)
             found = found | hit.to(tl.int32)

@@ -53,6 +53,7 @@ class Paths {
 
 // One per op (kernel_grid_<op>.cpp).
 void shake_drop();
+void drop_activation();
 void shake_shake();
 void maxout();
 void fractional_max_pool2d();

@@ -2,6 +2,7 @@
 // host, against the CPU op: every dtype, the packet and scalar paths, rows that are not a whole number of
 // packets, channels_last, narrower shortcuts, every level and gate level, evaluation, and both directions (the
 // backward is the same kernel with beta and no shortcut), each also through the 64-bit-index instantiation.
+// Stochastic depth is the same kernel with a zero coefficient and the gate worth s: its cases run here too.
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 
 #include "args/rng.h"
 #include "args/shake_drop.h"
+#include "args/stochastic_depth.h"
 #include "cifarops/shake_drop.h"
 #include "kernel_grid.h"
 
@@ -102,6 +104,52 @@ void check(const Case& c, at::ScalarType type) {
   }
 }
 
+using DepthSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const std::optional<at::Tensor>&, double,
+                                                    c10::string_view, bool, bool, const std::optional<at::Tensor>&,
+                                                    const std::optional<at::Tensor>&);
+using DepthBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view, bool, bool,
+                                    const std::optional<at::Tensor>&);
+
+// Stochastic depth's forward and backward over the grid against its CPU op (mode "row" or "batch", scaled or
+// Huang's form, in training or evaluation).
+void check_stochastic_depth(const Case& c, at::ScalarType type, bool scale_by_keep) {
+  static auto forward =
+      c10::Dispatcher::singleton().findSchemaOrThrow("cifarops::stochastic_depth", "").typed<DepthSig>();
+  static auto backward = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("cifarops::_stochastic_depth_backward", "")
+                             .typed<DepthBackwardSig>();
+  const auto format = c.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor h = at::randn(c.shape).to(type).contiguous(format);
+  std::optional<at::Tensor> shortcut;
+  if (c.shortcut_channels > 0) {
+    std::vector<int64_t> shape = c.shape;
+    shape[1] = c.shortcut_channels;
+    shortcut = at::randn(shape).to(type).contiguous(format);
+  }
+  const at::Tensor state = at::tensor({int64_t(0x5eed1234abcdLL), int64_t(8)}, at::kLong);
+  const double p = 0.3;
+  const std::string what = "stochastic_depth " + std::string(c10::toString(type)) + " shape " + c10::str(c.shape) +
+                           " shortcut " + std::to_string(c.shortcut_channels) +
+                           (c.channels_last ? " channels_last" : " nchw") + " mode " + c.level +
+                           (scale_by_keep ? " scaled" : " unscaled") + (c.training ? " train" : " eval");
+  const at::Tensor expected =
+      std::get<0>(forward.call(h, shortcut, p, c.level, scale_by_keep, c.training, std::nullopt, state));
+  cifarops::ShakeDropCall call =
+      cifarops::stochastic_depth_forward_call(h, shortcut, p, c.level, scale_by_keep, c.training, std::nullopt, state);
+  call.params.rng = cifarops::cpu_state(state, call.draws);
+  call.out.fill_(std::nan(""));
+  launch_any(call.params, type, false);
+  expect(call.out.equal(expected), what + " forward");
+  const at::Tensor grad = at::randn(c.shape).to(type).contiguous(format);
+  const at::Tensor grad_expected = backward.call(grad, state, p, c.level, scale_by_keep, c.training, std::nullopt);
+  cifarops::ShakeDropCall back =
+      cifarops::stochastic_depth_backward_call(grad, state, p, c.level, scale_by_keep, c.training, std::nullopt);
+  back.params.rng = cifarops::cpu_state(state, back.draws);
+  back.out.fill_(std::nan(""));
+  launch_any(back.params, type, false);
+  expect(back.out.equal(grad_expected), what + " backward");
+}
+
 }  // namespace
 
 void shake_drop() {
@@ -126,6 +174,20 @@ void shake_drop() {
   }
   for (const Case& c : grid) {
     for (at::ScalarType type : types) check(c, type);
+  }
+  // Stochastic depth: packets and scalars, a narrower shortcut, channels_last, both modes and forms, evaluation.
+  for (const auto& shape : {std::vector<int64_t>{3, 16, 4, 8}, std::vector<int64_t>{2, 6, 3, 5}}) {
+    for (bool channels_last : {false, true}) {
+      for (const std::string mode : {"row", "batch"}) {
+        for (bool training : {true, false}) {
+          for (bool scaled : {true, false}) {
+            for (at::ScalarType type : types) {
+              check_stochastic_depth({shape, shape[1] / 2, channels_last, "", mode, training}, type, scaled);
+            }
+          }
+        }
+      }
+    }
   }
   // The grid-stride loop: more elements than the capped grid (65536 blocks of 256 threads) has threads.
   check({{1, 1, 4099, 4099}, 0, false, "batch", "sample", true}, at::kFloat);  // odd rows: scalar

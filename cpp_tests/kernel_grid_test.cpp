@@ -3,7 +3,7 @@
 // launch (<op>_dispatch), and compares with the CPU op through the dispatcher, bit for bit. Launch geometry,
 // packet alignment, tails and the grid-stride loops go wrong here first. Each kernel body is a host/device
 // function of its grid coordinates, of which the __global__ kernel is a thin wrapper; one file per op:
-//   kernel_grid_shake_drop.cpp, kernel_grid_shake_shake.cpp, kernel_grid_maxout.cpp (maxout, probabilistic
+//   kernel_grid_shake_drop.cpp (and stochastic depth), kernel_grid_drop_activation.cpp, kernel_grid_shake_shake.cpp, kernel_grid_maxout.cpp (maxout, probabilistic
 //   maxout and its expectation), kernel_grid_fmp.cpp (fractional max-pooling and its boundary-table kernel),
 // each over every dtype, every instantiation the launcher picks (packets or scalars, layouts, the 64-bit-index
 // one that the launcher takes only past 2^31 elements), tails, channels_last, both directions, and the
@@ -115,6 +115,7 @@ int main() {
   at::manual_seed(0);
   const std::pair<const char*, void (*)()> ops[] = {{"fast_divider", kernel_grid::fast_divider},
                                                     {"shake_drop", kernel_grid::shake_drop},
+                                                    {"drop_activation", kernel_grid::drop_activation},
                                                     {"shake_shake", kernel_grid::shake_shake},
                                                     {"maxout", kernel_grid::maxout},
                                                     {"fractional_max_pool2d", kernel_grid::fractional_max_pool2d}};

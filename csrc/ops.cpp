@@ -24,6 +24,29 @@ TORCH_LIBRARY(cifarops, m) {
       "_shake_drop_backward(Tensor grad_y, Tensor rng_state, float p_drop, float[] alpha_range, float[] beta_range, "
       "str gate_level, str level, bool training, Tensor? gate, Tensor? beta) -> Tensor");
 
+  // Stochastic depth: y = shortcut + b * s * h, b ~ Bernoulli(1 - p) per sample (mode "row") or per batch
+  // ("batch") from the generator's Philox state (stream 0), unless given (gate: (1,) or (N,)); s = 1 / (1 - p)
+  // with scale_by_keep (0 at p = 1), else 1 (Huang's form). Evaluation: y = shortcut + h scaled, else
+  // shortcut + (1 - p) * h. Shortcut and rng_state as for shake_drop; the second output is the state used.
+  m.def(
+      "stochastic_depth(Tensor h, Tensor? shortcut, float p, str mode, bool scale_by_keep, bool training, "
+      "Tensor? gate, Tensor? rng_state) -> (Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // grad_h = b * s * grad_y, the gate regenerated from the forward's rng_state.
+  m.def(
+      "_stochastic_depth_backward(Tensor grad_y, Tensor rng_state, float p, str mode, bool scale_by_keep, "
+      "bool training, Tensor? gate) -> Tensor");
+
+  // Drop-Activation: y = m ? relu(x) : x with m ~ Bernoulli(keep) per element, drawn in the kernel from the
+  // generator's Philox state (stream 0, the element's NCHW index) unless given (mask: bool, x's shape, True keeps
+  // the ReLU); evaluation: the leaky ReLU of slope 1 - keep. Returns y and the state used (zeros if none).
+  m.def("drop_activation(Tensor x, float keep, bool training, Tensor? mask, Tensor? rng_state) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  // grad_x from grad_y and the forward's output y (never x), the mask regenerated from rng_state.
+  m.def(
+      "_drop_activation_backward(Tensor grad_y, Tensor y, Tensor rng_state, float keep, bool training, "
+      "Tensor? mask) -> Tensor");
+
   // y = shortcut + alpha * h1 + (1 - alpha) * h2, alpha and beta drawn in the kernel from rng_state (else from
   // the device's generator): alpha = u(i, stream 0) for forward_mode "shake" (0.5 for "even"), beta = u(i,
   // stream 1) for backward_mode "shake" (0.5 for "even", alpha for "keep"), i = n at level "sample", 0 at

@@ -296,6 +296,10 @@ PyMethodDef entry(const char* name) {
 PyMethodDef kEntries[] = {
     entry<ShakeDropSig, &shake_drop_op>("shake_drop"),
     entry<ShakeDropSig, &shake_drop_op, true>("shake_drop_output"),
+    entry<StochasticDepthSig, &stochastic_depth_op>("stochastic_depth"),
+    entry<StochasticDepthSig, &stochastic_depth_op, true>("stochastic_depth_output"),
+    entry<DropActivationSig, &drop_activation_op>("drop_activation"),
+    entry<DropActivationSig, &drop_activation_op, true>("drop_activation_output"),
     entry<ShakeShakeSig, &shake_shake_op>("shake_shake"),
     entry<ShakeShakeSig, &shake_shake_op, true>("shake_shake_output"),
     entry<MaxoutSig, &maxout_op>("maxout"),

@@ -24,6 +24,7 @@ def calls(device):
     """Each differentiable op as (name, node name, forward(x) -> y, input shape), drawing from the generator."""
     return [
         ("shake_drop", "ShakeDropBackward", lambda x: F.shake_drop(x, x.detach() * 2, level="channel"), (3, 4, 5, 5)),
+        ("stochastic_depth", "StochasticDepthBackward", lambda x: F.stochastic_depth(x, x.detach() * 2), (3, 4, 5, 5)),
         ("shake_shake", "ShakeShakeBackward", lambda x: F.shake_shake(x, x * 3), (3, 4, 5, 5)),
         ("maxout", "MaxoutBackward", lambda x: F.maxout(x, 2), (3, 4, 5, 5)),
         ("probabilistic_maxout", "MaxoutBackward", lambda x: F.probabilistic_maxout(x, 2), (3, 4, 5, 5)),
@@ -52,6 +53,7 @@ def op_args(name, device):
     x = torch.randn(3, 4, 7, 7, device=device)
     return {
         "shake_drop": (x, x * 2, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "channel", True, None, None, None, None),
+        "stochastic_depth": (x, x * 2, 0.5, "row", True, True, None, None),
         "shake_shake": (x, x * 3, None, "shake", "shake", "sample", True, None, None, None),
         "maxout": (x, 2, 1, "contiguous"),
         "probabilistic_maxout": (x, 2, 1, "contiguous", 1.0, None),
@@ -60,7 +62,8 @@ def op_args(name, device):
 
 
 MULTI = [pytest.param(device, name, id=f"{device}-{name}") for device, _ in COMPILED
-         for name in ("shake_drop", "shake_shake", "maxout", "probabilistic_maxout", "fractional_max_pool2d")]
+         for name in ("shake_drop", "stochastic_depth", "shake_shake", "maxout", "probabilistic_maxout",
+                      "fractional_max_pool2d")]
 
 
 @pytest.mark.parametrize("device, name", MULTI)

@@ -20,6 +20,7 @@ from cifarops import backends
 TINY = {
     "pyramidnet272-a200-shakedrop": dict(depth=11, alpha=8),
     "pyramidnet110-a270-shakedrop": dict(depth=8, alpha=8),
+    "resnet110-stochastic-depth": dict(depth=8),
     "shake-shake26-2x96d": dict(depth=8, width=8),
     "wrn28-10": dict(depth=10, widen=1),
     "fmp-graham-cifar10": dict(filters=4),
@@ -98,7 +99,7 @@ def test_shake_ops_are_decomposed_under_compile_and_kept_under_export():
 
 
 def _explicit_noise(monkeypatch, model, batch: int, dtype=torch.float32):
-    """Gives every ShakeDrop and ShakeShake layer of `model` fixed noise, the same in eager and compiled calls:
+    """Gives every ShakeDrop, StochasticDepth and ShakeShake layer of `model` fixed noise, the same in eager and compiled calls:
     the layer calls the functional with explicit gate, alpha and beta (per sample) drawn here once."""
     generator = torch.Generator().manual_seed(5)
     for m in model.modules():
@@ -109,6 +110,8 @@ def _explicit_noise(monkeypatch, model, batch: int, dtype=torch.float32):
         elif isinstance(m, cifarops.ShakeShake):
             m.noise = dict(alpha=torch.rand(batch, dtype=dtype, generator=generator),
                            beta=torch.rand(batch, dtype=dtype, generator=generator))
+        elif isinstance(m, cifarops.StochasticDepth):
+            m.noise = dict(gate=torch.bernoulli(torch.full((batch,), 0.5, dtype=dtype), generator=generator))
 
     def shake_drop(self, h, shortcut=None):
         return F.shake_drop(h, shortcut, p_drop=self.p_drop, alpha_range=self.alpha_range,
@@ -119,7 +122,12 @@ def _explicit_noise(monkeypatch, model, batch: int, dtype=torch.float32):
         return F.shake_shake(h1, h2, shortcut, forward_mode=self.forward_mode, backward_mode=self.backward_mode,
                              level="sample", training=self.training, **self.noise)
 
+    def stochastic_depth(self, h, shortcut=None):
+        return F.stochastic_depth(h, shortcut, p=self.p, mode=self.mode, scale_by_keep=self.scale_by_keep,
+                                  training=self.training, **self.noise)
+
     monkeypatch.setattr(cifarops.ShakeDrop, "forward", shake_drop)
+    monkeypatch.setattr(cifarops.StochasticDepth, "forward", stochastic_depth)
     monkeypatch.setattr(cifarops.ShakeShake, "forward", shake_shake)
 
 

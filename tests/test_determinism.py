@@ -119,6 +119,7 @@ def test_deterministic_mode_is_restored_after_the_block():
 TINY = {
     "pyramidnet272-a200-shakedrop": dict(depth=11, alpha=12),
     "pyramidnet110-a270-shakedrop": dict(depth=8, alpha=12, level="pixel"),
+    "resnet110-stochastic-depth": dict(depth=8),
     "shake-shake26-2x96d": dict(depth=8, width=4),
     "wrn28-10": dict(depth=10, widen=1, dropout=0.3),
     "fmp-graham-cifar10": dict(filters=2, layers=4, input_size=12),  # 12 -> 9 -> 6 -> 4 -> 2

@@ -70,6 +70,26 @@ def test_shake_drop_explicit_noise_one_kernel(device, backend, shapes):
     assert_one_kernel_each(backend, lambda: F.shake_drop(h, x, gate=gate, alpha=alpha, beta=beta), [h, x])
 
 
+# --- stochastic depth ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shortcut", [None, C, C // 2], ids=["no-shortcut", "shortcut", "narrow-shortcut"])
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("scale_by_keep", [True, False], ids=["scaled", "unscaled"])
+def test_stochastic_depth_one_kernel(device, backend, training, shortcut, mode, scale_by_keep):
+    layer = cifarops.StochasticDepth(0.3, mode, scale_by_keep).train(training)
+    if shortcut is None:
+        (h,) = leaves(device, (N, C, H, W))
+        assert_one_kernel_each(backend, lambda: layer(h), [h])
+    else:
+        h, x = leaves(device, (N, C, H, W), (N, shortcut, H, W))
+        assert_one_kernel_each(backend, lambda: layer(h, x), [h, x])
+    gate = torch.tensor([1.0, 0.0], device=device)
+    (h,) = leaves(device, (N, C, H, W))
+    assert_one_kernel_each(backend, lambda: F.stochastic_depth(h, gate=gate), [h])
+
+
 # --- Shake-Shake ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))

@@ -27,6 +27,21 @@ def test_parameter_count_matches_the_paper(name):
     assert abs(count - paper) / paper < 0.01, (count, paper)
 
 
+def test_resnet110_stochastic_depth_parameters_worked_by_hand_and_its_schedule():
+    """He et al.'s CIFAR ResNet-110, 1.7M parameters (their Table 6, rounded): a 3x3 stem, 18 basic blocks a stage
+    at 16, 32, 64 channels (two 3x3 convolutions and two BatchNorms each, no shortcut weights), a linear layer;
+    block l of 54 dropped with p = l / 54 * 0.5 in Huang's unscaled form."""
+    model = models.create("resnet110-stochastic-depth")
+    conv = lambda i, o: 9 * i * o  # noqa: E731
+    stage = lambda i, o: conv(i, o) + conv(o, o) + 4 * o + 17 * (2 * conv(o, o) + 4 * o)  # noqa: E731
+    expected = conv(3, 16) + 2 * 16 + stage(16, 16) + stage(16, 32) + stage(32, 64) + 64 * 10 + 10
+    assert sum(p.numel() for p in model.parameters()) == expected == 1_727_962
+    assert abs(expected - 1.7e6) < 0.05e6
+    layers = [b.stochastic_depth for b in model.blocks]
+    assert len(layers) == 54 and layers[0].p == 0.5 / 54 and layers[-1].p == 0.5
+    assert all(layer.mode == "row" and not layer.scale_by_keep for layer in layers)
+
+
 def test_fmp_net_parameters_and_sizes_worked_by_hand():
     # (160nC2)12: 2x2 convolutions from 160(n-1) (3 for n = 1) to 160n channels, C2 to 2080, C1 to 2240,
     # a BatchNorm (weight and bias) per convolution, and the linear layer.

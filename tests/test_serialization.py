@@ -35,6 +35,7 @@ class ResidualBlock(nn.Module):
 MODULES = {
     "shake_drop": (lambda: cifarops.ShakeDrop(0.25, (-0.5, 1.5), (0.25, 0.75), gate_level="sample", level="channel",
                                               backend="reference"), [(2, 4, 3, 3), (2, 2, 3, 3)]),
+    "stochastic_depth": (lambda: cifarops.StochasticDepth(0.3, "batch", scale_by_keep=False), [(2, 4, 3, 3), (2, 2, 3, 3)]),
     "shake_shake": (lambda: cifarops.ShakeShake(forward_mode="shake", backward_mode="keep", level="batch"),
                     [(2, 4, 3, 3)] * 3),
     "maxout": (lambda: cifarops.Maxout(3, dim=-1, grouping="strided"), [(2, 4, 6)]),
@@ -56,6 +57,7 @@ MODULES = {
 MODELS = {
     "pyramidnet272-a200-shakedrop": (dict(depth=11, alpha=12, checkpoint="cheap"), 8),
     "pyramidnet110-a270-shakedrop": (dict(depth=8, alpha=12, level="pixel", reference=True), 8),
+    "resnet110-stochastic-depth": (dict(depth=8, checkpoint="selective", reference=True), 8),
     "shake-shake26-2x96d": (dict(depth=8, width=4, checkpoint="full", backward_mode="even"), 8),
     "wrn28-10": (dict(depth=10, widen=1, dropout=0.3), 8),
     "fmp-graham-cifar10": (dict(filters=2, layers=4, input_size=12, checkpoint="selective"), 12),

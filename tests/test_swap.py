@@ -182,6 +182,7 @@ def test_a_bare_torch_fmp_is_returned_swapped():
 # Small variants (all three cifarops layers with a random draw, and maxout), cheap enough for the Triton interpreter.
 SWAP_MODELS = {
     "pyramidnet110-a270-shakedrop": dict(depth=8, alpha=6),
+    "resnet110-stochastic-depth": dict(depth=8),
     "shake-shake26-2x96d": dict(depth=8, width=4),
     "fmp-graham-cifar10": dict(filters=4, layers=4, input_size=12),
     "maxout-goodfellow-cifar10": dict(channels=(4, 4, 4), fc_units=8),
@@ -267,3 +268,79 @@ def test_bad_backend_touches_nothing():
     with pytest.raises(ValueError, match="backend"):
         swap_layers(model, backend="fused")
     assert sum(type(m) is nn.FractionalMaxPool2d for m in model.modules()) == 4
+
+
+# ------------------------------------------------------------------------- timm's and torchvision's drop path
+
+
+class PeerBlock(nn.Module):
+    """A residual block as timm and torchvision write one: x + drop_path(branch(x))."""
+
+    def __init__(self, drop_path: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.drop_path = drop_path
+
+    def forward(self, x):
+        return x + self.drop_path(torch.relu(self.conv(x)))
+
+
+@pytest.mark.parametrize("peer", ["timm DropPath", "torchvision row", "torchvision batch"])
+def test_drop_paths_of_timm_and_torchvision_are_swapped(kernel_backend, monkeypatch, peer):
+    """swap_layers replaces exactly timm's DropPath and torchvision's StochasticDepth with cifarops.StochasticDepth
+    of their settings: for the mask the peer drew, cifarops computes the peer's output; in evaluation exactly the
+    peer's; the generator drives the new draw (the same seed, the same mask)."""
+    import drop_path_peers
+
+    device, _ = kernel_backend
+    timm_drop_path, torchvision_stochastic_depth = drop_path_peers.install(monkeypatch)
+    layer, (p, mode, scale_by_keep) = {
+        "timm DropPath": (timm_drop_path(0.3), (0.3, "row", True)),
+        "torchvision row": (torchvision_stochastic_depth(0.4, "row"), (0.4, "row", True)),
+        "torchvision batch": (torchvision_stochastic_depth(0.4, "batch"), (0.4, "batch", True)),
+    }[peer]
+    model = PeerBlock(layer).to(device)
+    x = torch.randn(16, 4, 5, 5, device=device)
+    torch.manual_seed(3)
+    peer_y = model(x)
+    branch = torch.relu(model.conv(x)).detach()
+    mask = ((peer_y - x).abs().flatten(1).amax(1) > 0).float()  # the peer's gate, sample by sample
+    assert 0 < mask.sum() < 16 or mode == "batch"
+    peer_eval = model.eval()(x)
+    model.train()
+
+    swapped, report = swap_layers(model)
+    new = swapped.drop_path
+    assert isinstance(new, cifarops.StochasticDepth) and (new.p, new.mode, new.scale_by_keep) == (p, mode, scale_by_keep)
+    assert [r.name for r in report] == ["drop_path"] and "cifarops.StochasticDepth" in str(report)
+    gate = mask[:1] if mode == "batch" else mask
+    assert_close(cifarops.functional.stochastic_depth(branch, x, p=p, mode=mode, scale_by_keep=scale_by_keep,
+                                                      gate=gate), peer_y.detach())
+    torch.testing.assert_close(swapped.eval()(x), peer_eval, rtol=0, atol=0)
+    swapped.train()
+    torch.manual_seed(9)
+    first = swapped(x)
+    torch.manual_seed(9)
+    torch.testing.assert_close(swapped(x), first, rtol=0, atol=0)
+
+
+def test_a_drop_path_of_another_code_base_is_left_alone(monkeypatch):
+    """A copy in another repository is listed and kept, and so is timm's DropPath(scale_by_keep=False), which is
+    the identity in evaluation where Huang's unscaled form multiplies by 1 - p."""
+    import drop_path_peers
+
+    timm_drop_path, _ = drop_path_peers.install(monkeypatch)
+    unscaled = PeerBlock(timm_drop_path(0.3, scale_by_keep=False))
+    swapped, report = swap_layers(unscaled)
+    assert swapped.drop_path is unscaled.drop_path and len(report) == 0
+    assert report.left_alone == [("drop_path", "timm.layers.drop.DropPath")]
+
+    class DropPath(nn.Module):  # a copy in a model's own repository: its conventions are its own
+        def forward(self, x):
+            return x
+
+    model = PeerBlock(DropPath())
+    swapped, report = swap_layers(model)
+    assert swapped.drop_path is model.drop_path and len(report) == 0
+    assert report.left_alone == [("drop_path", f"{__name__}.test_a_drop_path_of_another_code_base_is_left_alone"
+                                                f".<locals>.DropPath")]

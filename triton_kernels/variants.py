@@ -15,6 +15,17 @@ def compile_options(kernel) -> dict:
     return dict(getattr(importlib.import_module(kernel.fn.__module__), "LAUNCH_OPTIONS", {}).get(kernel.fn.__name__, {}))
 
 
+def shake_drop_types(element: str, acc: str, width: str) -> dict:
+    """_shake_drop_kernel's argument types (ShakeDrop's and stochastic depth's launcher)."""
+    return {
+        "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}", "state_ptr": "*i64",
+        "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32", "gate_value_bits": "i64", "gate_gain_bits": "i64",
+        "coef_ptr": f"*{acc}", "coef_stride_n": width, "coef_stride_c": width, "lo": "fp32", "hi": "fp32",
+        "coef_value_bits": "i64", "coef_stream": "i32", "numel": width, "channels": width, "spatial": width,
+        "shortcut_channels": width,
+    }
+
+
 def variants():
     """(kernel, signature, constexprs) for every Triton kernel: each element type with the heaviest options,
     and each option in float32."""
@@ -34,15 +45,17 @@ def variants():
             for level, per_sample in itertools.product(levels, (False, True)):
                 if per_sample and (source != 3 or level > 1):
                     continue
-                yield _shake_drop_kernel, {
-                    "h_ptr": f"*{element}", "shortcut_ptr": f"*{element}", "out_ptr": f"*{element}",
-                    "state_ptr": "*i64", "gate_ptr": f"*{acc}", "gate_stride": width, "keep": "fp32",
-                    "gate_value": "fp32", "coef_ptr": f"*{acc}", "coef_stride_n": width, "coef_stride_c": width,
-                    "lo": "fp32", "hi": "fp32", "coef_value": "fp32", "coef_stream": "i32", "numel": width,
-                    "channels": width, "spatial": width, "shortcut_channels": width,
-                }, {"HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
+                yield _shake_drop_kernel, shake_drop_types(element, acc, width), {
+                    "HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3 if source == 3 else 1,
                     "GATE_LEVEL": level % 2, "COEF_SOURCE": source, "COEF_LEVEL": level, "PER_SAMPLE": per_sample,
                     "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
+        # Stochastic depth: the same kernel with the gate drawn per sample (mode "row") and a constant coefficient
+        # (both grids in float32, the per-sample one, where CIFAR's samples go, in the others).
+        for channels_last, per_sample in itertools.product((False, True), (False, True) if element == "fp32" else (True,)):
+            yield _shake_drop_kernel, shake_drop_types(element, acc, widths[-1]), {
+                "HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3, "GATE_LEVEL": 1,
+                "COEF_SOURCE": 0, "COEF_LEVEL": 0, "PER_SAMPLE": per_sample,
+                "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
         for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
             common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,
                       "sample_size": width}

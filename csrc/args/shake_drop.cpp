@@ -35,25 +35,12 @@ void check_hyper_parameters(double p_drop, at::ArrayRef<double> alpha_range, at:
   }
 }
 
-void check_floating_noise(const at::Tensor& t, const at::Tensor& h, const char* name, const char* h_name) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), kOp, ": ", name, " must be a floating-point tensor, got ",
+void check_floating_noise(const at::Tensor& t, const at::Tensor& h, const char* name, const char* h_name,
+                          const char* op = kOp) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating-point tensor, got ",
                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == h.device(), kOp, ": ", name, " is on ", t.device(), " but ", h_name, " is on ",
+  TORCH_CHECK_VALUE(t.device() == h.device(), op, ": ", name, " is on ", t.device(), " but ", h_name, " is on ",
                     h.device());
-}
-
-// An explicit gate: (1,) or (N,), any floating dtype, used in the compute type.
-void set_gate(ShakeDropCall& call, const at::Tensor& h, const at::Tensor& gate, const char* h_name) {
-  check_floating_noise(gate, h, "gate", h_name);
-  const int64_t n = h.size(0);
-  TORCH_CHECK_VALUE(gate.dim() == 1 && (gate.size(0) == 1 || gate.size(0) == n), kOp,
-                    ": gate must have shape (1,) or (N,) = (", n, ",), got ", gate.sizes());
-  const at::Tensor g = gate.to(opmath_type(h));
-  call.keep_alive.push_back(g);
-  NoiseSource& src = call.params.gate;
-  src.kind = Noise::PerChannel;
-  src.data = g.data_ptr();
-  src.stride_n = g.size(0) == 1 ? 0 : g.stride(0);
 }
 
 // An explicit coefficient: (1,), (N,), (N, C) or h's shape, any floating dtype. Returns whether it is
@@ -90,7 +77,9 @@ void set_coefficient(ShakeDropCall& call, const at::Tensor& h, at::MemoryFormat 
   src.stride_c = per_channel ? t.stride(1) : 0;
 }
 
-ShakeDropCall start_call(const at::Tensor& h, at::MemoryFormat format) {
+}  // namespace
+
+ShakeDropCall shake_drop_start_call(const at::Tensor& h, at::MemoryFormat format) {
   ShakeDropCall call;
   at::Tensor dense = h.contiguous(format);
   call.keep_alive.push_back(dense);
@@ -107,6 +96,44 @@ ShakeDropCall start_call(const at::Tensor& h, at::MemoryFormat format) {
   return call;
 }
 
+void set_explicit_gate(ShakeDropCall& call, const at::Tensor& h, const at::Tensor& gate, const char* h_name,
+                       const char* op) {
+  check_floating_noise(gate, h, "gate", h_name, op);
+  const int64_t n = h.size(0);
+  TORCH_CHECK_VALUE(gate.dim() == 1 && (gate.size(0) == 1 || gate.size(0) == n), op,
+                    ": gate must have shape (1,) or (N,) = (", n, ",), got ", gate.sizes());
+  const at::Tensor g = gate.to(opmath_type(h));
+  call.keep_alive.push_back(g);
+  NoiseSource& src = call.params.gate;
+  src.kind = Noise::PerChannel;
+  src.data = g.data_ptr();
+  src.stride_n = g.size(0) == 1 ? 0 : g.stride(0);
+}
+
+void check_shortcut(const at::Tensor& h, const std::optional<at::Tensor>& shortcut, const char* op) {
+  if (!shortcut.has_value()) return;
+  const at::Tensor& x = *shortcut;
+  check_nc_input(x, "shortcut", op);
+  TORCH_CHECK_VALUE(x.device() == h.device(), op, ": shortcut is on ", x.device(), " but h is on ", h.device());
+  TORCH_CHECK_TYPE(x.scalar_type() == h.scalar_type(), op, ": shortcut must have h's dtype ", h.scalar_type(),
+                   ", got ", x.scalar_type());
+  bool same_other_dims = x.dim() == h.dim() && x.size(0) == h.size(0);
+  for (int64_t d = 2; same_other_dims && d < h.dim(); ++d) same_other_dims = x.size(d) == h.size(d);
+  TORCH_CHECK_VALUE(same_other_dims, op, ": shortcut must match h in batch and spatial sizes, got ", x.sizes(),
+                    " for h ", h.sizes());
+  TORCH_CHECK_VALUE(x.size(1) <= h.size(1), op, ": shortcut has ", x.size(1), " channels, more than h's ", h.size(1));
+}
+
+void set_shortcut(ShakeDropCall& call, const std::optional<at::Tensor>& shortcut, at::MemoryFormat format) {
+  if (!shortcut.has_value()) return;
+  at::Tensor dense = shortcut->contiguous(format);
+  call.keep_alive.push_back(dense);
+  call.params.shortcut = dense.data_ptr();
+  call.params.shortcut_channels = dense.size(1);
+}
+
+namespace {
+
 // The noise of one direction: gate, and alpha (forward) or beta (backward), each explicit, drawn or constant.
 void set_noise(ShakeDropCall& call, const at::Tensor& h, at::MemoryFormat format, double p_drop,
                at::ArrayRef<double> alpha_range, at::ArrayRef<double> coef_range, Level gate_level, Level level,
@@ -122,7 +149,7 @@ void set_noise(ShakeDropCall& call, const at::Tensor& h, at::MemoryFormat format
     return;
   }
   if (gate.has_value()) {
-    set_gate(call, h, *gate, h_name);
+    set_explicit_gate(call, h, *gate, h_name, kOp);
   } else {
     p.gate.kind = Noise::Drawn;
     p.gate.level = gate_level;
@@ -153,32 +180,15 @@ ShakeDropCall shake_drop_forward_call(const at::Tensor& h, const std::optional<a
   check_hyper_parameters(p_drop, alpha_range, beta_range);
   const Level gate_lvl = parse_level(gate_level, /*gate=*/true), lvl = parse_level(level, /*gate=*/false);
   check_nc_input(h, "h", kOp);
-  if (shortcut.has_value()) {
-    const at::Tensor& x = *shortcut;
-    check_nc_input(x, "shortcut", kOp);
-    TORCH_CHECK_VALUE(x.device() == h.device(), kOp, ": shortcut is on ", x.device(), " but h is on ", h.device());
-    TORCH_CHECK_TYPE(x.scalar_type() == h.scalar_type(), kOp, ": shortcut must have h's dtype ", h.scalar_type(),
-                     ", got ", x.scalar_type());
-    bool same_other_dims = x.dim() == h.dim() && x.size(0) == h.size(0);
-    for (int64_t d = 2; same_other_dims && d < h.dim(); ++d) same_other_dims = x.size(d) == h.size(d);
-    TORCH_CHECK_VALUE(same_other_dims, kOp, ": shortcut must match h in batch and spatial sizes, got ", x.sizes(),
-                      " for h ", h.sizes());
-    TORCH_CHECK_VALUE(x.size(1) <= h.size(1), kOp, ": shortcut has ", x.size(1), " channels, more than h's ",
-                      h.size(1));
-  }
+  check_shortcut(h, shortcut, kOp);
   TORCH_CHECK_VALUE(training || !(gate.has_value() || alpha.has_value() || beta.has_value()), kOp,
                     ": gate, alpha and beta are training noise; pass training=True");
   if (beta.has_value()) check_coefficient(h, *beta, "beta", "h");  // checked now, though only backward uses it
   if (rng_state.has_value()) check_rng_state(*rng_state, h, "rng_state", kOp);
 
   const at::MemoryFormat format = dense_format(h);
-  ShakeDropCall call = start_call(h, format);
-  if (shortcut.has_value()) {
-    at::Tensor dense = shortcut->contiguous(format);
-    call.keep_alive.push_back(dense);
-    call.params.shortcut = dense.data_ptr();
-    call.params.shortcut_channels = dense.size(1);
-  }
+  ShakeDropCall call = shake_drop_start_call(h, format);
+  set_shortcut(call, shortcut, format);
   set_noise(call, h, format, p_drop, alpha_range, alpha_range, gate_lvl, lvl, training, gate, alpha, "alpha",
             kShakeDropAlphaStream, "h");
   // Backward draws beta from the same state: the forward draws whenever any of the noise is drawn.
@@ -196,7 +206,7 @@ ShakeDropCall shake_drop_backward_call(const at::Tensor& grad_y, const at::Tenso
   check_nc_input(grad_y, "grad_y", "cifarops._shake_drop_backward");
   check_rng_state(rng_state, grad_y, "rng_state", "cifarops._shake_drop_backward");
   const at::MemoryFormat format = dense_format(grad_y);
-  ShakeDropCall call = start_call(grad_y, format);
+  ShakeDropCall call = shake_drop_start_call(grad_y, format);
   set_noise(call, grad_y, format, p_drop, alpha_range, beta_range, gate_lvl, lvl, training, gate, beta, "beta",
             kShakeDropBetaStream, "grad_y");
   call.state = rng_state;

@@ -19,6 +19,7 @@ struct ShakeDropCall {
   at::Tensor state;                      // the {seed, offset} output (forward) or input (backward)
   std::optional<at::Tensor> state_in;    // an explicit state to use instead of the generator's
   bool draws = false;                    // some noise is drawn from Philox
+  uint32_t streams = kShakeDropStreams;  // Philox streams a drawing call reserves (stochastic depth: 1)
   ShakeDropParams params;
   KeepAlive keep_alive;    // dense copies the params point into
 };
@@ -36,5 +37,18 @@ ShakeDropCall shake_drop_backward_call(const at::Tensor& grad_y, const at::Tenso
                                        at::ArrayRef<double> alpha_range, at::ArrayRef<double> beta_range,
                                        c10::string_view gate_level, c10::string_view level, bool training,
                                        const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& beta);
+
+// The parts stochastic depth (csrc/args/stochastic_depth.cpp) shares: h made dense in `format` with its output
+// allocated; the shortcut's checks (errors name `op`) and its dense copy; an explicit (1,) or (N,) gate.
+ShakeDropCall shake_drop_start_call(const at::Tensor& h, at::MemoryFormat format);
+void check_shortcut(const at::Tensor& h, const std::optional<at::Tensor>& shortcut, const char* op);
+void set_shortcut(ShakeDropCall& call, const std::optional<at::Tensor>& shortcut, at::MemoryFormat format);
+void set_explicit_gate(ShakeDropCall& call, const at::Tensor& h, const at::Tensor& gate, const char* h_name,
+                       const char* op);
+
+// The pass itself, for either op: csrc/cpu/shake_drop.cpp and csrc/cuda/shake_drop.cu (`ref`: the tensor whose
+// device runs it and gets the state).
+void shake_drop_run_cpu(ShakeDropCall& call);
+void shake_drop_run_cuda(ShakeDropCall& call, const at::Tensor& ref);
 
 }  // namespace cifarops

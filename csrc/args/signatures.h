@@ -24,6 +24,19 @@ using ShakeDropBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tens
                                         c10::string_view gate_level, c10::string_view level, bool training,
                                         const OptTensor& gate, const OptTensor& beta);
 
+using StochasticDepthSig = Tensor2(const at::Tensor& h, const OptTensor& shortcut, double p, c10::string_view mode,
+                                   bool scale_by_keep, bool training, const OptTensor& gate,
+                                   const OptTensor& rng_state);
+using StochasticDepthBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tensor& rng_state, double p,
+                                              c10::string_view mode, bool scale_by_keep, bool training,
+                                              const OptTensor& gate);
+
+using DropActivationSig = Tensor2(const at::Tensor& x, double keep, bool training, const OptTensor& mask,
+                                  const OptTensor& rng_state);
+using DropActivationBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tensor& y,
+                                             const at::Tensor& rng_state, double keep, bool training,
+                                             const OptTensor& mask);
+
 using ShakeShakeSig = Tensor2(const at::Tensor& h1, const at::Tensor& h2, const OptTensor& shortcut,
                               c10::string_view forward_mode, c10::string_view backward_mode, c10::string_view level,
                               bool training, const OptTensor& alpha, const OptTensor& beta,
@@ -68,6 +81,10 @@ c10::TypedOperatorHandle<Sig> find(const char* name) {
 
 CIFAROPS_OP_HANDLE(shake_drop_op, ShakeDropSig, "cifarops::shake_drop")
 CIFAROPS_OP_HANDLE(shake_drop_backward_op, ShakeDropBackwardSig, "cifarops::_shake_drop_backward")
+CIFAROPS_OP_HANDLE(stochastic_depth_op, StochasticDepthSig, "cifarops::stochastic_depth")
+CIFAROPS_OP_HANDLE(stochastic_depth_backward_op, StochasticDepthBackwardSig, "cifarops::_stochastic_depth_backward")
+CIFAROPS_OP_HANDLE(drop_activation_op, DropActivationSig, "cifarops::drop_activation")
+CIFAROPS_OP_HANDLE(drop_activation_backward_op, DropActivationBackwardSig, "cifarops::_drop_activation_backward")
 CIFAROPS_OP_HANDLE(shake_shake_op, ShakeShakeSig, "cifarops::shake_shake")
 CIFAROPS_OP_HANDLE(shake_shake_backward_op, ShakeShakeBackwardSig, "cifarops::_shake_shake_backward")
 CIFAROPS_OP_HANDLE(maxout_op, MaxoutSig, "cifarops::maxout")

@@ -69,13 +69,17 @@ void shake_drop_rows(const ShakeDropParams& p) {
   });
 }
 
-void run(ShakeDropCall& call) {
+}  // namespace
+
+void shake_drop_run_cpu(ShakeDropCall& call) {
   call.params.rng = cpu_state(call.state_in, call.draws);
   if (!call.state.defined()) call.state = cpu_state_tensor(call.out, call.params.rng);
   if (call.params.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.out.scalar_type(), "shake_drop_cpu",
                                   [&] { shake_drop_rows<scalar_t>(call.params); });
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> shake_drop_cpu(
     const at::Tensor& h, const std::optional<at::Tensor>& shortcut, double p_drop, at::ArrayRef<double> alpha_range,
@@ -84,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_cpu(
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& rng_state) {
   ShakeDropCall call = shake_drop_forward_call(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
                                                training, gate, alpha, beta, rng_state);
-  run(call);
+  shake_drop_run_cpu(call);
   return {call.out, call.state};
 }
 
@@ -94,7 +98,7 @@ at::Tensor shake_drop_backward_cpu(const at::Tensor& grad_y, const at::Tensor& r
                                    const std::optional<at::Tensor>& gate, const std::optional<at::Tensor>& beta) {
   ShakeDropCall call = shake_drop_backward_call(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level, level,
                                                 training, gate, beta);
-  run(call);
+  shake_drop_run_cpu(call);
   return call.out;
 }
 

@@ -32,20 +32,24 @@ void launch_typed(const ShakeDropParams& p, const CudaRng& rng, cudaStream_t str
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
 // The state comes from the generator (forward, nothing explicit), an explicit tensor, or none is needed. The
 // kernel writes the state output only when this call allocated it (forward), never into a backward's input.
-void run(ShakeDropCall& call, const at::Tensor& ref) {
+void shake_drop_run_cuda(ShakeDropCall& call, const at::Tensor& ref) {
   const bool explicit_state = call.state_in.has_value();
   const at::Tensor state_in = explicit_state ? call.state_in->contiguous() : at::Tensor();
   const bool writes_state = !call.state.defined();
   if (writes_state) call.state = empty_state(ref);
-  const CudaRng rng = cuda_rng(ref.device(), call.draws && !explicit_state ? kShakeDropStreams : 0,
+  const CudaRng rng = cuda_rng(ref.device(), call.draws && !explicit_state ? call.streams : 0,
                                explicit_state ? state_in.data_ptr<int64_t>() : nullptr,
                                writes_state ? call.state.data_ptr<int64_t>() : nullptr);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, call.out.scalar_type(), "shake_drop_cuda", [&] {
     launch_typed<scalar_t>(call.params, rng, at::cuda::getCurrentCUDAStream());
   });
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor> shake_drop_cuda(
     const at::Tensor& h, const std::optional<at::Tensor>& shortcut, double p_drop, at::ArrayRef<double> alpha_range,
@@ -55,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_cuda(
   const c10::cuda::CUDAGuard guard(h.device());  // allocations and the generator: h's device
   ShakeDropCall call = shake_drop_forward_call(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
                                                training, gate, alpha, beta, rng_state);
-  run(call, h);
+  shake_drop_run_cuda(call, h);
   return {call.out, call.state};
 }
 
@@ -66,7 +70,7 @@ at::Tensor shake_drop_backward_cuda(const at::Tensor& grad_y, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(grad_y.device());
   ShakeDropCall call = shake_drop_backward_call(grad_y, rng_state, p_drop, alpha_range, beta_range, gate_level,
                                                 level, training, gate, beta);
-  run(call, grad_y);
+  shake_drop_run_cuda(call, grad_y);
   return call.out;
 }
 

@@ -1,6 +1,7 @@
 """cifarops: fused CUDA, Triton and C++ kernels for the regularised CNN layers of the best CIFAR results.
 
-Public API: layers (``ShakeDrop``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``, ``FractionalMaxPool2d``),
+Public API: layers (``ShakeDrop``, ``StochasticDepth``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``,
+``FractionalMaxPool2d``),
 ``cifarops.functional``, ``fmp_model_average``, checkpointing (``Checkpoint``, ``cifarops.checkpoint``), the
 model zoo (``cifarops.models``), swapping the fused layers into existing models (``swap_layers``), training
 (``python -m cifarops.train``), data and pipeline parallelism (``cifarops.distributed``), backend control
@@ -11,8 +12,8 @@ model zoo (``cifarops.models``), swapping the fused layers into existing models 
 from cifarops import ops  # noqa: F401  (registers fake kernels, autograd formulas and Triton ops)
 from cifarops._extension import build_info
 from cifarops.backends import BACKENDS, available_backends, default_backend, select_backend, use_backend
-from cifarops.functional import fmp_model_average, shake_drop_schedule
-from cifarops.modules import FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake
+from cifarops.functional import fmp_model_average, shake_drop_schedule, stochastic_depth_schedule
+from cifarops.modules import FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake, StochasticDepth
 from cifarops import functional  # noqa: E402
 from cifarops.checkpoint import Checkpoint
 from cifarops.cpu_cache import cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit
@@ -29,6 +30,7 @@ __all__ = [
     "ProbabilisticMaxout",
     "ShakeDrop",
     "ShakeShake",
+    "StochasticDepth",
     "available_backends",
     "build_info",
     "checkpoint",
@@ -42,6 +44,7 @@ __all__ = [
     "select_backend",
     "set_cpu_cache_limit",
     "shake_drop_schedule",
+    "stochastic_depth_schedule",
     "swap_layers",
     "use_backend",
 ]

@@ -252,4 +252,4 @@ _is_exporting = torch.compiler.is_exporting
 # BatchNorm's output go to memory and back. Chosen per op by measurement (python -m cifarops.bench.models
 # --compile --compile-kernels; issue 17): maxout and FMP keep their kernels. torch.export keeps one node per
 # op. Change the set before compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
-COMPILE_DECOMPOSED = {"shake_drop", "shake_shake"}
+COMPILE_DECOMPOSED = {"shake_drop", "shake_shake", "stochastic_depth"}

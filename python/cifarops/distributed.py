@@ -219,6 +219,8 @@ def pipeline_layers(model: nn.Module) -> list[nn.Module]:
 
     if isinstance(model, models.PyramidNet):
         return [nn.Sequential(model.conv1, model.bn1), *model.blocks, _GlobalPoolHead(model.bn_final, model.fc)]
+    if isinstance(model, models.StochasticDepthResNet):
+        return [nn.Sequential(model.conv1, model.bn1, nn.ReLU()), *model.blocks, _GlobalPoolHead(None, model.fc)]
     if isinstance(model, models.ShakeShakeResNet):
         return [nn.Sequential(model.conv1, model.bn1), *model.blocks, _GlobalPoolHead(None, model.fc)]
     if isinstance(model, models.WideResNet):

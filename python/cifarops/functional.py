@@ -16,6 +16,7 @@ from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
+from cifarops.ops import stochastic_depth as _stochastic_depth_ops
 from cifarops.ops.common import FLOATING, check_choice, check_floating, check_nc_input, check_range
 
 GATE_LEVELS = ("batch", "sample")
@@ -123,6 +124,83 @@ def shake_drop_schedule(num_blocks: int, p_drop_last: float = 0.5) -> list[float
     if isinstance(p_drop_last, bool) or not isinstance(p_drop_last, (int, float)) or not 0.0 <= p_drop_last <= 1.0:
         raise ValueError(f"cifarops.shake_drop_schedule: p_drop_last must be a number in [0, 1], got {p_drop_last!r}")
     return [layer / num_blocks * p_drop_last for layer in range(1, num_blocks + 1)]
+
+
+def check_stochastic_depth_params(p, mode, scale_by_keep) -> float:
+    """Validates stochastic depth's hyper-parameters; returns p as a float."""
+    op = "cifarops.stochastic_depth"
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be a number in [0, 1], got {p!r}")
+    check_choice(mode, "mode", _stochastic_depth_ops.MODES, op)
+    if not isinstance(scale_by_keep, bool):
+        raise TypeError(f"{op}: scale_by_keep must be a bool, got {type(scale_by_keep).__name__}")
+    return float(p)
+
+
+def stochastic_depth(
+    h: torch.Tensor,
+    shortcut: Optional[torch.Tensor] = None,
+    *,
+    p: float = 0.5,
+    mode: str = "row",
+    scale_by_keep: bool = True,
+    training: bool = True,
+    gate: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Stochastic depth (Huang et al., arXiv 1603.09382), fused with the residual addition.
+
+    Training: ``y = shortcut + b * s * h`` with b ~ Bernoulli(1 - p) per sample (``mode="row"``) or once for the
+    batch (``"batch"``), the conventions of timm's ``drop_path`` and torchvision's ``stochastic_depth`` (``p`` is
+    the drop probability); s = 1 / (1 - p) with ``scale_by_keep`` (theirs), else 1 (Huang's original form).
+    The gradient to ``h`` is ``b * s * dy``, the gate regenerated in backward from the state the forward drew
+    (nothing stored). Evaluation: ``shortcut + h`` scaled, else ``shortcut + (1 - p) * h``. ``shortcut=None``
+    returns ``b * s * h`` (timm's and torchvision's signature); a shortcut with fewer channels is added to the
+    first channels, as for :func:`shake_drop`. ``gate`` ((1,) or (N,)) replaces the draw. See
+    :func:`stochastic_depth_schedule` for Huang's linear rule.
+    """
+    key = (type(p), p, mode, scale_by_keep)  # the type: True == 1
+    try:
+        if backends._is_compiling():  # Dynamo would guard on the cache and compile again once it changes
+            raise KeyError(key)
+        p = _VALIDATED_STOCHASTIC_DEPTH[key]
+    except (KeyError, TypeError):
+        p_checked = check_stochastic_depth_params(p, mode, scale_by_keep)
+        if not backends._is_compiling() and len(_VALIDATED_STOCHASTIC_DEPTH) < 1024:
+            _VALIDATED_STOCHASTIC_DEPTH[key] = p_checked
+        p = p_checked
+    return _stochastic_depth(h, shortcut, p, mode, scale_by_keep, training, gate)
+
+
+_VALIDATED_STOCHASTIC_DEPTH: dict = {}
+
+
+def _stochastic_depth(h, shortcut, p, mode, scale_by_keep, training, gate=None):
+    """The op call behind F.stochastic_depth and the StochasticDepth module, with validated hyper-parameters."""
+    op = "cifarops.stochastic_depth"
+    if not isinstance(h, torch.Tensor) or gate is not None or (
+        shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype
+                                  or shortcut.is_meta != h.is_meta)
+    ):  # the rare cases, off the fast path (as _shake_drop's)
+        for name, value in (("h", h), ("shortcut", shortcut), ("gate", gate)):
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+        if shortcut is not None and shortcut.device != h.device:
+            raise ValueError(f"{op}: shortcut is on {shortcut.device} but h is on {h.device}")
+        h, shortcut = _autocast_common_dtype(h, shortcut)
+    rng = noise.rng_state(h.device, _stochastic_depth_ops.STREAMS) if noise._active_tapes and training else None
+    fn, first = backends.fast_ops("stochastic_depth", h)
+    if first is not None:  # the direct entry that returns y alone
+        return first(h, shortcut, p, mode, scale_by_keep, training, gate, rng)
+    return fn(h, shortcut, p, mode, scale_by_keep, training, gate, rng)[0]
+
+
+def stochastic_depth_schedule(num_blocks: int, p_last: float = 0.5) -> list[float]:
+    """Huang et al.'s linear rule: block l of L (1-based) gets p_l = l / L * p_last (the paper: p_L = 0.5)."""
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 0:
+        raise ValueError(f"cifarops.stochastic_depth_schedule: num_blocks must be a non-negative int, got {num_blocks!r}")
+    if isinstance(p_last, bool) or not isinstance(p_last, (int, float)) or not 0.0 <= p_last <= 1.0:
+        raise ValueError(f"cifarops.stochastic_depth_schedule: p_last must be a number in [0, 1], got {p_last!r}")
+    return [layer / num_blocks * p_last for layer in range(1, num_blocks + 1)]
 
 
 def check_shake_shake_params(forward_mode, backward_mode, level) -> None:

@@ -67,6 +67,33 @@ class ShakeDrop(_Layer):
         )
 
 
+class StochasticDepth(_Layer):
+    """Stochastic depth (Huang et al., arXiv 1603.09382), optionally fused with the shortcut add.
+
+    ``StochasticDepth(p)(h)`` is timm's ``DropPath(p)`` and torchvision's ``StochasticDepth(p, "row")``: the branch
+    dropped per sample with probability ``p`` and scaled by 1 / (1 - p); ``StochasticDepth(p)(h, shortcut)``
+    returns the block output ``shortcut + b * s * h`` in one pass. ``mode="batch"`` drops the whole batch's
+    branch at once; ``scale_by_keep=False`` is Huang's unscaled form, whose evaluation scales by 1 - p. See
+    :func:`cifarops.functional.stochastic_depth` and :func:`cifarops.stochastic_depth_schedule`.
+    """
+
+    def __init__(self, p: float = 0.5, mode: str = "row", scale_by_keep: bool = True, *,
+                 backend: Optional[str] = None) -> None:
+        super().__init__(backend)
+        self.p = F.check_stochastic_depth_params(p, mode, scale_by_keep)
+        self.mode = mode
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, h: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.backend is None:
+            return F._stochastic_depth(h, shortcut, self.p, self.mode, self.scale_by_keep, self.training)
+        with self._pinned():
+            return F._stochastic_depth(h, shortcut, self.p, self.mode, self.scale_by_keep, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"
+
+
 class ShakeShake(_Layer):
     """Shake-Shake regularisation (Gastaldi, arXiv 1705.07485) of a two-branch residual block.
 

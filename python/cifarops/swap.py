@@ -4,8 +4,12 @@
     print(report)
 
 replaces every ``torch.nn.FractionalMaxPool2d`` with :class:`cifarops.FractionalMaxPool2d` (PyTorch's outputs,
-indices and gradients for the same draws, from the same generator calls) and points every cifarops layer pinned
-to the ``reference`` backend (``cifarops.models.create(..., reference=True)``) at the fused kernels.
+indices and gradients for the same draws, from the same generator calls), timm's ``DropPath`` and torchvision's
+``StochasticDepth`` with :class:`cifarops.StochasticDepth` (the same outputs for the same mask; the mask itself is
+drawn from cifarops's Philox stream, not from theirs; timm's ``scale_by_keep=False`` is left alone, as its
+evaluation differs from Huang's unscaled form), and points every cifarops layer pinned to the ``reference``
+backend (``cifarops.models.create(..., reference=True)``) at the fused kernels. timm and torchvision are never
+imported here: a model holding their layers has imported them already.
 
 What is not swapped: a copy of a layer from another code base (say, the 30-line ShakeDrop autograd Function of a
 PyramidNet repository). Its conventions are its own (whether ``p_drop`` is the drop or the survival
@@ -19,12 +23,13 @@ whose class name looks like one of our layers, so that none is missed.
 from __future__ import annotations
 
 import copy
+import sys
 from typing import NamedTuple, Optional
 
 from torch import nn
 
 from cifarops import backends
-from cifarops.modules import FractionalMaxPool2d, _Layer
+from cifarops.modules import FractionalMaxPool2d, StochasticDepth, _Layer
 
 # Hooks and their registries: the new module shares the old one's dictionaries, so every hook keeps firing and
 # every handle the user holds can still remove its hook (a handle refers to the dictionary, not the module).
@@ -35,7 +40,7 @@ _HOOK_STATE = (
 )
 
 # Parts of the class names (lower case, underscores dropped) of layers that other code bases write for themselves.
-_LOOK_ALIKES = ("shakedrop", "shakeshake", "maxout", "fractionalmaxpool")
+_LOOK_ALIKES = ("shakedrop", "shakeshake", "maxout", "fractionalmaxpool", "droppath", "stochasticdepth")
 
 
 class Replacement(NamedTuple):
@@ -93,11 +98,35 @@ def _from_torch_fmp(old: nn.FractionalMaxPool2d, backend: Optional[str]) -> Frac
     # The same buffer tensor (not a copy): its device, dtype and any reference the user keeps stay valid.
     new = FractionalMaxPool2d(old.kernel_size, old.output_size, old.output_ratio, old.return_indices,
                               old._random_samples, backend=backend)
+    return _keep_hooks(old, new)
+
+
+def _keep_hooks(old: nn.Module, new: nn.Module) -> nn.Module:
     new.train(old.training)
     for name in _HOOK_STATE:
         if hasattr(old, name):
             setattr(new, name, getattr(old, name))
     return new
+
+
+# The drop-path layers of other libraries, by the module that defines them, and how their settings map onto
+# cifarops.StochasticDepth's: timm's DropPath(drop_prob, scale_by_keep) draws per sample; torchvision's
+# StochasticDepth(p, mode) always scales by 1 / (1 - p). timm's DropPath(scale_by_keep=False) is left alone: it
+# drops unscaled in training but is the identity in evaluation, where Huang's unscaled form (ours) scales by 1 - p.
+_DROP_PATHS = {
+    ("timm.layers.drop", "DropPath"): lambda m: (m.drop_prob, "row", True) if m.scale_by_keep else None,
+    ("torchvision.ops.stochastic_depth", "StochasticDepth"): lambda m: (m.p, m.mode, True),
+}
+
+
+def _drop_path_settings(module: nn.Module):
+    """(p, mode, scale_by_keep) when ``module`` is exactly timm's DropPath or torchvision's StochasticDepth (looked
+    up in the modules already imported) in a setting cifarops computes alike, else None."""
+    for (module_name, class_name), settings in _DROP_PATHS.items():
+        defining = sys.modules.get(module_name)
+        if defining is not None and type(module) is getattr(defining, class_name, None):
+            return settings(module)
+    return None
 
 
 def _is_look_alike(module: nn.Module) -> bool:
@@ -110,8 +139,9 @@ def _is_look_alike(module: nn.Module) -> bool:
 def swap_layers(model: nn.Module, *, backend: Optional[str] = None, inplace: bool = True) -> SwapResult:
     """Replaces, in ``model`` (in place unless ``inplace=False``, which swaps a deep copy), every
     ``torch.nn.FractionalMaxPool2d`` (exactly that class: a subclass may change its behaviour) with
-    :class:`cifarops.FractionalMaxPool2d` and re-points every cifarops layer pinned to the ``reference``
-    backend. Returns ``(model, report)``: the swapped model (a new module only when ``model`` itself is a
+    :class:`cifarops.FractionalMaxPool2d`, every timm ``DropPath`` and torchvision ``StochasticDepth`` (exactly
+    those classes) with :class:`cifarops.StochasticDepth`, and re-points every cifarops layer pinned to the
+    ``reference`` backend. Returns ``(model, report)``: the swapped model (a new module only when ``model`` itself is a
     ``torch.nn.FractionalMaxPool2d``) and a printable :class:`SwapReport`.
 
     ``backend``: None (the default) lets each call choose the fastest backend for its tensors' device, as
@@ -136,8 +166,13 @@ def swap_layers(model: nn.Module, *, backend: Optional[str] = None, inplace: boo
         if id(module) in done:
             return done[id(module)]
         result = module
+        drop_path = _drop_path_settings(module)
         if type(module) is nn.FractionalMaxPool2d:
             result = _from_torch_fmp(module, backend)
+            report.replaced.append(Replacement(name, _describe(module), _describe(result)))
+        elif drop_path is not None:
+            p, mode, scale_by_keep = drop_path
+            result = _keep_hooks(module, StochasticDepth(float(p), mode, bool(scale_by_keep), backend=backend))
             report.replaced.append(Replacement(name, _describe(module), _describe(result)))
         elif isinstance(module, _Layer) and module.backend == "reference" and backend != "reference":
             old = _describe(module)

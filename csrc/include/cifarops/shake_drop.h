@@ -1,5 +1,7 @@
 // ShakeDrop's shared math (SPEC.md): out = shortcut + (b + c - b*c) * h, where b is the gate and c is
 // alpha in the forward pass, beta in the backward pass (which is the same formula with no shortcut).
+// Stochastic depth (csrc/args/stochastic_depth.cpp) is the same pass with c = 0 and the gate scaled by s:
+// out = shortcut + b * s * h.
 //
 // Torch-free on purpose: the CPU loop (csrc/cpu/shake_drop.cpp) and the CUDA kernel
 // (csrc/cuda/shake_drop.cu) both include this header, so they compute the same thing by construction. The
@@ -36,6 +38,9 @@ struct NoiseSource {
   int64_t stride_n = 0, stride_c = 0;
   double value = 0.0;
   float lo = 0.f, hi = 0.f;  // coefficient range; for the gate, hi is the keep probability 1 - p_drop
+  // The gate only: what a kept gate is worth, a drawn or explicit gate's value times it. 1 for ShakeDrop;
+  // stochastic depth's s = 1 / (1 - p), with a zero coefficient so that the scale is exactly b * s.
+  double gain = 1.0;
   uint32_t stream = 0;
 };
 
@@ -109,8 +114,9 @@ CIFAROPS_INLINE acc_t shake_drop_gate(const ShakeDropParams& p, int64_t n) {
   switch (g.kind) {
     case Noise::Constant: return static_cast<acc_t>(g.value);
     case Noise::Drawn:
-      return philox_keep(philox_uniform(p.rng, noise_index(g, p, n, 0), g.stream), g.hi) ? acc_t(1) : acc_t(0);
-    default: return static_cast<const acc_t*>(g.data)[n * g.stride_n];
+      return philox_keep(philox_uniform(p.rng, noise_index(g, p, n, 0), g.stream), g.hi) ? static_cast<acc_t>(g.gain)
+                                                                                         : acc_t(0);
+    default: return static_cast<const acc_t*>(g.data)[n * g.stride_n] * static_cast<acc_t>(g.gain);
   }
 }
 

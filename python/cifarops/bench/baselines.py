@@ -9,6 +9,10 @@ otherwise unchanged, including its float32 coefficients.
 
 `softmax_multinomial_maxout` is the 30-line probabilistic maxout one writes in plain PyTorch (no popular
 implementation exists to copy).
+
+`timm_drop_path` is timm's `drop_path` (timm/layers/drop.py, 1.0.31, verbatim) plus the residual add its blocks
+write; torchvision's `stochastic_depth` runs the same kernels (an empty tensor, bernoulli_, div_, mul) and adds
+only argument checks. Neither package imports on this project's CPU machines, hence the copy.
 """
 
 from __future__ import annotations
@@ -81,3 +85,20 @@ def softmax_multinomial_maxout(x: torch.Tensor, pieces: int, temperature: float 
     p = torch.softmax(z.detach() / temperature, -1)
     choice = torch.multinomial(p.reshape(-1, pieces), 1).view(*z.shape[:-1], 1)
     return z.gather(-1, choice).squeeze(-1)
+
+
+def _timm_drop_path(x, drop_prob: float = 0., training: bool = False, scale_by_keep: bool = True):
+    if drop_prob == 0. or not training:
+        return x
+    keep_prob = 1 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # work with diff dim tensors, not just 2D ConvNets
+    random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and scale_by_keep:
+        random_tensor.div_(keep_prob)
+    return x * random_tensor
+
+
+def timm_drop_path(h: torch.Tensor, shortcut: torch.Tensor | None, p: float = 0.5) -> torch.Tensor:
+    """timm's block tail: shortcut + drop_path(h), in training."""
+    out = _timm_drop_path(h, p, True)
+    return out if shortcut is None else shortcut + out

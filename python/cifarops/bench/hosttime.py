@@ -29,7 +29,7 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.baselines import hysts_shake_shake, owruby_shake_drop, softmax_multinomial_maxout
+from cifarops.bench.baselines import hysts_shake_shake, owruby_shake_drop, softmax_multinomial_maxout, timm_drop_path
 from cifarops.bench.kernels import CallKernels, call_kernels
 
 TRAINING, NO_GRAD = "forward+backward", "forward, no_grad"
@@ -150,7 +150,7 @@ def _leaves(device, *shapes):
 
 
 def rows(device: torch.device) -> list[Row]:
-    """The section's rows, at issue 16's shapes: ShakeDrop and Shake-Shake (2, 4, 4, 4) with a shortcut,
+    """The section's rows, at issue 16's shapes: ShakeDrop, stochastic depth and Shake-Shake (2, 4, 4, 4) with a shortcut,
     maxout and probabilistic maxout k = 2 on (2, 8, 4, 4), FMP 8x8 -> 6x6 on (2, 4, 8, 8)."""
     small, wide, plane = (2, 4, 4, 4), (2, 8, 4, 4), (2, 4, 8, 8)
 
@@ -161,6 +161,14 @@ def rows(device: torch.device) -> list[Row]:
     def owruby():
         h, x = _leaves(device, small, small)
         return Impl(lambda: owruby_shake_drop(h, x), (h, x))
+
+    def stochastic_depth():
+        h, x = _leaves(device, small, small)
+        return Impl(lambda: F.stochastic_depth(h, x, p=0.5), (h, x))
+
+    def timm():
+        h, x = _leaves(device, small, small)
+        return Impl(lambda: timm_drop_path(h, x, 0.5), (h, x))
 
     def shake_shake():
         h1, h2, x = _leaves(device, small, small, small)
@@ -201,6 +209,8 @@ def rows(device: torch.device) -> list[Row]:
     return [
         Row("ShakeDrop + shortcut", "shake_drop", small, TRAINING, 0.5, shake_drop, "owruby-style + add", owruby),
         Row("ShakeDrop + shortcut", "shake_drop", small, NO_GRAD, 0.5, shake_drop, "owruby-style + add", owruby),
+        Row("stochastic depth + shortcut", "stochastic_depth", small, TRAINING, 0.5, stochastic_depth,
+            "timm drop_path + add", timm),
         Row("Shake-Shake + shortcut", "shake_shake", small, TRAINING, 0.5, shake_shake, "hysts-style + add", hysts),
         Row("maxout k=2", "maxout", wide, TRAINING, 0.75, maxout, "view+max", view_max),
         Row("probabilistic maxout k=2", "maxout", wide, TRAINING, None, probabilistic, "softmax+multinomial",

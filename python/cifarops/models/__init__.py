@@ -16,11 +16,13 @@ from typing import Callable, Optional
 from torch import nn
 
 from cifarops.models.blocks import (
-    CheckpointedBlock, PyramidBasicBlock, PyramidBottleneckBlock, ShakeShakeBlock, ShakeShakeShortcut, WideBasicBlock,
+    CheckpointedBlock, PyramidBasicBlock, PyramidBottleneckBlock, ShakeShakeBlock, ShakeShakeShortcut, StochasticDepthBlock,
+    WideBasicBlock,
 )
 from cifarops.models.fmp_net import FMPLayer, GrahamFMPNet
 from cifarops.models.maxout_net import GoodfellowMaxoutNet, MaxoutConvLayer
 from cifarops.models.pyramidnet import PyramidNet
+from cifarops.models.resnet import StochasticDepthResNet
 from cifarops.models.shake_shake_resnet import ShakeShakeResNet
 from cifarops.models.wide_resnet import WideResNet
 
@@ -28,6 +30,7 @@ from cifarops.models.wide_resnet import WideResNet
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict, Optional[float]]] = {
     "pyramidnet272-a200-shakedrop": (PyramidNet, dict(depth=272, alpha=200, bottleneck=True), 26.0e6),
     "pyramidnet110-a270-shakedrop": (PyramidNet, dict(depth=110, alpha=270, bottleneck=False), 28.3e6),
+    "resnet110-stochastic-depth": (StochasticDepthResNet, dict(depth=110, p_last=0.5), None),  # 1.7M: a test
     "shake-shake26-2x96d": (ShakeShakeResNet, dict(depth=26, width=96), 26.2e6),
     "wrn28-10": (WideResNet, dict(depth=28, widen=10), 36.5e6),
     "fmp-graham-cifar10": (GrahamFMPNet, dict(filters=160, layers=12), None),
@@ -39,6 +42,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict, Optional[float]]] = {
 SMALL: dict[str, dict] = {
     "pyramidnet272-a200-shakedrop": dict(depth=20, alpha=24),
     "pyramidnet110-a270-shakedrop": dict(depth=14, alpha=24),
+    "resnet110-stochastic-depth": dict(depth=14),
     "shake-shake26-2x96d": dict(depth=8, width=16),
     "wrn28-10": dict(depth=10, widen=2),
     "fmp-graham-cifar10": dict(filters=8),
@@ -64,6 +68,7 @@ def create(name: str, num_classes: int = 10, checkpoint=False, reference: bool =
 
 __all__ = [
     "CheckpointedBlock", "FMPLayer", "GoodfellowMaxoutNet", "GrahamFMPNet", "MODELS", "MaxoutConvLayer", "PyramidBasicBlock", "SMALL",
-    "PyramidBottleneckBlock", "PyramidNet", "ShakeShakeBlock", "ShakeShakeResNet", "ShakeShakeShortcut", "WideBasicBlock",
+    "PyramidBottleneckBlock", "PyramidNet", "ShakeShakeBlock", "ShakeShakeResNet", "ShakeShakeShortcut", "StochasticDepthBlock",
+    "StochasticDepthResNet", "WideBasicBlock",
     "WideResNet", "create", "names",
 ]

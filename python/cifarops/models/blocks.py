@@ -1,6 +1,6 @@
 """The residual blocks of the model zoo, each with a ``checkpoint`` option ("none", "full", "selective",
-"cheap"; True means "full"): PyramidNet's basic and bottleneck blocks with ShakeDrop, the Shake-Shake block with its
-two-path shortcut, and the Wide-ResNet block. ``backend`` pins the cifarops layers' implementation
+"cheap"; True means "full"): PyramidNet's basic and bottleneck blocks with ShakeDrop, the ResNet basic block with
+stochastic depth, the Shake-Shake block with its two-path shortcut, and the Wide-ResNet block. ``backend`` pins the cifarops layers' implementation
 ("reference" for the pure-PyTorch network)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarops.checkpoint import checkpoint, checkpoint_mode
-from cifarops.modules import ShakeDrop, ShakeShake
+from cifarops.modules import ShakeDrop, ShakeShake, StochasticDepth
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -132,6 +132,31 @@ class PyramidBottleneckBlock(_PyramidBlock):
         h = F.relu(self.bn2(self.conv1(self.bn1(x))))
         h = F.relu(self.bn3(self.conv2(h)))
         return self.bn4(self.conv3(h))
+
+
+class StochasticDepthBlock(CheckpointedBlock):
+    """The ResNet basic block of Huang et al. (arXiv 1603.09382; He et al.'s CIFAR ResNet): conv3x3-BN-ReLU-
+    conv3x3-BN, dropped with probability p_drop by stochastic depth in Huang's unscaled form (evaluation scales
+    by 1 - p_drop) fused with the shortcut, then ReLU. A strided block's shortcut is the input subsampled by 2
+    and zero-padded to the wider branch, as Huang's code does (no padding is materialised)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, p_drop: float, *, checkpoint=False,
+                 backend: Optional[str] = None) -> None:
+        super().__init__(checkpoint)
+        self.stride = stride
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.stochastic_depth = StochasticDepth(p_drop, "row", scale_by_keep=False, backend=backend)
+
+    def check_input(self, x) -> None:
+        check_block_input(x, self.conv1.in_channels, self.conv1.weight, type(self).__name__)
+
+    def block_forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        shortcut = x if self.stride == 1 else x[:, :, ::self.stride, ::self.stride]
+        return F.relu(self.stochastic_depth(h, shortcut))
 
 
 class ShakeShakeShortcut(nn.Module):

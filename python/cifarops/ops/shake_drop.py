@@ -57,18 +57,19 @@ def check_hyper_parameters(p_drop, alpha_range, beta_range, gate_level, level) -
         raise ValueError(f"{OP}: level must be one of {LEVELS}, got {level!r}")
 
 
-def _check_floating_noise(t, h, name, h_name):
-    check_tensor(t, name, OP)
+def _check_floating_noise(t, h, name, h_name, op=OP):
+    check_tensor(t, name, op)
     if not t.dtype.is_floating_point:
-        raise TypeError(f"{OP}: {name} must be a floating-point tensor, got {t.dtype}")
-    check_same_device(t, h, name, OP, h_name)
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
+    check_same_device(t, h, name, op, h_name)
 
 
-def check_gate(h, gate, h_name="h") -> None:
-    _check_floating_noise(gate, h, "gate", h_name)
+def check_gate(h, gate, h_name="h", op=OP) -> None:
+    """An explicit gate: (1,) or (N,), floating (ShakeDrop's and stochastic depth's)."""
+    _check_floating_noise(gate, h, "gate", h_name, op)
     n = h.shape[0]
     if gate.dim() != 1 or gate.shape[0] not in (1, n):
-        raise ValueError(f"{OP}: gate must have shape (1,) or (N,) = ({n},), got {tuple(gate.shape)}")
+        raise ValueError(f"{op}: gate must have shape (1,) or (N,) = ({n},), got {tuple(gate.shape)}")
 
 
 def check_coefficient(h, coef, name, h_name="h") -> None:

@@ -1,0 +1,195 @@
+// Drop-Activation's torch side: argument checks (written once, here; python/cifarops/ops/drop_activation.py has
+// the twin for the Triton and fake kernels), the kernel parameters, and the autograd kernel of the compiled ops.
+#include "args/drop_activation.h"
+
+#include <torch/library.h>
+
+#include "args/autograd.h"
+#include "args/rng.h"
+#include "args/signatures.h"
+
+namespace cifarops {
+namespace {
+
+constexpr const char* kOp = "cifarops.drop_activation";
+constexpr const char* kBackwardOp = "cifarops._drop_activation_backward";
+
+void check_keep(double keep, const char* op) {
+  TORCH_CHECK_VALUE(keep >= 0.0 && keep <= 1.0, op, ": keep must be a number in [0, 1], got ", keep);
+}
+
+// Shared by both directions: `in` made dense, the output allocated, the sizes and the mask's source.
+DropActivationCall start_call(const at::Tensor& in, double keep, bool training, const std::optional<at::Tensor>& mask,
+                              const char* in_name, const char* op) {
+  if (mask.has_value()) {
+    const at::Tensor& m = *mask;
+    TORCH_CHECK_VALUE(training, op, ": mask is training noise; pass training=True");
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool, op, ": mask must be a bool tensor (True keeps the ReLU), got ",
+                     m.scalar_type());
+    TORCH_CHECK_VALUE(m.device() == in.device(), op, ": mask is on ", m.device(), " but ", in_name, " is on ",
+                      in.device());
+    TORCH_CHECK_VALUE(m.sizes() == in.sizes(), op, ": mask must have ", in_name, "'s shape ", in.sizes(), ", got ",
+                      m.sizes());
+  }
+  const at::MemoryFormat format = dense_format(in);
+  DropActivationCall call;
+  const at::Tensor dense = in.contiguous(format);
+  call.keep_alive.push_back(dense);
+  call.out = empty_output_like(dense, format);
+  DropActivationParams& p = call.params;
+  p.in = dense.data_ptr();
+  p.out = call.out.data_ptr();
+  p.batch = in.size(0);
+  p.channels = in.size(1);
+  p.spatial = in.numel() == 0 ? 0 : in.numel() / (in.size(0) * in.size(1));
+  p.channels_last = format == at::MemoryFormat::ChannelsLast;
+  p.training = training;
+  p.keep = static_cast<float>(keep);
+  p.slope = 1.0 - keep;
+  if (mask.has_value()) {
+    const at::Tensor bits = mask->contiguous(format);  // a bool is one byte, 0 or 1
+    call.keep_alive.push_back(bits);
+    p.mask = reinterpret_cast<const uint8_t*>(bits.data_ptr<bool>());
+  }
+  call.draws = training && !mask.has_value();
+  return call;
+}
+
+}  // namespace
+
+DropActivationCall drop_activation_forward_call(const at::Tensor& x, double keep, bool training,
+                                                const std::optional<at::Tensor>& mask,
+                                                const std::optional<at::Tensor>& rng_state) {
+  check_keep(keep, kOp);
+  check_nc_input(x, "x", kOp);
+  if (rng_state.has_value()) check_rng_state(*rng_state, x, "rng_state", kOp);
+  DropActivationCall call = start_call(x, keep, training, mask, "x", kOp);
+  call.state_in = rng_state;
+  return call;
+}
+
+DropActivationCall drop_activation_backward_call(const at::Tensor& grad_y, const at::Tensor& y,
+                                                 const at::Tensor& rng_state, double keep, bool training,
+                                                 const std::optional<at::Tensor>& mask) {
+  check_keep(keep, kBackwardOp);
+  check_nc_input(grad_y, "grad_y", kBackwardOp);
+  TORCH_CHECK_TYPE(y.scalar_type() == grad_y.scalar_type(), kBackwardOp, ": y must have grad_y's dtype ",
+                   grad_y.scalar_type(), ", got ", y.scalar_type());
+  TORCH_CHECK_VALUE(y.sizes() == grad_y.sizes() && y.device() == grad_y.device(), kBackwardOp,
+                    ": y must have grad_y's shape ", grad_y.sizes(), " and device ", grad_y.device(), ", got ",
+                    y.sizes(), " on ", y.device());
+  check_rng_state(rng_state, grad_y, "rng_state", kBackwardOp);
+  DropActivationCall call = start_call(grad_y, keep, training, mask, "grad_y", kBackwardOp);
+  const at::Tensor dense_y = y.contiguous(dense_format(grad_y));
+  call.keep_alive.push_back(dense_y);
+  call.params.y = dense_y.data_ptr();
+  call.state = rng_state;
+  call.state_in = rng_state;
+  return call;
+}
+
+// ------------------------------------------------------------------------------------------------ autograd
+
+namespace {
+
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// The node of a call: saves the output (which the backward reads instead of x), the state and an explicit mask.
+struct DropActivationBackward final : torch::autograd::Node {
+  SavedVariable y, state, mask;
+  double keep = 0.95;
+  bool training = true;
+
+  std::string name() const override { return "DropActivationBackward"; }
+  void release_variables() override {
+    y.reset_data();
+    state.reset_data();
+    mask.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(1);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return result;
+    // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
+    const at::Tensor out = y.unpack(shared_from_this()), s = state.unpack();
+    const std::optional<at::Tensor> m = unpack_optional(mask);
+    BackwardGuard guard;
+    result[0] = drop_activation_backward_op().call(grads[0], out, s, keep, training, m);
+    return result;
+  }
+};
+
+// The backward op is linear in grad_y with coefficients that are piecewise constant in y: its gradient to
+// grad_y is itself, to y zero (as torch's threshold_backward).
+struct DropActivationBackwardBackward final : torch::autograd::Node {
+  SavedVariable y, state, mask;
+  double keep = 0.95;
+  bool training = true;
+
+  std::string name() const override { return "DropActivationBackwardBackward"; }
+  void release_variables() override {
+    y.reset_data();
+    state.reset_data();
+    mask.reset_data();
+  }
+
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(2);
+    if (!grads[0].defined() || !task_should_compute_output(0)) return result;
+    const at::Tensor out = y.unpack(), s = state.unpack();
+    const std::optional<at::Tensor> m = unpack_optional(mask);
+    BackwardGuard guard;
+    result[0] = drop_activation_backward_op().call(grads[0], out, s, keep, training, m);
+    return result;
+  }
+};
+
+at::Tensor drop_activation_backward_autograd(const at::Tensor& grad_y, const at::Tensor& y,
+                                             const at::Tensor& rng_state, double keep, bool training,
+                                             const std::optional<at::Tensor>& mask) {
+  const bool records = records_grad(kBackwardOp, grad_y, y);
+  at::Tensor grad_x = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return drop_activation_backward_op().call(grad_y, y, rng_state, keep, training, mask);
+  }();
+  if (records) {
+    auto node = make_node<DropActivationBackwardBackward>(grad_y, y);
+    node->keep = keep;
+    node->training = training;
+    node->y = SavedVariable(y, /*is_output=*/false);
+    node->state = SavedVariable(rng_state, /*is_output=*/false);
+    if (mask.has_value()) node->mask = SavedVariable(*mask, /*is_output=*/false);
+    set_history(node, grad_x);
+  }
+  return grad_x;
+}
+
+std::tuple<at::Tensor, at::Tensor> drop_activation_autograd(const at::Tensor& x, double keep, bool training,
+                                                            const std::optional<at::Tensor>& mask,
+                                                            const std::optional<at::Tensor>& rng_state) {
+  const bool records = records_grad(kOp, x);
+  auto [out, state] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return drop_activation_op().call(x, keep, training, mask, rng_state);
+  }();
+  if (records) {
+    auto node = make_node<DropActivationBackward>(x);
+    node->keep = keep;
+    node->training = training;
+    node->state = SavedVariable(state, /*is_output=*/false);
+    if (mask.has_value()) node->mask = SavedVariable(*mask, /*is_output=*/false);
+    set_history(node, out);
+    node->y = SavedVariable(out, /*is_output=*/true);  // after set_history: an output, saved without a cycle
+  }
+  return {std::move(out), std::move(state)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cifarops, Autograd, m) {
+  m.impl("drop_activation", &drop_activation_autograd);
+  m.impl("_drop_activation_backward", &drop_activation_backward_autograd);
+}
+
+}  // namespace cifarops

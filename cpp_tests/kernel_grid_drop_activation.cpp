@@ -54,9 +54,10 @@ void check(const std::vector<int64_t>& shape, bool channels_last, bool training,
   static auto backward =
       c10::Dispatcher::singleton().findSchemaOrThrow("cifarops::_drop_activation_backward", "").typed<BackwardSig>();
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor x = at::randn(shape).to(type).contiguous(format);
-  x.view(-1).index_put_({0}, std::nan(""));  // NaN and zeros take their own branches
-  if (x.numel() > 2) x.view(-1).index_put_({2}, 0.0);
+  at::Tensor x0 = at::randn(shape).to(type);
+  x0.view(-1).index_put_({0}, std::nan(""));  // NaN and zeros take their own branches
+  if (x0.numel() > 2) x0.view(-1).index_put_({2}, 0.0);
+  const at::Tensor x = x0.contiguous(format);
   const at::Tensor state = at::tensor({int64_t(0x5eed1234abcdLL), int64_t(8)}, at::kLong);
   std::optional<at::Tensor> mask;
   if (explicit_mask && training) mask = at::rand(shape) < 0.5;

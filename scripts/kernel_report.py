@@ -352,6 +352,9 @@ def reason(k: Kernel) -> str:
                 "mode branches weigh more than the bytes")
     if "shake_drop" in name or "shake_shake" in name:
         return "per-element Philox draws (pixel level: one Philox call per 4 elements) and the coefficient math"
+    if "drop_activation" in name:
+        return ("its mask is one Philox draw per element (a Philox4x32-10 call per 4 elements in NCHW, per element in "
+                "channels_last, whose NCHW index is another), against 2 or 3 bytes moved per element")
     return "see the SASS"
 
 

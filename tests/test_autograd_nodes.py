@@ -25,6 +25,7 @@ def calls(device):
     return [
         ("shake_drop", "ShakeDropBackward", lambda x: F.shake_drop(x, x.detach() * 2, level="channel"), (3, 4, 5, 5)),
         ("stochastic_depth", "StochasticDepthBackward", lambda x: F.stochastic_depth(x, x.detach() * 2), (3, 4, 5, 5)),
+        ("drop_activation", "DropActivationBackward", lambda x: F.drop_activation(x, 0.5), (3, 4, 5, 5)),
         ("shake_shake", "ShakeShakeBackward", lambda x: F.shake_shake(x, x * 3), (3, 4, 5, 5)),
         ("maxout", "MaxoutBackward", lambda x: F.maxout(x, 2), (3, 4, 5, 5)),
         ("probabilistic_maxout", "MaxoutBackward", lambda x: F.probabilistic_maxout(x, 2), (3, 4, 5, 5)),
@@ -54,6 +55,7 @@ def op_args(name, device):
     return {
         "shake_drop": (x, x * 2, 0.5, [-1.0, 1.0], [0.0, 1.0], "batch", "channel", True, None, None, None, None),
         "stochastic_depth": (x, x * 2, 0.5, "row", True, True, None, None),
+        "drop_activation": (x, 0.5, True, None, None),
         "shake_shake": (x, x * 3, None, "shake", "shake", "sample", True, None, None, None),
         "maxout": (x, 2, 1, "contiguous"),
         "probabilistic_maxout": (x, 2, 1, "contiguous", 1.0, None),
@@ -62,7 +64,7 @@ def op_args(name, device):
 
 
 MULTI = [pytest.param(device, name, id=f"{device}-{name}") for device, _ in COMPILED
-         for name in ("shake_drop", "stochastic_depth", "shake_shake", "maxout", "probabilistic_maxout",
+         for name in ("shake_drop", "stochastic_depth", "drop_activation", "shake_shake", "maxout", "probabilistic_maxout",
                       "fractional_max_pool2d")]
 
 
@@ -163,7 +165,8 @@ def test_subclass_and_override_get_the_op_overload():
 @pytest.mark.parametrize("device, i", CASES)
 def test_node_is_named_and_saves_through_the_hooks(device, i):
     """One node, named for the op; what it saves goes through saved-tensor hooks (checkpointing and offloading
-    see it), and never a tensor of the input's size, except the expectation, whose gradient needs its input."""
+    see it), and never a tensor of the input's size, except the expectation, whose gradient needs its input, and
+    Drop-Activation's output."""
     name, node, forward, shape = calls(device)[i]
     x = torch.randn(shape, device=device, requires_grad=True)
     packed = []
@@ -174,6 +177,8 @@ def test_node_is_named_and_saves_through_the_hooks(device, i):
     kept = {t.dtype for t in packed}
     if name == "probabilistic_maxout_expectation":
         assert [t.shape for t in packed] == [x.shape]
+    elif name == "drop_activation":  # the output (its backward reads y, never x) and the RNG state
+        assert sorted(t.numel() for t in packed) == [2, y.numel()] and not any(t is x for t in packed)
     elif name in ("maxout", "probabilistic_maxout", "fractional_max_pool2d"):
         assert torch.uint8 in kept and all(t.numel() <= y.numel() or t.numel() == 2 for t in packed)
     else:

@@ -89,6 +89,8 @@ OPS = {
     "stochastic_depth": lambda d: (lambda h: F.stochastic_depth(h, h.detach()[:, :4], p=0.3), x(d, 4, 8, 5, 5)),
     "stochastic_depth batch eval": lambda d: (lambda h: F.stochastic_depth(h, None, p=0.3, mode="batch",
                                                                            training=False), x(d, 4, 8, 5, 5)),
+    "drop_activation": lambda d: (lambda h: F.drop_activation(h, 0.9), x(d, 4, 8, 5, 5)),
+    "drop_activation eval": lambda d: (lambda h: F.drop_activation(h, 0.9, training=False), x(d, 4, 8, 5, 5)),
     "shake_shake": lambda d: (lambda h: F.shake_shake(h, h * 2), x(d, 4, 8, 5, 5)),
     "shake_shake explicit": lambda d: (lambda h: F.shake_shake(h, h * 2, alpha=torch.rand(4, device=d),
                                                                beta=torch.rand(4, device=d)), x(d, 4, 8, 5, 5)),

@@ -90,6 +90,17 @@ def test_stochastic_depth_one_kernel(device, backend, training, shortcut, mode, 
     assert_one_kernel_each(backend, lambda: F.stochastic_depth(h, gate=gate), [h])
 
 
+# --- Drop-Activation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["drawn", "explicit-mask"])
+def test_drop_activation_one_kernel(device, backend, training, explicit):
+    (x,) = leaves(device, (N, C, H, W))
+    mask = (torch.rand(N, C, H, W) < 0.5).to(device) if explicit and training else None
+    assert_one_kernel_each(backend, lambda: F.drop_activation(x, 0.9, training=training, mask=mask), [x])
+
+
 # --- Shake-Shake ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))

@@ -156,6 +156,26 @@ if INTERPRETED_TRITON:
             assert_close(tail_of(y), want_y.reshape(-1))
             assert_close(tail_of(grad_h), want_grad.reshape(-1))
 
+    def test_triton_stochastic_depth_past_2_32():
+        """Stochastic depth runs ShakeDrop's kernel on its flat grid here (samples past the per-sample grid's
+        65535 blocks): the tail's 64-bit offsets into h, the shortcut and the output, forward and backward."""
+        shape, p = (2, 4, 32768, 16392), 0.3
+        with bounded_memory(1.0):
+            h, shortcut, grad_y = (lazy_zeros(shape, torch.bfloat16) for _ in range(3))
+            for i, t in enumerate((h, shortcut, grad_y)):
+                randn_(tail_of(t), i)
+            gate = torch.tensor([0.0, 1.0])  # the tail is in sample 1, kept: y = x + h / (1 - p)
+            with interpreted_tail_programs(TAIL_PROGRAMS):
+                y = ops.stochastic_depth(h, shortcut, p, "row", True, True, gate, STATE)[0]
+                grad_h = ops._stochastic_depth_backward(grad_y, STATE, p, "row", True, True, gate)
+            view = (1, 1, 1, TAIL)
+            want_y = reference.stochastic_depth(tail_of(h).view(view), tail_of(shortcut).view(view), p, "row", True,
+                                                True, gate[1:], STATE)[0]
+            want_grad = reference.stochastic_depth_backward(tail_of(grad_y).view(view), STATE, p, "row", True, True,
+                                                            gate[1:])
+            assert_close(tail_of(y), want_y.reshape(-1))
+            assert_close(tail_of(grad_h), want_grad.reshape(-1))
+
     def test_triton_shake_shake_past_2_32():
         shape = (2, 4, 32768, 16392)
         with bounded_memory(1.0):

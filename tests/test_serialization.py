@@ -36,6 +36,7 @@ MODULES = {
     "shake_drop": (lambda: cifarops.ShakeDrop(0.25, (-0.5, 1.5), (0.25, 0.75), gate_level="sample", level="channel",
                                               backend="reference"), [(2, 4, 3, 3), (2, 2, 3, 3)]),
     "stochastic_depth": (lambda: cifarops.StochasticDepth(0.3, "batch", scale_by_keep=False), [(2, 4, 3, 3), (2, 2, 3, 3)]),
+    "drop_activation": (lambda: cifarops.DropActivation(0.8), [(2, 4, 3, 3)]),
     "shake_shake": (lambda: cifarops.ShakeShake(forward_mode="shake", backward_mode="keep", level="batch"),
                     [(2, 4, 3, 3)] * 3),
     "maxout": (lambda: cifarops.Maxout(3, dim=-1, grouping="strided"), [(2, 4, 6)]),

@@ -31,6 +31,7 @@ def variants():
     and each option in float32."""
     import triton.language as tl
 
+    from cifarops.triton_kernels.drop_activation import _drop_activation_kernel
     from cifarops.triton_kernels.maxout import _maxout_bwd_kernel, _maxout_fwd_kernel
     from cifarops.triton_kernels.shake_drop import _shake_drop_kernel
     from cifarops.triton_kernels.shake_shake import _shake_shake_bwd_kernel, _shake_shake_fwd_kernel
@@ -55,6 +56,17 @@ def variants():
             yield _shake_drop_kernel, shake_drop_types(element, acc, widths[-1]), {
                 "HAS_SHORTCUT": True, "CHANNELS_LAST": channels_last, "GATE_SOURCE": 3, "GATE_LEVEL": 1,
                 "COEF_SOURCE": 0, "COEF_LEVEL": 0, "PER_SAMPLE": per_sample,
+                "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
+        # Drop-Activation: the drawn mask in both layouts and directions; evaluation and the explicit mask in float32.
+        drop_activation = {"in_ptr": f"*{element}", "y_ptr": f"*{element}", "mask_ptr": "*u8", "out_ptr": f"*{element}",
+                           "state_ptr": "*i64", "keep": "fp32", "slope_bits": "i64", "numel": widths[-1],
+                           "channels": widths[-1], "spatial": widths[-1]}
+        modes = [(0, True, cl, back) for cl in (False, True) for back in (False, True)]
+        if element == "fp32":
+            modes += [(2, False, False, False), (2, False, False, True), (1, True, False, True)]
+        for mask, training, channels_last, backward in modes:
+            yield _drop_activation_kernel, drop_activation, {
+                "MASK": mask, "TRAINING": training, "BACKWARD": backward, "CHANNELS_LAST": channels_last,
                 "ACC": tl.float64 if acc == "fp64" else tl.float32, "BLOCK": 1024}
         for width, kind, per_sample in itertools.product(widths, (0, 1, 2) if element == "fp32" else (2,), (False, True)):
             common = {"coef_ptr": f"*{acc}", "coef_stride": width, "state_ptr": "*i64", "batch": width,

@@ -112,7 +112,7 @@ struct DropActivationBackward final : torch::autograd::Node {
     variable_list result(1);
     if (!grads[0].defined() || !task_should_compute_output(0)) return result;
     // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
-    const at::Tensor out = y.unpack(shared_from_this()), s = state.unpack();
+    const at::Tensor out = y.unpack(), s = state.unpack();
     const std::optional<at::Tensor> m = unpack_optional(mask);
     BackwardGuard guard;
     result[0] = drop_activation_backward_op().call(grads[0], out, s, keep, training, m);
@@ -179,8 +179,10 @@ std::tuple<at::Tensor, at::Tensor> drop_activation_autograd(const at::Tensor& x,
     node->training = training;
     node->state = SavedVariable(state, /*is_output=*/false);
     if (mask.has_value()) node->mask = SavedVariable(*mask, /*is_output=*/false);
+    // The output without its history (the same storage and version counter): saving `out` itself would make the
+    // node own a tensor whose grad_fn is the node. An in-place change of y before backward is still an error.
+    node->y = SavedVariable(out.detach(), /*is_output=*/false);
     set_history(node, out);
-    node->y = SavedVariable(out, /*is_output=*/true);  // after set_history: an output, saved without a cycle
   }
   return {std::move(out), std::move(state)};
 }

@@ -1,6 +1,7 @@
-// Drop-Activation on the CPU: one pass, parallel over blocks of elements with at::parallel_for; the mask drawn
-// from the CPU generator's state (one random64() per call), one Philox call per four NCHW-consecutive elements.
+// Drop-Activation on the CPU: one pass, parallel over tiles of elements with at::parallel_for; the mask drawn
+// from the CPU generator's state (one random64() per call).
 #include <ATen/Dispatch.h>
+#include <algorithm>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -11,27 +12,55 @@
 namespace cifarops {
 namespace {
 
+// A tile's mask bits, tile [begin, end) of memory indices: the explicit mask, drawn (NCHW: a block of Philox quads
+// at once, philox_quads; channels_last: one call per element, its NCHW index being another), or none.
+void tile_mask(const DropActivationParams& p, int64_t begin, int64_t end, uint8_t* kept) {
+  const int64_t n = end - begin;
+  if (!p.training) {
+    std::fill(kept, kept + n, uint8_t(0));
+  } else if (p.mask != nullptr) {
+    std::copy(p.mask + begin, p.mask + end, kept);
+  } else if (p.channels_last) {
+    for (int64_t j = 0; j < n; ++j) {
+      kept[j] = philox_keep(philox_uniform(p.rng, drop_activation_logical<int64_t>(p, begin + j), 0), p.keep);
+    }
+  } else {
+    uint32_t words[4 * 256];
+    const int64_t first = begin / 4;
+    philox_quads(p.rng, static_cast<uint64_t>(first), 0, static_cast<int>((end + 3) / 4 - first), words);
+    const uint32_t* w = words + (begin - 4 * first);
+    for (int64_t j = 0; j < n; ++j) kept[j] = philox_keep(philox_bits_to_uniform(w[j]), p.keep);
+  }
+}
+
+// Tiles of 1024 elements (a multiple of 4, so NCHW tiles start on a quad): the mask first, then a pass of
+// drop_activation_value, whose branches on the direction and mode are the same for the whole loop.
 template <typename scalar_t>
 void drop_activation_elements(const DropActivationParams& p) {
   using acc_t = typename OpMath<scalar_t>::type;
+  constexpr int64_t kTile = 1024;
   const scalar_t* CIFAROPS_RESTRICT in = static_cast<const scalar_t*>(p.in);
   const scalar_t* CIFAROPS_RESTRICT ys = static_cast<const scalar_t*>(p.y);
   scalar_t* CIFAROPS_RESTRICT out = static_cast<scalar_t*>(p.out);
-  const bool draws = p.training && p.mask == nullptr;
-  // Blocks of whole Philox quads: every block starts its own quad.
-  at::parallel_for(0, p.numel(), 32768, [&](int64_t begin, int64_t end) {
-    Philox4 quad{};
-    for (int64_t m = begin; m < end; ++m) {
-      bool kept = false;
-      if (p.mask != nullptr) {
-        kept = p.training && p.mask[m] != 0;
-      } else if (draws) {
-        const uint64_t index = drop_activation_logical<int64_t>(p, m);
-        if (p.channels_last || m == begin || index % 4 == 0) quad = philox_quad(p.rng, index / 4, 0);
-        kept = philox_keep(philox_bits_to_uniform(philox_word(quad, index % 4)), p.keep);
+  at::parallel_for(0, (p.numel() + kTile - 1) / kTile, 16, [&](int64_t tile_begin, int64_t tile_end) {
+    uint8_t kept[kTile];
+    const DropActivationParams local = p;  // a copy the stores cannot alias: its fields stay in registers
+    for (int64_t t = tile_begin; t < tile_end; ++t) {
+      const int64_t begin = t * kTile, end = std::min(p.numel(), begin + kTile), n = end - begin;
+      tile_mask(p, begin, end, kept);
+      const scalar_t* CIFAROPS_RESTRICT v = in + begin;
+      scalar_t* CIFAROPS_RESTRICT o = out + begin;
+      if (p.backward()) {
+        const scalar_t* CIFAROPS_RESTRICT y = ys + begin;
+        for (int64_t j = 0; j < n; ++j) {
+          o[j] = static_cast<scalar_t>(
+              drop_activation_value<acc_t>(local, static_cast<acc_t>(v[j]), static_cast<acc_t>(y[j]), kept[j]));
+        }
+      } else {
+        for (int64_t j = 0; j < n; ++j) {
+          o[j] = static_cast<scalar_t>(drop_activation_value<acc_t>(local, static_cast<acc_t>(v[j]), acc_t(0), kept[j]));
+        }
       }
-      const acc_t y = ys != nullptr ? static_cast<acc_t>(ys[m]) : acc_t(0);
-      out[m] = static_cast<scalar_t>(drop_activation_value<acc_t>(p, static_cast<acc_t>(in[m]), y, kept));
     }
   });
 }

@@ -1,6 +1,6 @@
 """cifarops: fused CUDA, Triton and C++ kernels for the regularised CNN layers of the best CIFAR results.
 
-Public API: layers (``ShakeDrop``, ``StochasticDepth``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``,
+Public API: layers (``ShakeDrop``, ``StochasticDepth``, ``DropActivation``, ``ShakeShake``, ``Maxout``, ``ProbabilisticMaxout``,
 ``FractionalMaxPool2d``),
 ``cifarops.functional``, ``fmp_model_average``, checkpointing (``Checkpoint``, ``cifarops.checkpoint``), the
 model zoo (``cifarops.models``), swapping the fused layers into existing models (``swap_layers``), training
@@ -13,7 +13,8 @@ from cifarops import ops  # noqa: F401  (registers fake kernels, autograd formul
 from cifarops._extension import build_info
 from cifarops.backends import BACKENDS, available_backends, default_backend, select_backend, use_backend
 from cifarops.functional import fmp_model_average, shake_drop_schedule, stochastic_depth_schedule
-from cifarops.modules import FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake, StochasticDepth
+from cifarops.modules import (DropActivation, FractionalMaxPool2d, Maxout, ProbabilisticMaxout, ShakeDrop, ShakeShake,
+                              StochasticDepth)
 from cifarops import functional  # noqa: E402
 from cifarops.checkpoint import Checkpoint
 from cifarops.cpu_cache import cpu_cache_info, empty_cpu_cache, set_cpu_cache_limit
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "Checkpoint",
+    "DropActivation",
     "FractionalMaxPool2d",
     "Maxout",
     "ProbabilisticMaxout",

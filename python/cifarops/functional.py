@@ -12,6 +12,7 @@ import torch
 
 from cifarops import backends, noise, reference
 from cifarops import philox as _philox
+from cifarops.ops import drop_activation as _drop_activation_ops
 from cifarops.ops import fractional_max_pool2d as _fmp_ops
 from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
@@ -201,6 +202,35 @@ def stochastic_depth_schedule(num_blocks: int, p_last: float = 0.5) -> list[floa
     if isinstance(p_last, bool) or not isinstance(p_last, (int, float)) or not 0.0 <= p_last <= 1.0:
         raise ValueError(f"cifarops.stochastic_depth_schedule: p_last must be a number in [0, 1], got {p_last!r}")
     return [layer / num_blocks * p_last for layer in range(1, num_blocks + 1)]
+
+
+def check_drop_activation_keep(keep) -> float:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+        raise ValueError(f"cifarops.drop_activation: keep must be a number in [0, 1], got {keep!r}")
+    return float(keep)
+
+
+def drop_activation(x: torch.Tensor, keep: float = 0.95, *, training: bool = True,
+                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Drop-Activation (Liang, Khoo & Yang, arXiv 1811.05850): each ReLU kept with probability ``keep`` and the
+    identity otherwise, one draw per element: ``y = relu(x)`` where the mask is 1, ``y = x`` where it is 0. The
+    mask is drawn inside the kernel from the device generator's Philox state and regenerated in backward (never
+    stored); backward reads the output alone. Evaluation: ``keep * relu(x) + (1 - keep) * x``, the leaky ReLU of
+    slope 1 - keep. ``mask`` (bool, x's shape; True keeps the ReLU) replaces the draw."""
+    return _drop_activation(x, check_drop_activation_keep(keep), training, mask)
+
+
+def _drop_activation(x, keep, training, mask=None):
+    """The op call behind F.drop_activation and the DropActivation module, with a validated keep."""
+    op = "cifarops.drop_activation"
+    for name, value in (("x", x), ("mask", mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    rng = noise.rng_state(x.device, _drop_activation_ops.STREAMS) if noise._active_tapes and training else None
+    fn, first = backends.fast_ops("drop_activation", x)
+    if first is not None:
+        return first(x, keep, training, mask, rng)
+    return fn(x, keep, training, mask, rng)[0]
 
 
 def check_shake_shake_params(forward_mode, backward_mode, level) -> None:

@@ -94,6 +94,26 @@ class StochasticDepth(_Layer):
         return f"p={self.p}, mode={self.mode!r}, scale_by_keep={self.scale_by_keep}"
 
 
+class DropActivation(_Layer):
+    """Drop-Activation (Liang, Khoo & Yang, arXiv 1811.05850), a drop-in for ``nn.ReLU``: each ReLU kept with
+    probability ``keep`` (the paper's 0.95) and the identity otherwise, in evaluation the leaky ReLU of slope
+    1 - keep. One kernel each way; only the output and the (2,) RNG state are saved for backward. See
+    :func:`cifarops.functional.drop_activation`."""
+
+    def __init__(self, keep: float = 0.95, *, backend: Optional[str] = None) -> None:
+        super().__init__(backend)
+        self.keep = F.check_drop_activation_keep(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:
+            return F._drop_activation(x, self.keep, self.training)
+        with self._pinned():
+            return F._drop_activation(x, self.keep, self.training)
+
+    def extra_repr(self) -> str:
+        return f"keep={self.keep}"
+
+
 class ShakeShake(_Layer):
     """Shake-Shake regularisation (Gastaldi, arXiv 1705.07485) of a two-branch residual block.
 

@@ -65,6 +65,17 @@ def philox_uniform(state: torch.Tensor, index: torch.Tensor, stream: int) -> tor
     return (word >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
+def philox_uniform_range(state: torch.Tensor, numel: int, stream: int, device) -> torch.Tensor:
+    """philox_uniform of the logical indices 0 .. numel - 1, one Philox call per four of them (all four words
+    used, as the kernels use them): a quarter of the work of philox_uniform on an arange."""
+    quad = torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+    key, offset = _words(state, quad)
+    o = ((offset >> 2) & OFFSET_QUARTER_MASK) + stream
+    words = philox4x32_10((o & MASK32, (o >> 32) & MASK32, quad & MASK32, (quad >> 32) & MASK32), key)
+    word = torch.stack(torch.broadcast_tensors(*words), dim=1).reshape(-1)[:numel]
+    return (word >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
 def draw_state(device: torch.device, streams: int) -> torch.Tensor:
     """The RNG state {seed, offset} (int64, on ``device``) of one call that uses ``streams`` streams, taken from
     torch's default generator of ``device`` and advancing it exactly as the compiled kernels do.

@@ -64,6 +64,40 @@ CIFAROPS_INLINE Philox4 philox_quad(PhiloxState s, uint64_t quad, uint32_t strea
   return philox4x32_10(ctr, static_cast<uint32_t>(s.seed), static_cast<uint32_t>(s.seed >> 32));
 }
 
+// The words of `count` consecutive quads from `first_quad` (words[4 q + w] = word w of quad first_quad + q): the
+// numbers philox_quad gives, computed as loops over the quads, which the host compiler vectorises (the CPU
+// kernels draw a tile of elements at a time this way). Host code: the GPU kernels call philox_quad per thread.
+inline void philox_quads(PhiloxState s, uint64_t first_quad, uint32_t stream, int count, uint32_t* words) {
+  constexpr int kMax = 256;
+  uint32_t c0[kMax], c1[kMax], c2[kMax], c3[kMax];
+  const uint64_t o = s.offset / 4 + stream;
+  for (int q = 0; q < count; ++q) {
+    c0[q] = static_cast<uint32_t>(o);
+    c1[q] = static_cast<uint32_t>(o >> 32);
+    c2[q] = static_cast<uint32_t>(first_quad + q);
+    c3[q] = static_cast<uint32_t>((first_quad + q) >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(s.seed), k1 = static_cast<uint32_t>(s.seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int q = 0; q < count; ++q) {
+      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[q], p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[q];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[q] ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[q] ^ k1;
+      c1[q] = static_cast<uint32_t>(p1);
+      c3[q] = static_cast<uint32_t>(p0);
+      c0[q] = n0;
+      c2[q] = n2;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int q = 0; q < count; ++q) {
+    words[4 * q] = c0[q];
+    words[4 * q + 1] = c1[q];
+    words[4 * q + 2] = c2[q];
+    words[4 * q + 3] = c3[q];
+  }
+}
+
 // Word `lane` (0..3) of a quad, by selects: indexing q.v with a value unknown at compile time makes the GPU
 // compilers put the quad in local memory (scripts/kernel_report.py shows it as LDL / STL).
 CIFAROPS_INLINE uint32_t philox_word(const Philox4& q, uint64_t lane) {

@@ -13,6 +13,10 @@ implementation exists to copy).
 `timm_drop_path` is timm's `drop_path` (timm/layers/drop.py, 1.0.31, verbatim) plus the residual add its blocks
 write; torchvision's `stochastic_depth` runs the same kernels (an empty tensor, bernoulli_, div_, mul) and adds
 only argument checks. Neither package imports on this project's CPU machines, hence the copy.
+
+`official_drop_relu` is the official Drop-Activation layer (LeungSamWai/Drop-Activation, `dropRelu`) op for op:
+a float mask filled and drawn with bernoulli_, two copies of x, then mul_, mul_(-1), add_, clamp_, mul_, add_;
+written for the device of x instead of `.cuda()`, otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -102,3 +106,17 @@ def timm_drop_path(h: torch.Tensor, shortcut: torch.Tensor | None, p: float = 0.
     """timm's block tail: shortcut + drop_path(h), in training."""
     out = _timm_drop_path(h, p, True)
     return out if shortcut is None else shortcut + out
+
+
+def official_drop_relu(x: torch.Tensor, keep_prob: float = 0.95, training: bool = True) -> torch.Tensor:
+    """The official dropRelu's forward: output = x - m x + m relu(x) (m the mask, or keep_prob in evaluation)."""
+    mask = torch.empty(x.size(), device=x.device).fill_(1).bernoulli_(keep_prob) if training else keep_prob
+    temp = torch.empty(0, device=x.device).resize_as_(x).copy_(x)
+    output = torch.empty(0, device=x.device).resize_as_(x).copy_(x)
+    output.mul_(mask)
+    output.mul_(-1)
+    output.add_(temp)
+    temp.clamp_(min=0)
+    temp.mul_(mask)
+    output.add_(temp)
+    return output

@@ -29,7 +29,8 @@ import torch
 
 import cifarops
 import cifarops.functional as F
-from cifarops.bench.baselines import hysts_shake_shake, owruby_shake_drop, softmax_multinomial_maxout, timm_drop_path
+from cifarops.bench.baselines import (hysts_shake_shake, official_drop_relu, owruby_shake_drop, softmax_multinomial_maxout,
+                                      timm_drop_path)
 from cifarops.bench.kernels import CallKernels, call_kernels
 
 TRAINING, NO_GRAD = "forward+backward", "forward, no_grad"
@@ -170,6 +171,14 @@ def rows(device: torch.device) -> list[Row]:
         h, x = _leaves(device, small, small)
         return Impl(lambda: timm_drop_path(h, x, 0.5), (h, x))
 
+    def drop_activation():
+        (h,) = _leaves(device, small)
+        return Impl(lambda: F.drop_activation(h), (h,))
+
+    def official():
+        (h,) = _leaves(device, small)
+        return Impl(lambda: official_drop_relu(h), (h,))
+
     def shake_shake():
         h1, h2, x = _leaves(device, small, small, small)
         return Impl(lambda: F.shake_shake(h1, h2, x), (h1, h2, x))
@@ -211,6 +220,7 @@ def rows(device: torch.device) -> list[Row]:
         Row("ShakeDrop + shortcut", "shake_drop", small, NO_GRAD, 0.5, shake_drop, "owruby-style + add", owruby),
         Row("stochastic depth + shortcut", "stochastic_depth", small, TRAINING, 0.5, stochastic_depth,
             "timm drop_path + add", timm),
+        Row("Drop-Activation", "drop_activation", small, TRAINING, 0.5, drop_activation, "official dropRelu", official),
         Row("Shake-Shake + shortcut", "shake_shake", small, TRAINING, 0.5, shake_shake, "hysts-style + add", hysts),
         Row("maxout k=2", "maxout", wide, TRAINING, 0.75, maxout, "view+max", view_max),
         Row("probabilistic maxout k=2", "maxout", wide, TRAINING, None, probabilistic, "softmax+multinomial",

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarops.checkpoint import checkpoint, checkpoint_mode
-from cifarops.modules import ShakeDrop, ShakeShake, StochasticDepth
+from cifarops.modules import DropActivation, ShakeDrop, ShakeShake, StochasticDepth
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -211,11 +211,17 @@ class ShakeShakeBlock(CheckpointedBlock):
 
 class WideBasicBlock(CheckpointedBlock):
     """The Wide-ResNet block (Zagoruyko & Komodakis, arXiv 1605.07146): BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3
-    plus the identity, or a strided 1x1 convolution of the activated input where the width changes."""
+    plus the identity, or a strided 1x1 convolution of the activated input where the width changes. With
+    ``drop_activation`` (a keep probability) both ReLUs are Drop-Activation layers (Liang, Khoo & Yang)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, dropout: float = 0.0, *,
-                 checkpoint=False) -> None:
+                 checkpoint=False, drop_activation: Optional[float] = None, backend: Optional[str] = None) -> None:
         super().__init__(checkpoint)
+        # Two layers (a module each, as models written with nn.ReLU have), or torch's relu.
+        self.act1 = self.act2 = None
+        if drop_activation is not None:
+            self.act1 = DropActivation(drop_activation, backend=backend)
+            self.act2 = DropActivation(drop_activation, backend=backend)
         self.uses_torch_noise = dropout > 0
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv3x3(in_channels, out_channels, stride)
@@ -229,6 +235,7 @@ class WideBasicBlock(CheckpointedBlock):
         check_block_input(x, self.bn1.num_features, self.conv1.weight, type(self).__name__)
 
     def block_forward(self, x: torch.Tensor) -> torch.Tensor:
-        o = F.relu(self.bn1(x))
-        h = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(o)))))
+        act1, act2 = (F.relu, F.relu) if self.act1 is None else (self.act1, self.act2)
+        o = act1(self.bn1(x))
+        h = self.conv2(self.dropout(act2(self.bn2(self.conv1(o)))))
         return h + (x if self.shortcut is None else self.shortcut(o))

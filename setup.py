@@ -115,8 +115,8 @@ if __name__ == "__main__":  # pip's build backend runs this file as __main__; te
     setup(
         version=VERSION,
         package_dir={"cifarops": "python/cifarops", "cifarops.triton_kernels": "triton_kernels"},
-        packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.train",
-                  "cifarops.triton_kernels"],
+        packages=["cifarops", "cifarops.ops", "cifarops.bench", "cifarops.models", "cifarops.reference",
+                  "cifarops.train", "cifarops.triton_kernels"],
         ext_modules=[extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )

@@ -78,14 +78,16 @@ def test_reduce_overhead_compile_runs_every_op():
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
             self.shake_drop = cifarops.ShakeDrop(0.5, level="pixel")
+            self.drop_path = cifarops.StochasticDepth(0.5)
+            self.drop_activation = cifarops.DropActivation(0.9)
             self.shake_shake = cifarops.ShakeShake()
             self.maxout = cifarops.Maxout(2)
             self.pmaxout = cifarops.ProbabilisticMaxout(2)
             self.pool = cifarops.FractionalMaxPool2d(2, output_size=6)
 
         def forward(self, x):
-            h = self.conv(x)
-            h = self.shake_shake(h, h * 2, self.shake_drop(h, h))
+            h = self.drop_activation(self.conv(x))
+            h = self.shake_shake(h, h * 2, self.shake_drop(h, self.drop_path(h, h)))
             return self.pool(torch.cat([self.maxout(h), self.pmaxout(h)], 1)).sum()
 
     net = Net().cuda()
@@ -99,7 +101,8 @@ def test_reduce_overhead_compile_runs_every_op():
         values.append(out.item())
         assert torch.isfinite(x.grad).all()
     assert all(torch.isfinite(torch.tensor(values)))
-    # ShakeDrop and Shake-Shake are decomposed (noise from the graph's RNG), the others draw in their kernels:
+    # ShakeDrop, stochastic depth and Shake-Shake are decomposed (noise from the graph's RNG), the others draw in
+    # their kernels:
     # every replay must draw anew
     assert len(set(values)) == len(values), values
 

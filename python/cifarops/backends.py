@@ -1,6 +1,6 @@
 """Which implementation runs an op: `reference`, `cpu`, `cuda` or `triton`.
 
-- `reference`: pure PyTorch (python/cifarops/reference.py); always available, the test oracle.
+- `reference`: pure PyTorch (python/cifarops/reference/, one module per op); always available, the test oracle.
 - `cpu`: the C++ kernels of cifarops._C, for CPU tensors.
 - `cuda`: the CUDA kernels of cifarops._C, for CUDA tensors (when built with CUDA).
 - `triton`: the Triton kernels, for CUDA tensors; on CPU tensors only under TRITON_INTERPRET=1.
@@ -246,7 +246,7 @@ _is_compiling = torch.compiler.is_compiling  # the function itself, which torch.
 _is_exporting = torch.compiler.is_exporting
 
 # The ops that torch.compile sees as their pointwise decomposition, unless a backend is pinned: the reference's
-# formulas (reference.py), with the noise drawn in the graph, instead of the opaque kernel. Inductor fuses
+# formulas (cifarops.reference), with the noise drawn in the graph, instead of the opaque kernel. Inductor fuses
 # the decomposition into its neighbours (BatchNorm's elementwise epilogue, the residual addition), which no
 # opaque op allows: the compiled model then reads and writes each activation once, where the kernel would make
 # BatchNorm's output go to memory and back. Chosen per op by measurement (python -m cifarops.bench.models

@@ -10,7 +10,7 @@
 // outputs that chose it, in row-major output order, as ATen's CPU loop adds them) without atomics.
 //
 // Draws made by the op (neither samples nor boundaries given) come from the call's PhiloxState
-// (cifarops/philox.h), the same numbers on every backend (python/cifarops/reference.py is the oracle):
+// (cifarops/philox.h), the same numbers on every backend (python/cifarops/reference/ is the oracle):
 //   stream 0, pseudorandom sequences and windows: u of (n, c', axis) is philox_uniform at logical index
 //     (n * C' + c') * 2 + axis, with C' = 1 and c' = 0 when shared per image (else C' = C, c' = c), converted to
 //     the input's dtype by rounding to nearest and, where that reaches 1, replaced by the largest value below 1;

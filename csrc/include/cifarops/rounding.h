@@ -36,7 +36,7 @@ CIFAROPS_INLINE float rn_add(float a, float b) {
 }
 
 // exp(d) for d <= 0 (d = lambda (z - max z) of probabilistic maxout's draw), the same bits on every backend
-// (python/cifarops/reference.py's draw_exp and triton_kernels/maxout.py's _draw_exp make the same operations):
+// (python/cifarops/reference/maxout.py's draw_exp and triton_kernels/maxout.py's _draw_exp make the same operations):
 // 2^t with t = d log2(e) rounded once, split into k = floor(t) and f = t - k (exact), 2^f by its Taylor series
 // e^(f ln 2) to degree 8 in Horner form, times 2^k built from its bits: within 2e-7 of exp(d) for |d| < 1 and 4e-6
 // (t's rounding) down to 2^-126. Below t = -126 the weight is 0, so no result is subnormal (flushing subnormals

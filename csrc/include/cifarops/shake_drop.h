@@ -18,7 +18,7 @@
 
 namespace cifarops {
 
-// Philox streams of one call: the gate, alpha and beta (python/cifarops/reference.py uses the same numbers).
+// Philox streams of one call: the gate, alpha and beta (python/cifarops/reference/ uses the same numbers).
 constexpr uint32_t kShakeDropGateStream = 0, kShakeDropAlphaStream = 1, kShakeDropBetaStream = 2;
 constexpr uint32_t kShakeDropStreams = 3;
 

@@ -73,6 +73,13 @@ void check(const std::vector<int64_t>& shape, bool channels_last, bool training,
     poison(call.out);  // what the grid does not write shows
     launch_any(call.params, type, wide);
     expect(bits_equal(call.out, expected), path + " forward");
+    at::Tensor x_in_place = x.clone(format);  // drop_activation_: the grid reads and writes one buffer
+    cifarops::DropActivationCall in_place =
+        cifarops::drop_activation_inplace_call(x_in_place, keep, training, mask, state);
+    in_place.params.rng = cifarops::cpu_state(state, in_place.draws);
+    expect(in_place.params.out == x_in_place.data_ptr() && !in_place.into.defined(), path + " in place, no copy");
+    launch_any(in_place.params, type, wide);
+    expect(bits_equal(x_in_place, expected), path + " forward in place");
     const at::Tensor grad = at::randn(shape).to(type).contiguous(format);
     const at::Tensor grad_expected = backward.call(grad, expected, state, keep, training, mask);
     cifarops::DropActivationCall back =

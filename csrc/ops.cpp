@@ -42,6 +42,9 @@ TORCH_LIBRARY(cifarops, m) {
   // the ReLU); evaluation: the leaky ReLU of slope 1 - keep. Returns y and the state used (zeros if none).
   m.def("drop_activation(Tensor x, float keep, bool training, Tensor? mask, Tensor? rng_state) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
+  // The same in place (x becomes y); returns the state used. Its backward is _drop_activation_backward too.
+  m.def("drop_activation_(Tensor(a!) x, float keep, bool training, Tensor? mask, Tensor? rng_state) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   // grad_x from grad_y and the forward's output y (never x), the mask regenerated from rng_state.
   m.def(
       "_drop_activation_backward(Tensor grad_y, Tensor y, Tensor rng_state, float keep, bool training, "

@@ -68,6 +68,18 @@ struct FromPy<const at::Tensor&> {
 };
 
 template <>
+struct FromPy<at::Tensor&> {  // an in-place op's tensor (Tensor(a!)): the op writes it, through this reference
+  static constexpr const char* kExpected = "a Tensor";
+  at::Tensor* value = nullptr;
+  bool load(PyObject* o) {
+    if (!THPVariable_Check(o)) return false;
+    value = const_cast<at::Tensor*>(&THPVariable_Unpack(o));
+    return true;
+  }
+  at::Tensor& get() const { return *value; }
+};
+
+template <>
 struct FromPy<const std::optional<at::Tensor>&> {
   static constexpr const char* kExpected = "a Tensor or None";
   std::optional<at::Tensor> value;
@@ -300,6 +312,7 @@ PyMethodDef kEntries[] = {
     entry<StochasticDepthSig, &stochastic_depth_op, true>("stochastic_depth_output"),
     entry<DropActivationSig, &drop_activation_op>("drop_activation"),
     entry<DropActivationSig, &drop_activation_op, true>("drop_activation_output"),
+    entry<DropActivationInplaceSig, &drop_activation_inplace_op>("drop_activation_"),
     entry<ShakeShakeSig, &shake_shake_op>("shake_shake"),
     entry<ShakeShakeSig, &shake_shake_op, true>("shake_shake_output"),
     entry<MaxoutSig, &maxout_op>("maxout"),

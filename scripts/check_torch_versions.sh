@@ -23,12 +23,13 @@ export PATH=$CUDA_HOME/bin:$PATH
 
 check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the first failure
   local version=$1
-  local venv=$PWD/.venv-torch-$version build=build-torch-$version
+  local venv=$PWD/.venv-torch-$version build=build-torch-$version step=$SECONDS
   local pip="$venv/bin/python -m pip install -q --disable-pip-version-check"
   if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv" || return 1; fi
   $pip "torch==$version" ninja numpy setuptools wheel pytest pytest-xdist hypothesis expecttest || return 1
   # The CPU wheel brings no triton; the CUDA wheels pin their own.
   "$venv/bin/python" -c "import triton" 2>/dev/null || $pip "triton<3.10" || return 1
+  echo "== venv ready in $((SECONDS - step)) s"; step=$SECONDS
   [ "$VENV_ONLY" = 0 ] || return 0
   local site cuda
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') || return 1
@@ -42,6 +43,7 @@ check_version() {  # VERSION: set up, build, smoke-test; returns non-zero on the
     echo "== building against torch $version failed (whole log: $build/build.log)" >&2
     return 1
   fi
+  echo "== built in $((SECONDS - step)) s"; step=$SECONDS
   local lib
   lib=$(ls -d "$PWD/$build"/lib.*) || return 1
   echo "== pytest -m smoke against torch $version ($lib)"

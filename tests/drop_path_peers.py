@@ -11,20 +11,12 @@ import importlib
 import sys
 import types
 
+# timm's drop_path itself is the benchmark's baseline copy (verbatim there), so that the two cannot drift.
 TIMM_DROP = '''
 import torch
 from torch import nn
 
-
-def drop_path(x, drop_prob: float = 0., training: bool = False, scale_by_keep: bool = True):
-    if drop_prob == 0. or not training:
-        return x
-    keep_prob = 1 - drop_prob
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # work with diff dim tensors, not just 2D ConvNets
-    random_tensor = x.new_empty(shape).bernoulli_(keep_prob)
-    if keep_prob > 0.0 and scale_by_keep:
-        random_tensor.div_(keep_prob)
-    return x * random_tensor
+from cifarops.bench.baselines import _timm_drop_path as drop_path
 
 
 class DropPath(nn.Module):

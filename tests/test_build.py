@@ -12,7 +12,7 @@ from cifarops.triton_kernels.variants import compile_options, variants
 
 OPS = [
     "shake_drop", "_shake_drop_backward", "stochastic_depth", "_stochastic_depth_backward", "drop_activation",
-    "_drop_activation_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
+    "drop_activation_", "_drop_activation_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
     "probabilistic_maxout", "probabilistic_maxout_expectation", "_probabilistic_maxout_expectation_backward",
     "fractional_max_pool2d", "_fractional_max_pool2d_backward",
 ]

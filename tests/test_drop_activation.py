@@ -24,6 +24,17 @@ def run(x, grad=None, **kwargs):
     return y, x.grad
 
 
+def run_inplace(x, grad=None, **kwargs):
+    """The in-place form on a non-leaf copy of x: returns (y, dx), after checking that y is that copy, written."""
+    x = x.detach().requires_grad_()
+    h = x.clone()
+    version = h._version
+    y = F.drop_activation(h, inplace=True, **kwargs)
+    assert y is h and h._version > version
+    y.backward(torch.ones_like(y) if grad is None else grad)
+    return y, x.grad
+
+
 # ------------------------------------------------------------------------------------- hand-worked answers
 
 
@@ -148,6 +159,94 @@ def test_checkpointed_block_has_the_same_gradients(kernel_backend):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+# ---------------------------------------------------------------------------------------- the in-place form
+
+
+@pytest.mark.parametrize("layout", LAYOUTS + ["strided"], ids=str)
+@pytest.mark.parametrize("kwargs", [{"keep": 0.7}, {"keep": 0.6, "training": False}], ids=["train", "eval"])
+def test_inplace_equals_the_out_of_place_form(any_backend, layout, kwargs):
+    """The same output, gradient and mask draw as the out-of-place form, written into x: dense x in place, a
+    strided view (a slice) through a dense copy written back, its neighbours untouched."""
+    device, _ = any_backend
+    base = torch.randn(4, 12, 5, 6, device=device)
+    x = base[:, ::2] if layout == "strided" else in_layout(base, layout)
+    grad = torch.randn(x.shape, device=device)
+    torch.manual_seed(4)
+    want_y, want_dx = run(x, grad, **kwargs)
+    torch.manual_seed(4)
+    y, dx = run_inplace(x, grad, **kwargs)
+    torch.testing.assert_close(y, want_y, rtol=0, atol=0)
+    torch.testing.assert_close(dx, want_dx, rtol=0, atol=0)
+    if layout == "strided":  # through the view: the base's other channels keep their values, x's are y
+        whole = base.clone()
+        F.drop_activation(whole[:, ::2], inplace=True, **kwargs)
+        torch.testing.assert_close(whole[:, 1::2], base[:, 1::2], rtol=0, atol=0)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_inplace_follows_torch_in_place_rules(any_backend):
+    """As relu_: a leaf that requires grad is refused before it is written; a view's base gets the gradient
+    through the view; a later in-place change of the output makes backward fail (the saved y is stale)."""
+    device, backend = any_backend
+    leaf = torch.randn(2, 4, 3, 3, device=device, requires_grad=True)
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+        F.drop_activation(leaf, inplace=True)
+    assert torch.equal(leaf.detach(), before)
+    with torch.no_grad():  # no graph: allowed, as for relu_
+        F.drop_activation(leaf, 0.0, inplace=True)
+    base = torch.randn(2, 6, 3, 3, device=device, requires_grad=True)
+    h = base * 1.0
+    F.drop_activation(h[:, :4], keep=1.0, inplace=True)  # keep=1: the ReLU on channels 0-3
+    h.sum().backward()
+    want = torch.cat([(base[:, :4] > 0).float(), torch.ones_like(base[:, 4:])], dim=1)
+    torch.testing.assert_close(base.grad, want, rtol=0, atol=0)
+    if backend == "reference":  # it computes y apart and copies it into x: the y it saves is its own
+        return
+    y = F.drop_activation(leaf.detach().clone().requires_grad_() * 1.0, inplace=True)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_inplace_module_checkpoint_and_gradcheck(any_backend):
+    device, _ = any_backend
+    layer = cifarops.DropActivation(0.5, inplace=True)
+    assert repr(layer) == "DropActivation(keep=0.5, inplace=True)"
+    x = torch.randn(3, 4, 3, 2, dtype=torch.float64, device=device)
+    x = (x + x.sign() * 0.1).requires_grad_()
+    mask = torch.rand(x.shape, device=device) < 0.5
+    assert torch.autograd.gradcheck(lambda x: F.drop_activation(x * 1.0, mask=mask, inplace=True), (x,))
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1).to(device)
+
+    def step(checkpointed):
+        x = torch.randn(3, 4, 5, 5, device=device, generator=torch.Generator(device).manual_seed(2)).requires_grad_()
+        torch.manual_seed(5)
+        block = lambda x: layer(conv(x)) + x  # noqa: E731
+        y = cifarops.checkpoint.checkpoint(block, x) if checkpointed else block(x)
+        return [y, *torch.autograd.grad(y.square().sum(), [x, conv.weight])]
+
+    for a, b in zip(step(True), step(False), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_inplace_refuses_an_expanded_tensor_and_bad_input_first(any_backend):
+    device, _ = any_backend
+    x = torch.randn(1, 4, 3, 3, device=device).expand(2, 4, 3, 3)
+    with pytest.raises(ValueError, match=re.escape("cifarops.drop_activation_: x has elements that share memory")):
+        F.drop_activation(x, inplace=True)
+    x = torch.randn(2, 4, 3, 3, device=device)
+    before = x.clone()
+    with pytest.raises(ValueError, match=re.escape("cifarops.drop_activation_: keep must be a number in [0, 1]")):
+        cifarops.backends.op("drop_activation_", x.device)(x, 1.5, True, None, None)
+    with pytest.raises(TypeError, match="cifarops.drop_activation: inplace must be a bool, got str"):
+        F.drop_activation(x, inplace="yes")
+    with pytest.raises(TypeError, match="cifarops.DropActivation: inplace must be a bool, got int"):
+        cifarops.DropActivation(0.9, 1)
+    assert torch.equal(x, before)
+
+
 # ------------------------------------------------------------------------------- library and compiler
 
 
@@ -162,12 +261,14 @@ def test_opcheck(kernel_backend):
         torch.library.opcheck(ns.drop_activation, args)
         y = ns.drop_activation(*args)[0].detach()
         torch.library.opcheck(ns._drop_activation_backward, (torch.randn_like(y), y, state, *args[1:4]))
+        torch.library.opcheck(ns.drop_activation_, (args[0].detach().clone(), *args[1:]))
 
 
 @pytest.mark.parametrize("device, backend", COMPILE_BACKENDS, ids=ids(COMPILE_BACKENDS))
 def test_torch_compile_fullgraph(device, backend):
     torch._dynamo.reset()
-    block = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1), cifarops.DropActivation(0.5)).to(device)
+    block = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=1), cifarops.DropActivation(0.5),
+                                torch.nn.Conv2d(6, 6, 1), cifarops.DropActivation(0.5, inplace=True)).to(device)
     compiled = torch.compile(block, fullgraph=True)
     x = torch.randn(2, 4, 6, 6, device=device, requires_grad=True)
     with cifarops.use_backend(backend):
@@ -176,14 +277,16 @@ def test_torch_compile_fullgraph(device, backend):
         assert_close(compiled(x), block(x))
 
 
-def test_torch_export_keeps_one_node():
-    layer = cifarops.DropActivation(0.8).eval()
+@pytest.mark.parametrize("inplace", [False, True], ids=["", "inplace"])
+def test_torch_export_keeps_one_node(inplace):
+    """The in-place form exports as the op and a copy (on a convolution's output: no input is mutated)."""
+    layer = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), cifarops.DropActivation(0.8, inplace)).eval()
     x = torch.randn(2, 4, 3, 3)
     with cifarops.use_backend("cpu"):
         exported = torch.export.export(layer, (x,))
     targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
     assert targets.count(torch.ops.cifarops.drop_activation.default) == 1
-    torch.testing.assert_close(exported.module()(x), torch.nn.functional.leaky_relu(x, 0.2))
+    torch.testing.assert_close(exported.module()(x), torch.nn.functional.leaky_relu(layer[0](x), 0.2))
 
 
 # ---------------------------------------------------------------------------------------------- noise
@@ -223,20 +326,23 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.parametrize("inplace", [False, True], ids=["", "inplace"])
 @pytest.mark.parametrize("kwargs, error, message", BAD_INPUT, ids=[m for _, _, m in BAD_INPUT])
-def test_bad_input_is_named_before_anything_is_drawn(any_backend, kwargs, error, message):
+def test_bad_input_is_named_before_anything_is_drawn(any_backend, kwargs, error, message, inplace):
     device, _ = any_backend
     kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
     x = kwargs.pop("x", torch.ones(2, 4, 3, 3, device=device))
-    before = torch.get_rng_state()
-    with pytest.raises(error, match="cifarops.drop_activation: " + re.escape(message)):
-        F.drop_activation(x, **kwargs)
-    assert torch.equal(torch.get_rng_state(), before)
+    before, x_before = torch.get_rng_state(), x.clone()
+    op = "cifarops.drop_activation_: " if inplace else "cifarops.drop_activation: "
+    with pytest.raises(error, match=re.escape(op + message)):
+        F.drop_activation(x, inplace=inplace, **kwargs)
+    assert torch.equal(torch.get_rng_state(), before) and torch.equal(x, x_before)
 
 
 def test_wide_resnet_with_drop_activation_trains_and_equals_its_reference():
-    """wrn28-10's drop_activation option: every block ReLU a DropActivation layer; the fused network computes what
-    the reference-pinned one computes from the same seed, outputs and gradients, with no parameter added."""
+    """wrn28-10's drop_activation option: every ReLU a DropActivation layer (both of each block's and the final
+    one, as the official network), the fused network computes what the reference-pinned one computes from the same
+    seed, outputs and gradients, with no parameter added."""
     import cifarops.models as models
 
     kwargs = dict(depth=10, widen=1, drop_activation=0.9)
@@ -245,7 +351,7 @@ def test_wide_resnet_with_drop_activation_trains_and_equals_its_reference():
     torch.manual_seed(0)
     reference = models.create("wrn28-10", reference=True, **kwargs)
     layers = [m for m in fused.modules() if isinstance(m, cifarops.DropActivation)]
-    assert len(layers) == 2 * len(fused.blocks) and all(m.keep == 0.9 for m in layers)
+    assert len(layers) == 2 * len(fused.blocks) + 1 and all(m.keep == 0.9 for m in layers)
     assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in models.create("wrn28-10", depth=10, widen=1).parameters())
     x = torch.randn(4, 3, 16, 16)
     outputs = []

@@ -95,10 +95,16 @@ def test_stochastic_depth_one_kernel(device, backend, training, shortcut, mode, 
 @pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("explicit", [False, True], ids=["drawn", "explicit-mask"])
-def test_drop_activation_one_kernel(device, backend, training, explicit):
+@pytest.mark.parametrize("inplace", [False, True], ids=["", "inplace"])
+def test_drop_activation_one_kernel(device, backend, training, explicit, inplace):
     (x,) = leaves(device, (N, C, H, W))
     mask = (torch.rand(N, C, H, W) < 0.5).to(device) if explicit and training else None
-    assert_one_kernel_each(backend, lambda: F.drop_activation(x, 0.9, training=training, mask=mask), [x])
+    if inplace:  # on a non-leaf copy of x made outside the count (its backward, CloneBackward, runs no kernel)
+        h = x.clone()
+        assert_one_kernel_each(backend, lambda: F.drop_activation(h, 0.9, training=training, mask=mask, inplace=True),
+                               [x])
+    else:
+        assert_one_kernel_each(backend, lambda: F.drop_activation(x, 0.9, training=training, mask=mask), [x])
 
 
 # --- Shake-Shake ---------------------------------------------------------------------------------------------

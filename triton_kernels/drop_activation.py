@@ -55,14 +55,15 @@ def _drop_activation_kernel(
     tl.store(out_ptr + m, result.to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def drop_activation_apply(v, y, keep, training, mask, state):
+def drop_activation_apply(v, y, keep, training, mask, state, in_place=False):
     """Launches the kernel for the forward pass (y None: v is x) or the backward (v is grad_y); arguments were
-    checked by the caller (cifarops.ops.drop_activation)."""
+    checked by the caller (cifarops.ops.drop_activation). in_place: the forward writes x (each element is read
+    before it is written, at the same index; a non-dense x gets a dense output copied back) and returns it."""
     fmt = dense_format(v)
-    v = v.contiguous(memory_format=fmt)
-    out = torch.empty_like(v, memory_format=fmt)
+    target, v = v, v.contiguous(memory_format=fmt)
+    out = v if in_place and v is target else torch.empty_like(v, memory_format=fmt)
     if v.numel() == 0:
-        return out
+        return target if in_place else out
     if y is not None:
         y = y.contiguous(memory_format=fmt)
     source = NONE if not training else EXPLICIT if mask is not None else DRAWN
@@ -83,4 +84,6 @@ def drop_activation_apply(v, y, keep, training, mask, state):
             run()
     else:
         run()
-    return out
+    if in_place and out is not target:
+        target.copy_(out)
+    return target if in_place else out

@@ -4,6 +4,9 @@
 
 #include <torch/library.h>
 
+#include <ATen/MemoryOverlap.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
+
 #include "args/autograd.h"
 #include "args/rng.h"
 #include "args/signatures.h"
@@ -12,15 +15,17 @@ namespace cifarops {
 namespace {
 
 constexpr const char* kOp = "cifarops.drop_activation";
+constexpr const char* kInplaceOp = "cifarops.drop_activation_";
 constexpr const char* kBackwardOp = "cifarops._drop_activation_backward";
 
 void check_keep(double keep, const char* op) {
   TORCH_CHECK_VALUE(keep >= 0.0 && keep <= 1.0, op, ": keep must be a number in [0, 1], got ", keep);
 }
 
-// Shared by both directions: `in` made dense, the output allocated, the sizes and the mask's source.
+// Shared by both directions: `in` made dense, the output allocated (in place: `in` itself when it is dense, else a
+// dense copy that the backend copies back, DropActivationCall::into), the sizes and the mask's source.
 DropActivationCall start_call(const at::Tensor& in, double keep, bool training, const std::optional<at::Tensor>& mask,
-                              const char* in_name, const char* op) {
+                              const char* in_name, const char* op, bool in_place = false) {
   if (mask.has_value()) {
     const at::Tensor& m = *mask;
     TORCH_CHECK_VALUE(training, op, ": mask is training noise; pass training=True");
@@ -35,7 +40,12 @@ DropActivationCall start_call(const at::Tensor& in, double keep, bool training, 
   DropActivationCall call;
   const at::Tensor dense = in.contiguous(format);
   call.keep_alive.push_back(dense);
-  call.out = empty_output_like(dense, format);
+  if (in_place && dense.is_same(in)) {
+    call.out = dense;  // the kernel reads each element before it writes it, at the same index
+  } else {
+    call.out = empty_output_like(dense, format);
+    if (in_place) call.into = in;
+  }
   DropActivationParams& p = call.params;
   p.in = dense.data_ptr();
   p.out = call.out.data_ptr();
@@ -68,6 +78,19 @@ DropActivationCall drop_activation_forward_call(const at::Tensor& x, double keep
   return call;
 }
 
+DropActivationCall drop_activation_inplace_call(const at::Tensor& x, double keep, bool training,
+                                                const std::optional<at::Tensor>& mask,
+                                                const std::optional<at::Tensor>& rng_state) {
+  check_keep(keep, kInplaceOp);
+  check_nc_input(x, "x", kInplaceOp);
+  TORCH_CHECK_VALUE(at::has_internal_overlap(x) != at::MemOverlap::Yes, kInplaceOp,
+                    ": x has elements that share memory (an expanded tensor); the in-place form cannot write it");
+  if (rng_state.has_value()) check_rng_state(*rng_state, x, "rng_state", kInplaceOp);
+  DropActivationCall call = start_call(x, keep, training, mask, "x", kInplaceOp, /*in_place=*/true);
+  call.state_in = rng_state;
+  return call;
+}
+
 DropActivationCall drop_activation_backward_call(const at::Tensor& grad_y, const at::Tensor& y,
                                                  const at::Tensor& rng_state, double keep, bool training,
                                                  const std::optional<at::Tensor>& mask) {
@@ -95,13 +118,19 @@ namespace {
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 
-// The node of a call: saves the output (which the backward reads instead of x), the state and an explicit mask.
-struct DropActivationBackward final : torch::autograd::Node {
+// The node of a call (DropActivationBackward) and of its backward (DropActivationBackwardBackward): the backward
+// op is linear in grad_y with coefficients that are piecewise constant in y, so its gradient to grad_y is itself
+// and to y zero (as torch's threshold_backward). Both nodes save the output (which the backward reads instead of
+// x), the state and an explicit mask, and differentiate their first input alone.
+template <bool kOfBackward>
+struct DropActivationNode final : torch::autograd::Node {
   SavedVariable y, state, mask;
   double keep = 0.95;
   bool training = true;
 
-  std::string name() const override { return "DropActivationBackward"; }
+  std::string name() const override {
+    return kOfBackward ? "DropActivationBackwardBackward" : "DropActivationBackward";
+  }
   void release_variables() override {
     y.reset_data();
     state.reset_data();
@@ -109,7 +138,7 @@ struct DropActivationBackward final : torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& grads) override {
-    variable_list result(1);
+    variable_list result(kOfBackward ? 2 : 1);
     if (!grads[0].defined() || !task_should_compute_output(0)) return result;
     // Unpacked before the guard: an unpack hook (a checkpoint's recomputation) records a graph of its own.
     const at::Tensor out = y.unpack(), s = state.unpack();
@@ -119,31 +148,16 @@ struct DropActivationBackward final : torch::autograd::Node {
     return result;
   }
 };
+using DropActivationBackward = DropActivationNode<false>;
+using DropActivationBackwardBackward = DropActivationNode<true>;
 
-// The backward op is linear in grad_y with coefficients that are piecewise constant in y: its gradient to
-// grad_y is itself, to y zero (as torch's threshold_backward).
-struct DropActivationBackwardBackward final : torch::autograd::Node {
-  SavedVariable y, state, mask;
-  double keep = 0.95;
-  bool training = true;
-
-  std::string name() const override { return "DropActivationBackwardBackward"; }
-  void release_variables() override {
-    y.reset_data();
-    state.reset_data();
-    mask.reset_data();
-  }
-
-  variable_list apply(variable_list&& grads) override {
-    variable_list result(2);
-    if (!grads[0].defined() || !task_should_compute_output(0)) return result;
-    const at::Tensor out = y.unpack(), s = state.unpack();
-    const std::optional<at::Tensor> m = unpack_optional(mask);
-    BackwardGuard guard;
-    result[0] = drop_activation_backward_op().call(grads[0], out, s, keep, training, m);
-    return result;
-  }
-};
+template <typename NodeT>
+void save_call(NodeT& node, double keep, bool training, const at::Tensor& state, const std::optional<at::Tensor>& mask) {
+  node.keep = keep;
+  node.training = training;
+  node.state = SavedVariable(state, /*is_output=*/false);
+  if (mask.has_value()) node.mask = SavedVariable(*mask, /*is_output=*/false);
+}
 
 at::Tensor drop_activation_backward_autograd(const at::Tensor& grad_y, const at::Tensor& y,
                                              const at::Tensor& rng_state, double keep, bool training,
@@ -155,11 +169,8 @@ at::Tensor drop_activation_backward_autograd(const at::Tensor& grad_y, const at:
   }();
   if (records) {
     auto node = make_node<DropActivationBackwardBackward>(grad_y, y);
-    node->keep = keep;
-    node->training = training;
+    save_call(*node, keep, training, rng_state, mask);
     node->y = SavedVariable(y, /*is_output=*/false);
-    node->state = SavedVariable(rng_state, /*is_output=*/false);
-    if (mask.has_value()) node->mask = SavedVariable(*mask, /*is_output=*/false);
     set_history(node, grad_x);
   }
   return grad_x;
@@ -175,10 +186,7 @@ std::tuple<at::Tensor, at::Tensor> drop_activation_autograd(const at::Tensor& x,
   }();
   if (records) {
     auto node = make_node<DropActivationBackward>(x);
-    node->keep = keep;
-    node->training = training;
-    node->state = SavedVariable(state, /*is_output=*/false);
-    if (mask.has_value()) node->mask = SavedVariable(*mask, /*is_output=*/false);
+    save_call(*node, keep, training, state, mask);
     // The output without its history (the same storage and version counter): saving `out` itself would make the
     // node own a tensor whose grad_fn is the node. An in-place change of y before backward is still an error.
     node->y = SavedVariable(out.detach(), /*is_output=*/false);
@@ -187,10 +195,33 @@ std::tuple<at::Tensor, at::Tensor> drop_activation_autograd(const at::Tensor& x,
   return {std::move(out), std::move(state)};
 }
 
+// The in-place form, as torch's generated relu_: checks that x may be overwritten, runs the op below autograd,
+// bumps x's version (a tensor saved by an earlier node is now stale, and its backward says so) and makes the node
+// x's new history, saving x, now the output.
+at::Tensor drop_activation_inplace_autograd(at::Tensor& x, double keep, bool training,
+                                            const std::optional<at::Tensor>& mask,
+                                            const std::optional<at::Tensor>& rng_state) {
+  const bool records = records_grad(kInplaceOp, x);
+  torch::autograd::check_inplace(x, records);
+  at::Tensor state = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return drop_activation_inplace_op().call(x, keep, training, mask, rng_state);
+  }();
+  torch::autograd::increment_version(x);
+  if (records) {
+    auto node = make_node<DropActivationBackward>(x);
+    save_call(*node, keep, training, state, mask);
+    torch::autograd::rebase_history(x, node);
+    node->y = SavedVariable(x.detach(), /*is_output=*/false);  // as the out-of-place form saves y
+  }
+  return state;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cifarops, Autograd, m) {
   m.impl("drop_activation", &drop_activation_autograd);
+  m.impl("drop_activation_", &drop_activation_inplace_autograd);
   m.impl("_drop_activation_backward", &drop_activation_backward_autograd);
 }
 

@@ -14,6 +14,7 @@ namespace cifarops {
 
 struct DropActivationCall {
   at::Tensor out;
+  at::Tensor into;                     // in place, when x was not dense: the backend copies `out` into it after the run
   at::Tensor state;                    // the {seed, offset} output (forward) or input (backward)
   std::optional<at::Tensor> state_in;  // an explicit state to use instead of the generator's
   bool draws = false;                  // the mask is drawn from Philox
@@ -24,6 +25,11 @@ struct DropActivationCall {
 // drop_activation: y = m ? relu(x) : x in training, the leaky ReLU of slope 1 - keep in evaluation; an explicit
 // mask is a bool tensor of x's shape.
 DropActivationCall drop_activation_forward_call(const at::Tensor& x, double keep, bool training,
+                                                const std::optional<at::Tensor>& mask,
+                                                const std::optional<at::Tensor>& rng_state);
+
+// drop_activation_: the same in place, into x (which must not have elements that share memory).
+DropActivationCall drop_activation_inplace_call(const at::Tensor& x, double keep, bool training,
                                                 const std::optional<at::Tensor>& mask,
                                                 const std::optional<at::Tensor>& rng_state);
 

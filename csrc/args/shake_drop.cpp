@@ -8,6 +8,7 @@
 
 #include "args/autograd.h"
 #include "args/common.h"
+#include "args/residual_nodes.h"
 #include "args/rng.h"
 #include "args/signatures.h"
 
@@ -231,6 +232,8 @@ using torch::autograd::variable_list;
 // keep them: saved-tensor hooks (checkpointing, offloading) see them, and an in-place change after the forward
 // is an error.
 struct SavedNoise {
+  static constexpr const char* kNode = "ShakeDropBackward";
+  static constexpr const char* kBackwardNode = "ShakeDropBackwardBackward";
   SavedVariable state, gate, beta;  // gate and beta: set only when explicit
   double p_drop = 0, alpha_range[2] = {0, 0}, beta_range[2] = {0, 0};
   Level gate_level = Level::Batch, level = Level::Sample;
@@ -266,42 +269,6 @@ struct SavedNoise {
   }
 };
 
-// The node of a training call; its next edges are h and the shortcut.
-struct ShakeDropBackward final : torch::autograd::Node {
-  SavedNoise noise;
-  bool has_shortcut = false, narrower = false;
-  c10::SymInt shortcut_channels;  // a SymInt: under torch.compile with a dynamic batch, sizes are symbolic
-
-  std::string name() const override { return "ShakeDropBackward"; }
-  void release_variables() override { noise.release(); }
-
-  variable_list apply(variable_list&& grads) override {
-    variable_list result(2);
-    const at::Tensor& grad_y = grads[0];
-    if (!grad_y.defined()) return result;
-    if (task_should_compute_output(0)) result[0] = noise.backward(grad_y);
-    if (has_shortcut && task_should_compute_output(1)) {
-      // dL/dx = dL/dy: the incoming gradient itself (a view when the shortcut is narrower), no copy.
-      result[1] = narrower ? grad_y.narrow_symint(1, 0, shortcut_channels) : grad_y;
-    }
-    return result;
-  }
-};
-
-// The backward op is linear in grad_y with the same coefficients: its own gradient is itself.
-struct ShakeDropBackwardBackward final : torch::autograd::Node {
-  SavedNoise noise;
-
-  std::string name() const override { return "ShakeDropBackwardBackward"; }
-  void release_variables() override { noise.release(); }
-
-  variable_list apply(variable_list&& grads) override {
-    variable_list result(1);
-    if (grads[0].defined() && task_should_compute_output(0)) result[0] = noise.backward(grads[0]);
-    return result;
-  }
-};
-
 std::tuple<at::Tensor, at::Tensor> shake_drop_autograd(
     const at::Tensor& h, const std::optional<at::Tensor>& shortcut, double p_drop, at::ArrayRef<double> alpha_range,
     at::ArrayRef<double> beta_range, c10::string_view gate_level, c10::string_view level, bool training,
@@ -314,13 +281,9 @@ std::tuple<at::Tensor, at::Tensor> shake_drop_autograd(
                                 beta, rng_state);
   }();
   if (records) {
-    auto node = make_node<ShakeDropBackward>(h, shortcut);
+    auto node = make_node<ResidualBackward<SavedNoise>>(h, shortcut);
     node->noise.save(state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
-    if (shortcut.has_value()) {
-      node->has_shortcut = true;
-      node->shortcut_channels = shortcut->sym_size(1);
-      node->narrower = shortcut->sym_size(1) != h.sym_size(1);
-    }
+    node->set_shortcut(h, shortcut);
     set_history(node, out);
   }
   return {std::move(out), std::move(state)};
@@ -338,7 +301,7 @@ at::Tensor shake_drop_backward_autograd(const at::Tensor& grad_y, const at::Tens
                                          training, gate, beta);
   }();
   if (records) {
-    auto node = make_node<ShakeDropBackwardBackward>(grad_y);
+    auto node = make_node<ResidualBackwardBackward<SavedNoise>>(grad_y);
     node->noise.save(rng_state, gate, beta, p_drop, alpha_range, beta_range, gate_level, level, training);
     set_history(node, grad_h);
   }

@@ -33,6 +33,8 @@ using StochasticDepthBackwardSig = at::Tensor(const at::Tensor& grad_y, const at
 
 using DropActivationSig = Tensor2(const at::Tensor& x, double keep, bool training, const OptTensor& mask,
                                   const OptTensor& rng_state);
+using DropActivationInplaceSig = at::Tensor(at::Tensor& x, double keep, bool training, const OptTensor& mask,
+                                            const OptTensor& rng_state);
 using DropActivationBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tensor& y,
                                              const at::Tensor& rng_state, double keep, bool training,
                                              const OptTensor& mask);
@@ -84,6 +86,7 @@ CIFAROPS_OP_HANDLE(shake_drop_backward_op, ShakeDropBackwardSig, "cifarops::_sha
 CIFAROPS_OP_HANDLE(stochastic_depth_op, StochasticDepthSig, "cifarops::stochastic_depth")
 CIFAROPS_OP_HANDLE(stochastic_depth_backward_op, StochasticDepthBackwardSig, "cifarops::_stochastic_depth_backward")
 CIFAROPS_OP_HANDLE(drop_activation_op, DropActivationSig, "cifarops::drop_activation")
+CIFAROPS_OP_HANDLE(drop_activation_inplace_op, DropActivationInplaceSig, "cifarops::drop_activation_")
 CIFAROPS_OP_HANDLE(drop_activation_backward_op, DropActivationBackwardSig, "cifarops::_drop_activation_backward")
 CIFAROPS_OP_HANDLE(shake_shake_op, ShakeShakeSig, "cifarops::shake_shake")
 CIFAROPS_OP_HANDLE(shake_shake_backward_op, ShakeShakeBackwardSig, "cifarops::_shake_shake_backward")

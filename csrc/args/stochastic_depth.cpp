@@ -7,6 +7,7 @@
 
 #include "args/autograd.h"
 #include "args/common.h"
+#include "args/residual_nodes.h"
 #include "args/rng.h"
 #include "args/signatures.h"
 
@@ -101,6 +102,8 @@ using torch::autograd::variable_list;
 // What the backward op needs: the state, an explicit gate and the hyper-parameters; never h, the shortcut or
 // the output (saved variables, so that saved-tensor hooks see them).
 struct SavedGate {
+  static constexpr const char* kNode = "StochasticDepthBackward";
+  static constexpr const char* kBackwardNode = "StochasticDepthBackwardBackward";
   SavedVariable state, gate;  // gate: set only when explicit
   double p = 0;
   bool row = true, scale_by_keep = true, training = true;
@@ -130,41 +133,6 @@ struct SavedGate {
   }
 };
 
-// The node of a training call; its next edges are h and the shortcut.
-struct StochasticDepthBackward final : torch::autograd::Node {
-  SavedGate noise;
-  bool has_shortcut = false, narrower = false;
-  c10::SymInt shortcut_channels;
-
-  std::string name() const override { return "StochasticDepthBackward"; }
-  void release_variables() override { noise.release(); }
-
-  variable_list apply(variable_list&& grads) override {
-    variable_list result(2);
-    const at::Tensor& grad_y = grads[0];
-    if (!grad_y.defined()) return result;
-    if (task_should_compute_output(0)) result[0] = noise.backward(grad_y);
-    if (has_shortcut && task_should_compute_output(1)) {
-      result[1] = narrower ? grad_y.narrow_symint(1, 0, shortcut_channels) : grad_y;  // dL/dx = dL/dy, no copy
-    }
-    return result;
-  }
-};
-
-// The backward op is linear in grad_y with the same scale: its own gradient is itself.
-struct StochasticDepthBackwardBackward final : torch::autograd::Node {
-  SavedGate noise;
-
-  std::string name() const override { return "StochasticDepthBackwardBackward"; }
-  void release_variables() override { noise.release(); }
-
-  variable_list apply(variable_list&& grads) override {
-    variable_list result(1);
-    if (grads[0].defined() && task_should_compute_output(0)) result[0] = noise.backward(grads[0]);
-    return result;
-  }
-};
-
 std::tuple<at::Tensor, at::Tensor> stochastic_depth_autograd(const at::Tensor& h,
                                                              const std::optional<at::Tensor>& shortcut, double p,
                                                              c10::string_view mode, bool scale_by_keep,
@@ -176,13 +144,9 @@ std::tuple<at::Tensor, at::Tensor> stochastic_depth_autograd(const at::Tensor& h
     return stochastic_depth_op().call(h, shortcut, p, mode, scale_by_keep, training, gate, rng_state);
   }();
   if (records) {
-    auto node = make_node<StochasticDepthBackward>(h, shortcut);
+    auto node = make_node<ResidualBackward<SavedGate>>(h, shortcut);
     node->noise.save(state, gate, p, mode, scale_by_keep, training);
-    if (shortcut.has_value()) {
-      node->has_shortcut = true;
-      node->shortcut_channels = shortcut->sym_size(1);
-      node->narrower = shortcut->sym_size(1) != h.sym_size(1);
-    }
+    node->set_shortcut(h, shortcut);
     set_history(node, out);
   }
   return {std::move(out), std::move(state)};
@@ -197,7 +161,7 @@ at::Tensor stochastic_depth_backward_autograd(const at::Tensor& grad_y, const at
     return stochastic_depth_backward_op().call(grad_y, rng_state, p, mode, scale_by_keep, training, gate);
   }();
   if (records) {
-    auto node = make_node<StochasticDepthBackwardBackward>(grad_y);
+    auto node = make_node<ResidualBackwardBackward<SavedGate>>(grad_y);
     node->noise.save(rng_state, gate, p, mode, scale_by_keep, training);
     set_history(node, grad_h);
   }

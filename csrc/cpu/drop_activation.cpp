@@ -56,6 +56,10 @@ void drop_activation_elements(const DropActivationParams& p) {
           o[j] = static_cast<scalar_t>(
               drop_activation_value<acc_t>(local, static_cast<acc_t>(v[j]), static_cast<acc_t>(y[j]), kept[j]));
         }
+      } else if (p.in == p.out) {  // in place: one pointer, read then written at each index
+        for (int64_t j = 0; j < n; ++j) {
+          o[j] = static_cast<scalar_t>(drop_activation_value<acc_t>(local, static_cast<acc_t>(o[j]), acc_t(0), kept[j]));
+        }
       } else {
         for (int64_t j = 0; j < n; ++j) {
           o[j] = static_cast<scalar_t>(drop_activation_value<acc_t>(local, static_cast<acc_t>(v[j]), acc_t(0), kept[j]));
@@ -81,6 +85,14 @@ std::tuple<at::Tensor, at::Tensor> drop_activation_cpu(const at::Tensor& x, doub
   return {call.out, call.state};
 }
 
+at::Tensor drop_activation_inplace_cpu(at::Tensor& x, double keep, bool training, const std::optional<at::Tensor>& mask,
+                                       const std::optional<at::Tensor>& rng_state) {
+  DropActivationCall call = drop_activation_inplace_call(x, keep, training, mask, rng_state);
+  run(call);
+  if (call.into.defined()) x.copy_(call.out);
+  return call.state;
+}
+
 at::Tensor drop_activation_backward_cpu(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& rng_state,
                                         double keep, bool training, const std::optional<at::Tensor>& mask) {
   DropActivationCall call = drop_activation_backward_call(grad_y, y, rng_state, keep, training, mask);
@@ -92,6 +104,7 @@ at::Tensor drop_activation_backward_cpu(const at::Tensor& grad_y, const at::Tens
 
 TORCH_LIBRARY_IMPL(cifarops, CPU, m) {
   m.impl("drop_activation", &drop_activation_cpu);
+  m.impl("drop_activation_", &drop_activation_inplace_cpu);
   m.impl("_drop_activation_backward", &drop_activation_backward_cpu);
 }
 

@@ -53,6 +53,16 @@ std::tuple<at::Tensor, at::Tensor> drop_activation_cuda(const at::Tensor& x, dou
   return {call.out, call.state};
 }
 
+at::Tensor drop_activation_inplace_cuda(at::Tensor& x, double keep, bool training,
+                                        const std::optional<at::Tensor>& mask,
+                                        const std::optional<at::Tensor>& rng_state) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  DropActivationCall call = drop_activation_inplace_call(x, keep, training, mask, rng_state);
+  run(call, x);
+  if (call.into.defined()) x.copy_(call.out);
+  return call.state;
+}
+
 at::Tensor drop_activation_backward_cuda(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& rng_state,
                                          double keep, bool training, const std::optional<at::Tensor>& mask) {
   const c10::cuda::CUDAGuard guard(grad_y.device());
@@ -65,6 +75,7 @@ at::Tensor drop_activation_backward_cuda(const at::Tensor& grad_y, const at::Ten
 
 TORCH_LIBRARY_IMPL(cifarops, CUDA, m) {
   m.impl("drop_activation", &drop_activation_cuda);
+  m.impl("drop_activation_", &drop_activation_inplace_cuda);
   m.impl("_drop_activation_backward", &drop_activation_backward_cuda);
 }
 

@@ -250,6 +250,9 @@ _is_exporting = torch.compiler.is_exporting
 # the decomposition into its neighbours (BatchNorm's elementwise epilogue, the residual addition), which no
 # opaque op allows: the compiled model then reads and writes each activation once, where the kernel would make
 # BatchNorm's output go to memory and back. Chosen per op by measurement (python -m cifarops.bench.models
-# --compile --compile-kernels; issue 17): maxout and FMP keep their kernels. torch.export keeps one node per
-# op. Change the set before compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
+# --compile --compile-kernels; issue 17): maxout and FMP keep their kernels. Issue 31, the small variants at batch
+# 32 on the 2-core CPU: resnet110-stochastic-depth steps in 23.2 ms decomposed, 25.9 ms with the kernel; wrn28-10
+# with drop_activation=0.95 in 75.6 ms decomposed (a Philox draw per element in the graph), 41.7 ms with the
+# kernel, which Drop-Activation therefore keeps. torch.export keeps one node per op. Change the set before
+# compiling (torch.compile traces it once), e.g. to measure a kernel under compile.
 COMPILE_DECOMPOSED = {"shake_drop", "shake_shake", "stochastic_depth"}

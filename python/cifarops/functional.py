@@ -96,6 +96,18 @@ def shake_drop(
 _VALIDATED_SHAKE_DROP: dict = {}
 
 
+def _residual_rare_cases(op, h, shortcut, **noise):
+    """What a fused residual op's fast path leaves out: Python objects the schema would reject with a vaguer
+    message, a meta / real device mix (which the backend choice, by h's device, would meet before the op's
+    checks), and autocast's common dtype for a low-precision branch and a float32 shortcut. Returns (h, shortcut)."""
+    for name, value in (("h", h), ("shortcut", shortcut), *noise.items()):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if shortcut is not None and shortcut.device != h.device:
+        raise ValueError(f"{op}: shortcut is on {shortcut.device} but h is on {h.device}")
+    return _autocast_common_dtype(h, shortcut)
+
+
 def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level, training, gate=None, alpha=None,
                 beta=None):
     """The op call behind F.shake_drop and the ShakeDrop module, with validated hyper-parameters: the op checks
@@ -103,14 +115,8 @@ def _shake_drop(h, shortcut, p_drop, alpha_range, beta_range, gate_level, level,
     if not isinstance(h, torch.Tensor) or gate is not None or alpha is not None or beta is not None or (
         shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype
                                   or shortcut.is_meta != h.is_meta)
-    ):  # the rare cases, off the fast path: Python objects the schema would reject with a vaguer message, and
-        # a meta / real device mix, which the backend choice (by h's device) would meet before the op's checks
-        for name, value in (("h", h), ("shortcut", shortcut), ("gate", gate), ("alpha", alpha), ("beta", beta)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(f"cifarops.shake_drop: {name} must be a torch.Tensor, got {type(value).__name__}")
-        if shortcut is not None and shortcut.device != h.device:
-            raise ValueError(f"cifarops.shake_drop: shortcut is on {shortcut.device} but h is on {h.device}")
-        h, shortcut = _autocast_common_dtype(h, shortcut)
+    ):  # the rare cases, off the fast path
+        h, shortcut = _residual_rare_cases("cifarops.shake_drop", h, shortcut, gate=gate, alpha=alpha, beta=beta)
     rng = noise.rng_state(h.device, _shake_drop_ops.STREAMS) if noise._active_tapes and training else None
     fn, first = backends.fast_ops("shake_drop", h)
     if first is not None:  # the direct entry that returns y alone
@@ -181,13 +187,8 @@ def _stochastic_depth(h, shortcut, p, mode, scale_by_keep, training, gate=None):
     if not isinstance(h, torch.Tensor) or gate is not None or (
         shortcut is not None and (not isinstance(shortcut, torch.Tensor) or shortcut.dtype != h.dtype
                                   or shortcut.is_meta != h.is_meta)
-    ):  # the rare cases, off the fast path (as _shake_drop's)
-        for name, value in (("h", h), ("shortcut", shortcut), ("gate", gate)):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
-        if shortcut is not None and shortcut.device != h.device:
-            raise ValueError(f"{op}: shortcut is on {shortcut.device} but h is on {h.device}")
-        h, shortcut = _autocast_common_dtype(h, shortcut)
+    ):  # the rare cases, off the fast path
+        h, shortcut = _residual_rare_cases(op, h, shortcut, gate=gate)
     rng = noise.rng_state(h.device, _stochastic_depth_ops.STREAMS) if noise._active_tapes and training else None
     fn, first = backends.fast_ops("stochastic_depth", h)
     if first is not None:  # the direct entry that returns y alone
@@ -204,30 +205,42 @@ def stochastic_depth_schedule(num_blocks: int, p_last: float = 0.5) -> list[floa
     return [layer / num_blocks * p_last for layer in range(1, num_blocks + 1)]
 
 
-def check_drop_activation_keep(keep) -> float:
+def check_drop_activation_keep(keep, op: str = "cifarops.drop_activation") -> float:
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
-        raise ValueError(f"cifarops.drop_activation: keep must be a number in [0, 1], got {keep!r}")
+        raise ValueError(f"{op}: keep must be a number in [0, 1], got {keep!r}")
     return float(keep)
 
 
 def drop_activation(x: torch.Tensor, keep: float = 0.95, *, training: bool = True,
-                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    mask: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
     """Drop-Activation (Liang, Khoo & Yang, arXiv 1811.05850): each ReLU kept with probability ``keep`` and the
     identity otherwise, one draw per element: ``y = relu(x)`` where the mask is 1, ``y = x`` where it is 0. The
     mask is drawn inside the kernel from the device generator's Philox state and regenerated in backward (never
     stored); backward reads the output alone. Evaluation: ``keep * relu(x) + (1 - keep) * x``, the leaky ReLU of
-    slope 1 - keep. ``mask`` (bool, x's shape; True keeps the ReLU) replaces the draw."""
-    return _drop_activation(x, check_drop_activation_keep(keep), training, mask)
+    slope 1 - keep. ``mask`` (bool, x's shape; True keeps the ReLU) replaces the draw. ``inplace=True`` writes
+    y into x and returns x, as ``relu(x, inplace=True)`` (x must not be a leaf that requires grad; the backward
+    needs y alone, so nothing is lost). Under torch.compile and torch.export it is the out-of-place op and a copy
+    into x, which the compiler may write in place."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"cifarops.drop_activation: inplace must be a bool, got {type(inplace).__name__}")
+    op = "cifarops.drop_activation_" if inplace else "cifarops.drop_activation"
+    return _drop_activation(x, check_drop_activation_keep(keep, op), training, mask, inplace)
 
 
-def _drop_activation(x, keep, training, mask=None):
+def _drop_activation(x, keep, training, mask=None, inplace=False):
     """The op call behind F.drop_activation and the DropActivation module, with a validated keep."""
-    op = "cifarops.drop_activation"
+    op = "cifarops.drop_activation_" if inplace else "cifarops.drop_activation"
     for name, value in (("x", x), ("mask", mask)):
         if value is not None and not isinstance(value, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
     rng = noise.rng_state(x.device, _drop_activation_ops.STREAMS) if noise._active_tapes and training else None
+    if inplace and not torch.compiler.is_compiling():
+        fn, _ = backends.fast_ops("drop_activation_", x)
+        fn(x, keep, training, mask, rng)
+        return x
     fn, first = backends.fast_ops("drop_activation", x)
+    if inplace:
+        return x.copy_(fn(x, keep, training, mask, rng)[0])
     if first is not None:
         return first(x, keep, training, mask, rng)
     return fn(x, keep, training, mask, rng)[0]

@@ -97,21 +97,24 @@ class StochasticDepth(_Layer):
 class DropActivation(_Layer):
     """Drop-Activation (Liang, Khoo & Yang, arXiv 1811.05850), a drop-in for ``nn.ReLU``: each ReLU kept with
     probability ``keep`` (the paper's 0.95) and the identity otherwise, in evaluation the leaky ReLU of slope
-    1 - keep. One kernel each way; only the output and the (2,) RNG state are saved for backward. See
-    :func:`cifarops.functional.drop_activation`."""
+    1 - keep. One kernel each way; only the output and the (2,) RNG state are saved for backward. ``inplace``
+    writes the output into the input, as ``nn.ReLU(inplace=True)``. See :func:`cifarops.functional.drop_activation`."""
 
-    def __init__(self, keep: float = 0.95, *, backend: Optional[str] = None) -> None:
+    def __init__(self, keep: float = 0.95, inplace: bool = False, *, backend: Optional[str] = None) -> None:
         super().__init__(backend)
         self.keep = F.check_drop_activation_keep(keep)
+        if not isinstance(inplace, bool):
+            raise TypeError(f"cifarops.DropActivation: inplace must be a bool, got {type(inplace).__name__}")
+        self.inplace = inplace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is None:
-            return F._drop_activation(x, self.keep, self.training)
+            return F._drop_activation(x, self.keep, self.training, None, self.inplace)
         with self._pinned():
-            return F._drop_activation(x, self.keep, self.training)
+            return F._drop_activation(x, self.keep, self.training, None, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"keep={self.keep}"
+        return f"keep={self.keep}" + (", inplace=True" if self.inplace else "")
 
 
 class ShakeShake(_Layer):

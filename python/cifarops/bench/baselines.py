@@ -91,6 +91,8 @@ def softmax_multinomial_maxout(x: torch.Tensor, pieces: int, temperature: float 
     return z.gather(-1, choice).squeeze(-1)
 
 
+# timm's drop_path, verbatim from timm 1.0.31 (timm/layers/drop.py, Apache License 2.0); tests/drop_path_peers.py
+# builds timm's DropPath on it where timm does not import.
 def _timm_drop_path(x, drop_prob: float = 0., training: bool = False, scale_by_keep: bool = True):
     if drop_prob == 0. or not training:
         return x

@@ -20,6 +20,11 @@ def profile_shapes(profile: str, full: list, quick: list) -> list:
     return {"quick": quick, "default": quick[:1], "full": full}[profile]
 
 
+def shape_cases(op: str, dtypes, profile: str, shapes, full: list, quick: list) -> list:
+    """The cases of an op timed at its input shape alone: the command line's shapes, else the profile's."""
+    return [Case(op, tuple(shape), dtype) for dtype in dtypes for shape in shapes or profile_shapes(profile, full, quick)]
+
+
 @dataclass(frozen=True)
 class Case:
     op: str

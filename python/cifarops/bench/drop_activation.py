@@ -8,7 +8,7 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops.bench.baselines import official_drop_relu
-from cifarops.bench.common import Benchmark, Case, compare, profile_shapes, standard_providers
+from cifarops.bench.common import Benchmark, Case, compare, shape_cases, standard_providers
 
 OP = "drop_activation"
 BASELINE = "official-style"  # what users run today: the "vs baseline" column
@@ -19,8 +19,7 @@ KEEP = 0.95
 
 
 def cases(dtypes, profile: str = "full", shapes=None) -> list[Case]:
-    shapes = shapes or profile_shapes(profile, SHAPES, QUICK_SHAPES)
-    return [Case(OP, tuple(shape), dtype) for dtype in dtypes for shape in shapes]
+    return shape_cases(OP, dtypes, profile, shapes, SHAPES, QUICK_SHAPES)
 
 
 def moved_bytes(case: Case, mode: str) -> int:

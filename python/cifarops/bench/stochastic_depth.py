@@ -8,7 +8,8 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops.bench.baselines import timm_drop_path
-from cifarops.bench.common import Benchmark, Case, compare, profile_shapes, standard_providers
+from cifarops.bench.common import Case, compare, shape_cases, standard_providers
+from cifarops.bench.shake_drop import make, moved_bytes  # noqa: F401  (the same residual pass: y = x + g * h)
 
 OP = "stochastic_depth"
 BASELINE = "timm-style"  # what users run today: the "vs baseline" column
@@ -19,33 +20,13 @@ P = 0.5
 
 
 def cases(dtypes, profile: str = "full", shapes=None) -> list[Case]:
-    shapes = shapes or profile_shapes(profile, SHAPES, QUICK_SHAPES)
-    return [Case(OP, tuple(shape), dtype) for dtype in dtypes for shape in shapes]
-
-
-def moved_bytes(case: Case, mode: str) -> int:
-    """The fewest bytes the op must move: forward reads h and the shortcut and writes y; backward reads dy and
-    writes dh (the shortcut's gradient is dy itself)."""
-    n, element = case.numel, case.element_size
-    return {"forward": 3 * n, "backward": 2 * n, "full": 5 * n}[mode] * element
-
-
-def _inputs(case: Case, device):
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    h = torch.randn(case.shape, generator=generator).to(device=device, dtype=case.dtype).requires_grad_()
-    x = torch.randn(case.shape, generator=generator).to(device=device, dtype=case.dtype).requires_grad_()
-    return h, x
+    return shape_cases(OP, dtypes, profile, shapes, SHAPES, QUICK_SHAPES)
 
 
 def providers(device: torch.device) -> dict:
     """name -> function(h, x) returning the block output, for every implementation compared."""
     return standard_providers(device, lambda h, x: F.stochastic_depth(h, x, p=P),
                               {"timm-style": lambda h, x: timm_drop_path(h, x, P)})
-
-
-def make(case: Case, device, provider) -> Benchmark:
-    h, x = _inputs(case, device)
-    return Benchmark(forward=lambda: provider(h, x), inputs=(h, x))
 
 
 def check_backend(backend: str, device, dtype) -> str | None:

@@ -1,7 +1,8 @@
 """Wide ResNet (Zagoruyko & Komodakis, arXiv 1605.07146), e.g. WRN-28-10: a 16-channel 3x3 stem, three
 stages of (depth - 4) / 6 pre-activation blocks of widths 16k, 32k, 64k, BN-ReLU, average pooling, linear.
-``drop_activation=0.95`` makes the blocks' ReLUs Drop-Activation layers of that keep probability (Liang, Khoo &
-Yang, arXiv 1811.05850, whose WRN-28-10 reaches 96.55 %; the final ReLU before pooling stays a ReLU)."""
+``drop_activation=0.95`` makes every ReLU a Drop-Activation layer of that keep probability, the blocks' and the
+final one before pooling, as the official network does (Liang, Khoo & Yang, arXiv 1811.05850, whose WRN-28-10
+reaches 96.55 %; LeungSamWai/Drop-Activation, models/cifar/da_wrn.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from cifarops.models.blocks import WideBasicBlock, init_convolutions
+from cifarops.modules import DropActivation
 
 
 class WideResNet(nn.Module):
@@ -28,9 +30,10 @@ class WideResNet(nn.Module):
                 in_channels = out_channels
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_channels)
+        self.act = torch.relu if drop_activation is None else DropActivation(drop_activation, backend=backend)
         self.fc = nn.Linear(in_channels, num_classes)
         init_convolutions(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.blocks(self.conv1(x))))
+        h = self.act(self.bn(self.blocks(self.conv1(x))))
         return self.fc(h.mean((2, 3)))

@@ -18,7 +18,7 @@ from cifarops.reference.stochastic_depth import (  # noqa: F401
     stochastic_depth_backward, stochastic_depth,
 )
 from cifarops.reference.drop_activation import (  # noqa: F401
-    drop_activation_backward, drop_activation,
+    drop_activation_backward, drop_activation, drop_activation_,
 )
 from cifarops.reference.shake_shake import (  # noqa: F401
     shake_shake_mix, shake_shake_coefficient, _shake_shake_backward, shake_shake,

@@ -58,3 +58,11 @@ def drop_activation(x, keep, training, mask, rng_state):
         draws = training and mask is None
         rng_state = draw_state(x.device, 1) if draws else torch.zeros(2, dtype=torch.int64, device=x.device)
     return _DropActivation.apply(x, keep, training, mask, rng_state)
+
+
+def drop_activation_(x, keep, training, mask, rng_state):
+    """The `drop_activation_` op: the same, written into x (through copy_, whose autograd passes the gradient to
+    the computed y). Returns the state."""
+    y, state = drop_activation(x, keep, training, mask, rng_state)
+    x.copy_(y)
+    return state

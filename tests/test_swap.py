@@ -344,3 +344,76 @@ def test_a_drop_path_of_another_code_base_is_left_alone(monkeypatch):
     assert swapped.drop_path is model.drop_path and len(report) == 0
     assert report.left_alone == [("drop_path", f"{__name__}.test_a_drop_path_of_another_code_base_is_left_alone"
                                                 f".<locals>.DropPath")]
+
+
+class _DropPathNet(nn.Module):
+    """A small residual network written as timm's and torchvision's blocks are, a drop path on each branch: the
+    stand-in for their own networks where those packages do not import (this project's CPU machines)."""
+
+    def __init__(self, drop_path, rates):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)) for _ in rates)
+        self.drop_paths = nn.ModuleList(drop_path(p) for p in rates)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for branch, drop_path in zip(self.branches, self.drop_paths):
+            h = torch.relu(h + drop_path(branch(h)))
+        return self.fc(h.mean((2, 3)))
+
+
+def _peer_network(peer, monkeypatch):
+    """(network, its drop-path count): timm's ResNet-18 (drop_path_rate 0.2) or torchvision's EfficientNet-B0
+    (stochastic_depth_prob 0.2) where the package imports, else _DropPathNet of that package's layer."""
+    import drop_path_peers
+
+    torch.manual_seed(0)
+    try:
+        if peer == "timm":
+            import timm
+
+            model = timm.create_model("resnet18", drop_path_rate=0.2, num_classes=10)
+        else:
+            import torchvision
+
+            model = torchvision.models.efficientnet_b0(num_classes=10, stochastic_depth_prob=0.2)
+        kind = "DropPath" if peer == "timm" else "StochasticDepth"
+        return model, sum(type(m).__name__ == kind for m in model.modules())
+    except ImportError:
+        timm_drop_path, torchvision_stochastic_depth = drop_path_peers.install(monkeypatch)
+        layer = timm_drop_path if peer == "timm" else (lambda p: torchvision_stochastic_depth(p, "row"))
+        return _DropPathNet(layer, [0.1, 0.2, 0.3]), 3
+
+
+@pytest.mark.parametrize("peer", ["timm", "torchvision"])
+def test_peer_networks_swapped_train_as_well(monkeypatch, peer):
+    """Issue 31: swapped into the peers' own networks, cifarops.StochasticDepth trains there as well as the layer
+    it replaced: 30 SGD steps on real digits from the same weights, the loss falls as far (the masks differ: the
+    peer draws with bernoulli_, cifarops from Philox, so the runs are alike, not equal)."""
+    from test_models import digits
+
+    model, drop_paths = _peer_network(peer, monkeypatch)
+    swapped, report = swap_layers(model, inplace=False)
+    assert len(report) == drop_paths > 0 and "cifarops.StochasticDepth" in str(report)
+    assert sum(isinstance(m, cifarops.StochasticDepth) for m in swapped.modules()) == drop_paths
+    x, y = digits(128)
+    curves = []
+    for network in (model, swapped):
+        torch.manual_seed(1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(30):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(network(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        curves.append((sum(losses[:5]) / 5, sum(losses[-5:]) / 5))
+    (peer_first, peer_last), (first, last) = curves
+    assert abs(first - peer_first) < 0.1  # the same weights: the same start, to the noise
+    assert peer_last < peer_first - 0.2 and last < first - 0.2, curves  # here: 2.44 to 1.84 and 2.45 to 1.83
+    assert abs(last - peer_last) < 0.25 * peer_first, curves

@@ -122,3 +122,14 @@ def official_drop_relu(x: torch.Tensor, keep_prob: float = 0.95, training: bool 
     temp.mul_(mask)
     output.add_(temp)
     return output
+
+
+class OfficialDropRelu(torch.nn.Module):
+    """The official dropRelu as a layer (its keep_prob, its training flag), for networks built as the official's."""
+
+    def __init__(self, keep_prob: float = 0.95) -> None:
+        super().__init__()
+        self.keep_prob = keep_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return official_drop_relu(x, self.keep_prob, self.training)

@@ -99,6 +99,16 @@ CIFAROPS_INLINE void drop_activation_thread(const DropActivationParams& p, index
     if (ys != nullptr) yv = ys[i];
     Packet<scalar_t, kVec> result;
     Philox4 quad{};
+    // channels_last: the packet's first element located by two divisions, the others by stepping its channel
+    // (wrapping to the next pixel), not two divisions an element. NCHW: the index is m itself.
+    index_t n = 0, c = 0, s = 0;
+    if (draws && p.channels_last) {
+      const index_t channels = static_cast<index_t>(p.channels), spatial = static_cast<index_t>(p.spatial);
+      const index_t row = m0 / channels;
+      c = m0 - row * channels;
+      n = row / spatial;
+      s = row - n * spatial;
+    }
 #if defined(__CUDACC__)
 #pragma unroll
 #endif
@@ -106,9 +116,17 @@ CIFAROPS_INLINE void drop_activation_thread(const DropActivationParams& p, index
       bool kept = false;
       if (p.mask != nullptr) {
         kept = p.training && p.mask[m0 + j] != 0;
+      } else if (draws && p.channels_last) {
+        const uint64_t index = (static_cast<uint64_t>(n) * p.channels + c) * p.spatial + s;
+        quad = philox_quad(p.rng, index / 4, 0);
+        kept = philox_keep(philox_bits_to_uniform(philox_word(quad, index % 4)), p.keep);
+        if (++c == static_cast<index_t>(p.channels)) {
+          c = 0;
+          if (++s == static_cast<index_t>(p.spatial)) s = 0, ++n;
+        }
       } else if (draws) {
-        const uint64_t index = drop_activation_logical<index_t>(p, m0 + j);
-        if (p.channels_last || j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, 0);
+        const uint64_t index = static_cast<uint64_t>(m0 + j);
+        if (j == 0 || index % 4 == 0) quad = philox_quad(p.rng, index / 4, 0);
         kept = philox_keep(philox_bits_to_uniform(philox_word(quad, index % 4)), p.keep);
       }
       const acc_t y = ys != nullptr ? to_acc<acc_t>(yv.v[j]) : acc_t(0);

@@ -387,7 +387,7 @@ def test_official_wrn_trains_as_well_with_cifarops_drop_activation():
 
     import cifarops.models as models
     from cifarops.bench.baselines import OfficialDropRelu
-    from test_models import digits
+    from test_models import assert_trains_alike, digits
 
     torch.manual_seed(0)
     ours = models.create("wrn28-10", depth=10, widen=1, drop_activation=0.95)
@@ -398,19 +398,4 @@ def test_official_wrn_trains_as_well_with_cifarops_drop_activation():
         setattr(parent, name, OfficialDropRelu(0.95))
     assert len(layers) == 2 * len(ours.blocks) + 1
     x, y = digits(64)
-    curves = []
-    for network in (official, ours):
-        torch.manual_seed(1)
-        optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
-        losses = []
-        for _ in range(30):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(network(x), y)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        curves.append((sum(losses[:5]) / 5, sum(losses[-5:]) / 5))
-    (official_first, official_last), (first, last) = curves
-    assert abs(first - official_first) < 0.1
-    assert official_last < official_first - 0.2 and last < first - 0.2, curves
-    assert abs(last - official_last) < 0.25 * official_first, curves
+    assert_trains_alike(official, ours, x, y)

@@ -142,6 +142,28 @@ def digits(n: int = 512):
     return (x - x.mean()) / x.std(), torch.tensor(data.target[:n])
 
 
+def assert_trains_alike(peer, ours, x, y, steps: int = 30):
+    """Both networks (the same weights) take `steps` SGD steps on (x, y) from one seed: the same start, the loss
+    (five-step means) falls by more than 0.2 for both and ends within a quarter of the start of the peer's. For a
+    layer that draws other masks than the one it replaced: alike, not equal."""
+    curves = []
+    for network in (peer, ours):
+        torch.manual_seed(1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(network(x), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        curves.append((sum(losses[:5]) / 5, sum(losses[-5:]) / 5))
+    (peer_first, peer_last), (first, last) = curves
+    assert abs(first - peer_first) < 0.1  # the same weights: the same start, to the noise
+    assert peer_last < peer_first - 0.2 and last < first - 0.2, curves
+    assert abs(last - peer_last) < 0.25 * peer_first, curves
+
+
 @pytest.mark.parametrize("name", models.names())
 def test_loss_falls_on_real_digits(name):
     """20 Adam steps (checkpointed, in training mode, noise and all) on 64 real digits: the loss falls."""

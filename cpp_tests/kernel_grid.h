@@ -57,5 +57,6 @@ void drop_activation();
 void shake_shake();
 void maxout();
 void fractional_max_pool2d();
+void stochastic_pool2d();
 
 }  // namespace kernel_grid

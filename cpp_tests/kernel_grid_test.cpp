@@ -5,6 +5,7 @@
 // function of its grid coordinates, of which the __global__ kernel is a thin wrapper; one file per op:
 //   kernel_grid_shake_drop.cpp (and stochastic depth), kernel_grid_drop_activation.cpp, kernel_grid_shake_shake.cpp, kernel_grid_maxout.cpp (maxout, probabilistic
 //   maxout and its expectation), kernel_grid_fmp.cpp (fractional max-pooling and its boundary-table kernel),
+//   kernel_grid_stochastic_pool2d.cpp (stochastic pooling's draw, expectation and both backwards),
 // each over every dtype, every instantiation the launcher picks (packets or scalars, layouts, the 64-bit-index
 // one that the launcher takes only past 2^31 elements), tails, channels_last, both directions, and the
 // grid-stride loops (grids the launcher caps, and grids forced smaller than the work), and each checks that
@@ -118,7 +119,8 @@ int main() {
                                                     {"drop_activation", kernel_grid::drop_activation},
                                                     {"shake_shake", kernel_grid::shake_shake},
                                                     {"maxout", kernel_grid::maxout},
-                                                    {"fractional_max_pool2d", kernel_grid::fractional_max_pool2d}};
+                                                    {"fractional_max_pool2d", kernel_grid::fractional_max_pool2d},
+                                                    {"stochastic_pool2d", kernel_grid::stochastic_pool2d}};
   for (const auto& [name, run] : ops) {
     const int checks = kernel_grid::checks, failures = kernel_grid::failures;
     const auto start = std::chrono::steady_clock::now();

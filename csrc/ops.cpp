@@ -108,4 +108,26 @@ TORCH_LIBRARY(cifarops, m) {
   m.def(
       "_fractional_max_pool2d_select(Tensor values, Tensor index, int[] kernel_size, str regions, Tensor? samples, "
       "Tensor? boundaries, str sequence, bool per_image, Tensor? rng_state) -> Tensor");
+
+  // Stochastic pooling (Zeiler & Fergus, arXiv 1301.3557) of (N, C, H, W) in training: k x k regions with stride,
+  // padding and ceil mode as max_pool2d (padded positions weigh 0); each output draws one element of its region
+  // with probability a_i / sum a (a = max(x, 0)) from u = the explicit uniforms (float32, y's shape) or
+  // u(NCHW output index, stream 0) of rng_state (else the generator's). Returns y, each output's drawn offset
+  // inside its window (uint8, 255 where the region sums to 0: y = 0, no gradient) and the state used (zeros
+  // when the call drew nothing). Formulas: csrc/include/cifarops/stochastic_pool2d.h.
+  m.def(
+      "stochastic_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "Tensor? uniforms, Tensor? rng_state) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::nondeterministic_seeded});
+  // grad_x: each input sums grad_y over the outputs that drew it (gathered, no atomics).
+  m.def(
+      "_stochastic_pool2d_backward(Tensor grad_y, Tensor offset, SymInt[] input_size, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, bool ceil_mode) -> Tensor");
+  // Evaluation: the probabilistic weighting sum a^2 / sum a of each region (0 where the sum is 0).
+  m.def(
+      "stochastic_pool2d_expectation(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode) "
+      "-> Tensor");
+  m.def(
+      "_stochastic_pool2d_expectation_backward(Tensor grad_y, Tensor x, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode) -> Tensor");
 }

@@ -322,6 +322,9 @@ PyMethodDef kEntries[] = {
     entry<ExpectationSig, &expectation_op>("probabilistic_maxout_expectation"),
     entry<FmpSig, &fmp_op>("fractional_max_pool2d"),
     entry<FmpSig, &fmp_op, true>("fractional_max_pool2d_output"),
+    entry<StochasticPoolSig, &stochastic_pool_op>("stochastic_pool2d"),
+    entry<StochasticPoolSig, &stochastic_pool_op, true>("stochastic_pool2d_output"),
+    entry<StochasticPoolExpectationSig, &stochastic_pool_expectation_op>("stochastic_pool2d_expectation"),
     {nullptr, nullptr, 0, nullptr},
 };
 

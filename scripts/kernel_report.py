@@ -254,6 +254,7 @@ def short(demangled: str) -> str:
     name = re.sub(r"^void ", "", demangled)
     name = re.sub(r"cifarops::(\(anonymous namespace\)::)?", "", name)
     name = name.replace("c10::", "").replace("unsigned int", "uint32").replace("long", "int64")
+    name = re.sub(r"(?<=[<, ])int(?=[,>])", "int32", name)  # stochastic pooling's signed 32-bit index
     depth, cut = 0, len(name)
     for i, ch in enumerate(name):  # drop the parameter list: the first '(' outside template brackets
         depth += ch == "<"
@@ -352,6 +353,11 @@ def reason(k: Kernel) -> str:
                 "mode branches weigh more than the bytes")
     if "shake_drop" in name or "shake_shake" in name:
         return "per-element Philox draws (pixel level: one Philox call per 4 elements) and the coefficient math"
+    if "stochastic_pool" in name:
+        return ("each output scans its k_h x k_w window twice (the sum, then the running sum up to its draw, one Philox "
+                "uniform per output) and each input of the backward walks the windows that contain it (the "
+                "expectation's recomputing each window's two sums), against a few bytes moved per element: "
+                "compute-bound by design beyond the smallest windows")
     if "drop_activation" in name:
         return ("its mask is one Philox draw per element (a Philox4x32-10 call per 4 elements in NCHW, per element in "
                 "channels_last, whose NCHW index is another), against 2 or 3 bytes moved per element")

@@ -33,6 +33,9 @@ def calls(device):
          lambda x: F.probabilistic_maxout(x, 2, training=False), (3, 4, 5, 5)),
         ("fractional_max_pool2d", "FractionalMaxPool2dBackward",
          lambda x: F.fractional_max_pool2d(x, 2, output_size=(4, 4)), (3, 4, 7, 7)),
+        ("stochastic_pool2d", "StochasticPool2dBackward", lambda x: F.stochastic_pool2d(x, 3, 2), (3, 4, 7, 7)),
+        ("stochastic_pool2d_expectation", "StochasticPool2dExpectationBackward",
+         lambda x: F.stochastic_pool2d(x, 3, 2, training=False), (3, 4, 7, 7)),
     ]
 
 
@@ -46,7 +49,8 @@ def test_eager_calls_take_the_direct_entry(device, i):
     x = torch.randn(shape, device=device)
     assert backends.fast_op(name, x) is getattr(cifarops._C, name)
     first = backends.fast_ops(name, x)[1]  # the entry that returns y alone, for the ops with more outputs
-    assert first is (None if name == "probabilistic_maxout_expectation" else getattr(cifarops._C, name + "_output"))
+    one_output = ("probabilistic_maxout_expectation", "stochastic_pool2d_expectation")
+    assert first is (None if name in one_output else getattr(cifarops._C, name + "_output"))
 
 
 def op_args(name, device):
@@ -60,12 +64,13 @@ def op_args(name, device):
         "maxout": (x, 2, 1, "contiguous"),
         "probabilistic_maxout": (x, 2, 1, "contiguous", 1.0, None),
         "fractional_max_pool2d": (x, [2, 2], [4, 4], "window", None, None, False, "pseudorandom", False, None),
+        "stochastic_pool2d": (x, [3, 3], [2, 2], [1, 1], True, None, None),
     }[name]
 
 
 MULTI = [pytest.param(device, name, id=f"{device}-{name}") for device, _ in COMPILED
          for name in ("shake_drop", "stochastic_depth", "drop_activation", "shake_shake", "maxout", "probabilistic_maxout",
-                      "fractional_max_pool2d")]
+                      "fractional_max_pool2d", "stochastic_pool2d")]
 
 
 @pytest.mark.parametrize("device, name", MULTI)
@@ -175,8 +180,10 @@ def test_node_is_named_and_saves_through_the_hooks(device, i):
     assert y.grad_fn.name() == node
     assert packed, "the node saved nothing through the hooks"
     kept = {t.dtype for t in packed}
-    if name == "probabilistic_maxout_expectation":
+    if name in ("probabilistic_maxout_expectation", "stochastic_pool2d_expectation"):
         assert [t.shape for t in packed] == [x.shape]
+    elif name == "stochastic_pool2d":  # one byte per output, the drawn offset
+        assert [(t.dtype, t.shape) for t in packed] == [(torch.uint8, y.shape)]
     elif name == "drop_activation":  # the output (its backward reads y, never x) and the RNG state
         assert sorted(t.numel() for t in packed) == [2, y.numel()] and not any(t is x for t in packed)
     elif name in ("maxout", "probabilistic_maxout", "fractional_max_pool2d"):
@@ -210,7 +217,8 @@ def test_forward_mode_ad_is_an_error_naming_the_op(device, i):
     name, _, forward, shape = calls(device)[i]
     import torch.autograd.forward_ad as fwAD
 
-    op = "probabilistic_maxout" if name.startswith("probabilistic") else name
+    # the public name the user called (the expectation is the evaluation of its op)
+    op = "probabilistic_maxout" if name.startswith("probabilistic") else name.removesuffix("_expectation")
     with fwAD.dual_level():
         x = fwAD.make_dual(torch.randn(shape, device=device), torch.randn(shape, device=device))
         with pytest.raises(NotImplementedError, match=f"cifarops.{op}: forward-mode AD"):

@@ -19,7 +19,7 @@ from cifarops import models
 from cifarops.checkpoint import Checkpoint, checkpoint
 from cifarops.models import (
     FMPLayer, GoodfellowMaxoutNet, GrahamFMPNet, MaxoutConvLayer, PyramidBasicBlock, PyramidBottleneckBlock, PyramidNet,
-    ShakeShakeBlock, ShakeShakeResNet, WideBasicBlock, WideResNet,
+    ShakeShakeBlock, ShakeShakeResNet, StochasticPoolConvLayer, WideBasicBlock, WideResNet, ZeilerStochasticPoolNet,
 )
 
 _GENERATOR = torch.Generator().manual_seed(0)  # the inputs' own: a row asserts the global one did not move
@@ -61,6 +61,9 @@ CONSTRUCTOR_CASES = [
     ("GrahamFMPNet input_size", lambda: GrahamFMPNet(filters=2, input_size=60), ValueError, "the last must be 2"),
     ("GrahamFMPNet backend", lambda: GrahamFMPNet(filters=2, backend="gpu"), ValueError, "unknown backend 'gpu'"),
     ("GoodfellowMaxoutNet backend", lambda: GoodfellowMaxoutNet(channels=(4, 4, 4), fc_units=4, backend="gpu"), ValueError, "unknown backend 'gpu'"),
+    ("ZeilerStochasticPoolNet backend", lambda: ZeilerStochasticPoolNet(filters=2, backend="gpu"), ValueError, "unknown backend 'gpu'"),
+    ("ZeilerStochasticPoolNet image_size", lambda: ZeilerStochasticPoolNet(filters=2, image_size=7), ValueError, "image_size 7 is too small for 3 layers"),
+    ("ZeilerStochasticPoolNet image_size float", lambda: ZeilerStochasticPoolNet(filters=2, image_size=32.0), ValueError, "image_size must be an int"),
     ("PyramidBasicBlock p_drop", lambda: PyramidBasicBlock(8, 12, 1, 1.5), ValueError, "p_drop must be a number in [0, 1]"),
     ("PyramidBasicBlock checkpoint", lambda: PyramidBasicBlock(8, 12, 1, 0.5, checkpoint="some"), ValueError, "checkpoint must be"),
 ]
@@ -112,6 +115,8 @@ CALL_CASES = [
     ("MaxoutConvLayer channels", lambda: MaxoutConvLayer(3, 4, 2, 3, 1, 2, 2, 0.5), lambda m: m(randn(2, 4, 8, 8)), ValueError, "MaxoutConvLayer: x must have shape (N, 3, H, W)"),
     ("FMPLayer dtype", lambda: FMPLayer(3, 4, 2, 0.5, 4), lambda m: m(randn(2, 3, 8, 8, dtype=torch.bfloat16)), TypeError, "FMPLayer: x must have the parameters' dtype"),
     ("GoodfellowMaxoutNet image size", lambda: small("maxout-goodfellow-cifar10"), lambda m: m(randn(2, 3, 16, 16)), ValueError, "images must be 32x32"),
+    ("ZeilerStochasticPoolNet image size", lambda: small("stochastic-pool-zeiler-cifar10"), lambda m: m(randn(2, 3, 16, 16)), ValueError, "ZeilerStochasticPoolNet: images must be 32x32"),
+    ("StochasticPoolConvLayer channels", lambda: StochasticPoolConvLayer(3, 4), lambda m: m(randn(2, 4, 8, 8)), ValueError, "StochasticPoolConvLayer: x must have shape (N, 3, H, W)"),
     ("GrahamFMPNet image size", lambda: small("fmp-graham-cifar10"), lambda m: m(randn(1, 3, 96, 96)), ValueError, "images must be at most 94x94"),
     ("PyramidNet channels", lambda: small("pyramidnet110-a270-shakedrop"), lambda m: m(randn(2, 4, 8, 8)), RuntimeError, "to have 3 channels"),
 ]
@@ -187,6 +192,7 @@ BLOCKS = {
     "WideBasicBlock": (lambda mode: WideBasicBlock(8, 12, 1, 0.3, checkpoint=mode), 8),
     "MaxoutConvLayer": (lambda mode: MaxoutConvLayer(8, 4, 2, 3, 1, 2, 2, 0.5, checkpoint=mode), 8),
     "FMPLayer": (lambda mode: FMPLayer(8, 8, 2, 0.5, 4, checkpoint=mode), 8),
+    "StochasticPoolConvLayer": (lambda mode: StochasticPoolConvLayer(8, 4, checkpoint=mode), 8),
 }
 BAD_INPUTS = {
     "channels": lambda c: randn(2, c + 1, 6, 6),
@@ -222,9 +228,10 @@ def test_bad_input_leaves_block_buffers_and_generator_alone(block, mode, bad):
 def test_bad_input_leaves_zoo_models_alone(name):
     """A zoo model in training mode, with checkpointed blocks, given the wrong channel count or dtype."""
     model = small(name, checkpoint="full").train()
-    size = 32 if name == "maxout-goodfellow-cifar10" else 16
+    size = 32 if name in ("maxout-goodfellow-cifar10", "stochastic-pool-zeiler-cifar10") else 16  # fixed by a linear layer
     saved, rng_state = module_state(model), torch.get_rng_state()
-    first_block = {"fmp-graham-cifar10": "FMPLayer", "maxout-goodfellow-cifar10": "MaxoutConvLayer"}.get(name)
+    first_block = {"fmp-graham-cifar10": "FMPLayer", "maxout-goodfellow-cifar10": "MaxoutConvLayer",
+                   "stochastic-pool-zeiler-cifar10": "StochasticPoolConvLayer"}.get(name)
     for x in (randn(2, 4, size, size), randn(2, 3, size, size, dtype=torch.float64)):
         if first_block is not None:  # the first layer is a cifarops block, which checks its input
             error, message = ((ValueError, f"{first_block}: x must have shape (N, 3, H, W), got (2, 4,")

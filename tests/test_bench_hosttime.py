@@ -122,7 +122,7 @@ def test_section_runs_and_reports(tmp_path):
     rows = hosttime.run(torch.device("cpu"), backends, quick=True, rounds=2, inner=1, verbose=False)
     assert torch.get_num_threads() == threads
     calls = {(r["call"], r["mode"]) for r in rows}
-    assert len(calls) == 10  # 8 comparisons and the relu reference point, forward+backward and no_grad
+    assert len(calls) == 11  # 9 comparisons and the relu reference point, forward+backward and no_grad
     for r in rows:
         assert r["host_us"] > 0 and r["forward_kernels"] >= 1
         if r["mode"] == hosttime.NO_GRAD:

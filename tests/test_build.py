@@ -14,7 +14,8 @@ OPS = [
     "shake_drop", "_shake_drop_backward", "stochastic_depth", "_stochastic_depth_backward", "drop_activation",
     "drop_activation_", "_drop_activation_backward", "shake_shake", "_shake_shake_backward", "maxout", "_maxout_backward",
     "probabilistic_maxout", "probabilistic_maxout_expectation", "_probabilistic_maxout_expectation_backward",
-    "fractional_max_pool2d", "_fractional_max_pool2d_backward",
+    "fractional_max_pool2d", "_fractional_max_pool2d_backward", "stochastic_pool2d", "_stochastic_pool2d_backward",
+    "stochastic_pool2d_expectation", "_stochastic_pool2d_expectation_backward",
 ]
 
 
@@ -149,7 +150,8 @@ def test_compiled_ops_have_their_autograd_in_cpp():
     names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("cifarops::")]
     assert names
     # Composite (pure PyTorch) or never differentiated again: autograd comes from the ops they call.
-    exempt = {"cifarops::_fractional_max_pool2d_select", "cifarops::_probabilistic_maxout_expectation_backward"}
+    exempt = {"cifarops::_fractional_max_pool2d_select", "cifarops::_probabilistic_maxout_expectation_backward",
+              "cifarops::_stochastic_pool2d_expectation_backward"}
     missing = [n for n in names if n not in exempt and not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
     assert not missing, missing
     for name in names:

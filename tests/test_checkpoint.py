@@ -17,7 +17,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import cifarops
 from cifarops.checkpoint import Checkpoint, checkpoint_mode
 from cifarops.models import (
-    FMPLayer, MaxoutConvLayer, PyramidBasicBlock, PyramidBottleneckBlock, ShakeShakeBlock, WideBasicBlock,
+    FMPLayer, MaxoutConvLayer, PyramidBasicBlock, PyramidBottleneckBlock, ShakeShakeBlock, StochasticPoolConvLayer,
+    WideBasicBlock,
 )
 
 
@@ -50,6 +51,7 @@ BLOCKS = {
     "fmp_layer": (lambda ck: FMPLayer(4, 8, 2, 0.2, 5, checkpoint=ck), (4, 4, 9, 9)),
     "fmp_layer_random": (lambda ck: _random_fmp_layer(ck), (4, 4, 9, 9)),
     "maxout_layer": (lambda ck: MaxoutConvLayer(3, 4, 2, 3, 1, 2, 2, 0.5, checkpoint=ck), (4, 3, 8, 8)),
+    "stochastic_pool_layer": (lambda ck: StochasticPoolConvLayer(3, 4, checkpoint=ck), (4, 3, 8, 8)),
     "user_block": (lambda ck: Checkpoint(UserBlock(8), ck) if checkpoint_mode(ck) != "none" else UserBlock(8),
                    (4, 8, 8, 8)),
 }

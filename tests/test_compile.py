@@ -25,6 +25,7 @@ TINY = {
     "wrn28-10": dict(depth=10, widen=1),
     "fmp-graham-cifar10": dict(filters=4),
     "maxout-goodfellow-cifar10": dict(channels=(8, 8, 8), fc_units=16),
+    "stochastic-pool-zeiler-cifar10": dict(filters=4),
 }
 
 

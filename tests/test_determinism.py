@@ -124,6 +124,7 @@ TINY = {
     "wrn28-10": dict(depth=10, widen=1, dropout=0.3),
     "fmp-graham-cifar10": dict(filters=2, layers=4, input_size=12),  # 12 -> 9 -> 6 -> 4 -> 2
     "maxout-goodfellow-cifar10": dict(channels=(4, 4, 4), fc_units=4, image_size=16),
+    "stochastic-pool-zeiler-cifar10": dict(filters=4, image_size=16),  # 16 -> 8 -> 4 -> 2
 }
 # Images as small as each network takes: 8 x 8 still passes the ResNets' three stages.
 IMAGE_SIZE = {name: TINY[name].get("input_size", TINY[name].get("image_size", 8)) for name in TINY}

@@ -240,6 +240,7 @@ def test_rank_seeds_are_distinct_and_reproducible():
 ZOO_SMALL = {
     "fmp-graham-cifar10": (dict(filters=4, layers=4, input_size=12), 8),
     "maxout-goodfellow-cifar10": (dict(channels=(4, 4, 4), fc_units=8), 32),
+    "stochastic-pool-zeiler-cifar10": (dict(filters=4, image_size=8), 8),  # 8 -> 4 -> 2 -> 1
 }
 
 

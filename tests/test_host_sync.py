@@ -106,6 +106,8 @@ OPS = {
         h, output_size=(6, 6), regions="disjoint", boundaries=b.expand(2, 4, 2, 7)), x(d, 2, 4, 9, 9)),
     "fmp graham random": lambda d: (lambda h: F.fractional_max_pool2d(
         h, output_size=(6, 6), regions="overlapping", sequence="random", per_image=True), x(d, 2, 4, 9, 9)),
+    "stochastic_pool2d": lambda d: (lambda h: F.stochastic_pool2d(h, 3, 2, 1), x(d, 2, 4, 9, 9)),
+    "stochastic_pool2d eval": lambda d: (lambda h: F.stochastic_pool2d(h, 3, 2, training=False), x(d, 2, 4, 9, 9)),
     "fmp return_indices": lambda d: (lambda h: F.fractional_max_pool2d(
         h, 2, output_ratio=0.7, return_indices=True)[0], x(d, 2, 4, 9, 9)),
 }

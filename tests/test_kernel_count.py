@@ -209,3 +209,18 @@ def test_fractional_max_pool2d_explicit_draws_one_kernel(device, backend, explic
         call = lambda: F.fractional_max_pool2d(x, output_size=(6, 6), regions="overlapping",  # noqa: E731
                                                sequence="random", boundaries=boundaries)
     assert_one_kernel_each(backend, call, [x])
+
+
+# --- stochastic pooling -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,backend", COMPILED, ids=ids(COMPILED))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["drawn", "explicit-uniforms"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
+def test_stochastic_pool2d_one_kernel(device, backend, training, explicit, channels_last):
+    (x,) = leaves(device, (N, C, 9, 9))
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    uniforms = torch.rand(N, C, 5, 5, device=device) if explicit and training else None
+    assert_one_kernel_each(backend, lambda: F.stochastic_pool2d(x, 3, 2, 1, True, training=training,
+                                                                uniforms=uniforms), [x])

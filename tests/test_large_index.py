@@ -282,6 +282,28 @@ def test_fmp_indices_past_2_32_in_one_plane(device, backend, huge_fmp_plane):
         assert torch.equal(y[0, 0], values.flatten(2).gather(-1, arg).squeeze(-1))
 
 
+SP_PLANE, SP_KERNEL, SP_STRIDE = (1, 1, 1, 2**32 + 2**17), [1, 3], [1, 2**16]  # 65538 windows, the last past 2^32
+
+
+@pytest.mark.parametrize("device, backend", CPU_KERNEL_BACKENDS, ids=ids(CPU_KERNEL_BACKENDS))
+def test_stochastic_pool2d_windows_past_2_32_in_one_plane(device, backend):
+    """Strided windows of one plane reach past 2^32 elements (int64 offsets): the last window's draw and
+    expectation are its own, every other window of zeros draws nothing."""
+    x = lazy_zeros(SP_PLANE, torch.bfloat16)
+    out_w = (SP_PLANE[3] - SP_KERNEL[1]) // SP_STRIDE[1] + 1
+    last = (out_w - 1) * SP_STRIDE[1]
+    assert last > 2**32
+    x[0, 0, 0, last:last + 3] = torch.tensor([1.0, 3.0, 0.0])  # S = 4: u = 0.5 draws the 3 (running sum 4 > 2)
+    with bounded_memory(1.0):
+        with cifarops.use_backend(backend):
+            op = cifarops.backends.op("stochastic_pool2d", x.device)
+            y, offset, _ = op(x, SP_KERNEL, SP_STRIDE, [0, 0], False, torch.full((1, 1, 1, out_w), 0.5), None)
+            mean = F.stochastic_pool2d(x, SP_KERNEL, SP_STRIDE, training=False)
+    assert y.shape == (1, 1, 1, out_w)
+    assert y[0, 0, 0, -1].item() == 3.0 and offset[0, 0, 0, -1].item() == 1 and mean[0, 0, 0, -1].item() == 2.5
+    assert not y[..., :-1].any() and not mean[..., :-1].any() and bool((offset[..., :-1] == 255).all())
+
+
 if INTERPRETED_TRITON:
 
     def test_triton_fmp_backward_past_2_32(huge_fmp_plane):

@@ -59,6 +59,23 @@ def test_maxout_net_parameters_worked_by_hand():
     assert sum(p.numel() for p in models.create("maxout-goodfellow-cifar10").parameters()) == expected
 
 
+def test_stochastic_pool_net_parameters_and_sizes_worked_by_hand():
+    # Zeiler & Fergus: three 5x5 convolutions of 64 filters ("same" size), each pooled 3/2 in ceil mode
+    # (32 -> 16 -> 8 -> 4), then a linear layer on 64 * 4 * 4 features; one bias per output.
+    expected = (3 * 64 * 25 + 64) + 2 * (64 * 64 * 25 + 64) + (64 * 16 * 10 + 10)
+    model = models.create("stochastic-pool-zeiler-cifar10")
+    assert sum(p.numel() for p in model.parameters()) == expected == 220_042
+    assert model.classifier[1].in_features == 64 * 4 * 4
+    assert [block.pool.ceil_mode for block in model.features] == [True] * 3
+    sizes, h = [], torch.randn(1, 3, 32, 32)
+    for block in model.features:
+        h = block(h)
+        sizes.append(h.shape[-1])
+    assert sizes == [16, 8, 4]
+    small = models.create("stochastic-pool-zeiler-cifar10", filters=8, image_size=16)  # 16 -> 8 -> 4 -> 2
+    assert small.classifier[1].in_features == 8 * 2 * 2
+
+
 def _step(model, x, y, optimizer=None, seed=1, autocast=False):
     torch.manual_seed(seed)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -228,6 +245,7 @@ def test_autocast_fused_add_promotes_like_the_unfused_add():
         (lambda: models.create("shake-shake26-2x96d", depth=25), "depth must be 6 n \\+ 2"),
         (lambda: models.create("fmp-graham-cifar10", input_size=60), "the last must be 2"),
         (lambda: models.create("pyramidnet110-a270-shakedrop", checkpoint="some"), "checkpoint must be"),
+        (lambda: models.create("stochastic-pool-zeiler-cifar10", image_size=4), "image_size 4 is too small"),
     ],
 )
 def test_bad_model_arguments_are_named(call, match):

@@ -49,6 +49,8 @@ MODULES = {
         [(2, 3, 8, 8)]),
     "fmp_graham": (lambda: cifarops.FractionalMaxPool2d(output_ratio=0.75, regions="overlapping", sequence="random",
                                                         per_image=True, backend="reference"), [(2, 3, 8, 8)]),
+    "stochastic_pool2d": (lambda: cifarops.StochasticPool2d((3, 2), stride=2, padding=1, ceil_mode=True),
+                          [(2, 3, 9, 8)]),
     "checkpoint": (lambda: cifarops.Checkpoint(ResidualBlock(), mode="selective", preserve_rng_state=True),
                    [(2, 4, 5, 5)]),
 }
@@ -63,6 +65,7 @@ MODELS = {
     "wrn28-10": (dict(depth=10, widen=1, dropout=0.3), 8),
     "fmp-graham-cifar10": (dict(filters=2, layers=4, input_size=12, checkpoint="selective"), 12),
     "maxout-goodfellow-cifar10": (dict(channels=(4, 4, 4), fc_units=4, image_size=16), 16),
+    "stochastic-pool-zeiler-cifar10": (dict(filters=4, image_size=16, checkpoint="full", reference=True), 16),
 }
 
 

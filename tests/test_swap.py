@@ -179,13 +179,15 @@ def test_a_bare_torch_fmp_is_returned_swapped():
     assert torch.equal(swapped(x), want)
 
 
-# Small variants (all three cifarops layers with a random draw, and maxout), cheap enough for the Triton interpreter.
+# Small variants (all three cifarops layers with a random draw, maxout and stochastic pooling), cheap enough for the
+# Triton interpreter.
 SWAP_MODELS = {
     "pyramidnet110-a270-shakedrop": dict(depth=8, alpha=6),
     "resnet110-stochastic-depth": dict(depth=8),
     "shake-shake26-2x96d": dict(depth=8, width=4),
     "fmp-graham-cifar10": dict(filters=4, layers=4, input_size=12),
     "maxout-goodfellow-cifar10": dict(channels=(4, 4, 4), fc_units=8),
+    "stochastic-pool-zeiler-cifar10": dict(filters=4),
 }
 
 

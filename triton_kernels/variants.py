@@ -80,6 +80,7 @@ def variants():
                 "g_ptr": f"*{element}", "g1_ptr": f"*{element}", "g2_ptr": f"*{element}", **common,
             }, {**flags, "STREAM": 1}
         yield from _fmp_variants(element, acc)
+        yield from _stochastic_pool_variants(element)
         for width in widths:
             sizes = {n: width for n in ("outer", "inner", "pieces", "xs_o", "xs_c", "xs_i", "ys_o", "ys_c", "ys_i")}
             # Tiles of one 512-element row (CIFAR's planes) and, in float32, of 512 one-element rows (the dearest: a
@@ -131,3 +132,35 @@ def _fmp_variants(element, acc):
         yield _fmp_table_kernel, {"state_ptr": "*i64", "table_ptr": "*i64", "lanes": "i32", "in_w": "i32",
                                   "out_w": "i32", "in_h": "i32", "out_h": "i32", "max_out": "i32",
                                   "length": "i32"}, {"BLOCK": 128}
+
+
+def _stochastic_pool_variants(element):
+    """Stochastic pooling's kernels as the launcher (triton_kernels/stochastic_pool2d.py) calls them, 3 x 3 windows
+    (the paper's): forward drawn, from explicit uniforms and evaluation's weighting, backward from the offsets and the
+    expectation's, both layouts, 32-bit (SMALL) and int64 indices in float32, stride 2 (2 x 2 windows containing an
+    input) and stride 1 (3 x 3, the heaviest); the heaviest in the others; and a 2 x 2 draw in float32."""
+    from cifarops.triton_kernels.stochastic_pool2d import (BLOCK, _stochastic_pool2d_bwd_kernel,
+                                                           _stochastic_pool2d_fwd_kernel)
+
+    sizes = {n: "i32" for n in ("channels", "in_h", "in_w", "out_h", "out_w", "stride_h", "stride_w", "pad_h", "pad_w")}
+    fp32 = element == "fp32"
+    forward = [(mode, cl, small, 3) for mode in ((0, 1, 2) if fp32 else (0, 2)) for cl in (False, True)
+               for small in ((True, False) if fp32 else (False,))]
+    if fp32:
+        forward.append((0, False, True, 2))
+    for mode, channels_last, small, k in forward:
+        yield _stochastic_pool2d_fwd_kernel, {
+            "x_ptr": f"*{element}", "y_ptr": f"*{element}", "offset_ptr": "*u8" if mode != 2 else f"*{element}",
+            "u_ptr": "*fp32" if mode == 1 else f"*{element}", "state_ptr": "*i64" if mode == 0 else f"*{element}",
+            "total": "i32" if small else "i64", **sizes,
+        }, {"K_H": k, "K_W": k, "MODE": mode, "CHANNELS_LAST": channels_last, "SMALL": small, "ROUND": False,
+            "BLOCK": BLOCK}
+    backward = [(expectation, cl, small, span) for expectation in (False, True) for cl in (False, True)
+                for small in ((True, False) if fp32 else (False,)) for span in ((2, 3) if fp32 else (3,))
+                if span == 3 or small]
+    for expectation, channels_last, small, span in backward:
+        yield _stochastic_pool2d_bwd_kernel, {
+            "grad_y_ptr": f"*{element}", "offset_ptr": f"*{element}" if expectation else "*u8", "x_ptr": f"*{element}",
+            "grad_x_ptr": f"*{element}", "total": "i32" if small else "i64", **sizes,
+        }, {"K_H": 3, "K_W": 3, "SPAN_H": span, "SPAN_W": span, "EXPECTATION": expectation,
+            "CHANNELS_LAST": channels_last, "SMALL": small, "ROUND": False, "BLOCK": BLOCK}

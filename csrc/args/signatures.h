@@ -67,6 +67,18 @@ using FmpSelectSig = at::Tensor(const at::Tensor& values, const at::Tensor& inde
                                 c10::string_view regions, const OptTensor& samples, const OptTensor& boundaries,
                                 c10::string_view sequence, bool per_image, const OptTensor& rng_state);
 
+using StochasticPoolSig = Tensor3(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                at::IntArrayRef padding, bool ceil_mode, const OptTensor& uniforms,
+                                const OptTensor& rng_state);
+using StochasticPoolBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tensor& offset,
+                                             c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                                             at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode);
+using StochasticPoolExpectationSig = at::Tensor(const at::Tensor& x, at::IntArrayRef kernel_size,
+                                                at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode);
+using StochasticPoolExpectationBackwardSig = at::Tensor(const at::Tensor& grad_y, const at::Tensor& x,
+                                                        at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                        at::IntArrayRef padding, bool ceil_mode);
+
 namespace detail {
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> find(const char* name) {
@@ -99,6 +111,13 @@ CIFAROPS_OP_HANDLE(expectation_backward_op, ExpectationBackwardSig,
 CIFAROPS_OP_HANDLE(fmp_op, FmpSig, "cifarops::fractional_max_pool2d")
 CIFAROPS_OP_HANDLE(fmp_backward_op, FmpBackwardSig, "cifarops::_fractional_max_pool2d_backward")
 CIFAROPS_OP_HANDLE(fmp_select_op, FmpSelectSig, "cifarops::_fractional_max_pool2d_select")
+
+CIFAROPS_OP_HANDLE(stochastic_pool_op, StochasticPoolSig, "cifarops::stochastic_pool2d")
+CIFAROPS_OP_HANDLE(stochastic_pool_backward_op, StochasticPoolBackwardSig, "cifarops::_stochastic_pool2d_backward")
+CIFAROPS_OP_HANDLE(stochastic_pool_expectation_op, StochasticPoolExpectationSig,
+                   "cifarops::stochastic_pool2d_expectation")
+CIFAROPS_OP_HANDLE(stochastic_pool_expectation_backward_op, StochasticPoolExpectationBackwardSig,
+                   "cifarops::_stochastic_pool2d_expectation_backward")
 
 #undef CIFAROPS_OP_HANDLE
 

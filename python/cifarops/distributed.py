@@ -213,7 +213,7 @@ class _CentredInput(nn.Module):
 
 def pipeline_layers(model: nn.Module) -> list[nn.Module]:
     """``model`` as a list of layers whose composition is ``model.forward``, cut at block boundaries: the stem,
-    each residual block (or FMP / maxout layer), the head. The layers share the model's parameters and
+    each residual block (or FMP / maxout / stochastic pooling layer), the head. The layers share the model's parameters and
     buffers (no copy). Takes every zoo model and any ``nn.Sequential`` (its children)."""
     from cifarops import models
 
@@ -227,7 +227,7 @@ def pipeline_layers(model: nn.Module) -> list[nn.Module]:
         return [model.conv1, *model.blocks, _GlobalPoolHead(model.bn, model.fc)]
     if isinstance(model, models.GrahamFMPNet):
         return [_CentredInput(model.input_size), *model.layers, nn.Sequential(nn.Flatten(), model.fc)]
-    if isinstance(model, models.GoodfellowMaxoutNet):
+    if isinstance(model, (models.GoodfellowMaxoutNet, models.ZeilerStochasticPoolNet)):
         return [*model.features, model.classifier]
     if isinstance(model, nn.Sequential):
         return list(model)

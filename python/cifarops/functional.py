@@ -18,6 +18,7 @@ from cifarops.ops import maxout as _maxout_ops
 from cifarops.ops import shake_drop as _shake_drop_ops
 from cifarops.ops import shake_shake as _shake_shake_ops
 from cifarops.ops import stochastic_depth as _stochastic_depth_ops
+from cifarops.ops import stochastic_pool2d as _stochastic_pool_ops
 from cifarops.ops.common import FLOATING, check_choice, check_floating, check_nc_input, check_range
 
 GATE_LEVELS = ("batch", "sample")
@@ -363,6 +364,59 @@ def probabilistic_maxout(
     if first is not None:
         return first(x, pieces, dim, grouping, float(temperature), state)
     return fn(x, pieces, dim, grouping, float(temperature), state)[0]
+
+
+def parse_stochastic_pool2d(kernel_size, stride=None, padding=0, ceil_mode=False,
+                            op: str = "cifarops.stochastic_pool2d") -> tuple:
+    """kernel_size, stride (None: kernel_size) and padding as [height, width] lists, the types checked (the
+    values are the op's to check)."""
+    kernel = list(_stochastic_pool_ops.pair(kernel_size, "kernel_size", op))
+    stride = kernel if stride is None else list(_stochastic_pool_ops.pair(stride, "stride", op))
+    padding = list(_stochastic_pool_ops.pair(padding, "padding", op))
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+    return kernel, stride, padding, ceil_mode
+
+
+def stochastic_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False, *,
+                      training: bool = True, uniforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Stochastic pooling (Zeiler & Fergus, arXiv 1301.3557) of a (N, C, H, W) or (C, H, W) input, with
+    max_pool2d's ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and ``ceil_mode`` (padded
+    positions weigh 0). Training: each output is one element of its region, drawn with probability a_i / sum a
+    (a = max(x, 0): the activations after a ReLU), one uniform per output drawn inside the kernel from the device
+    generator's Philox state, or ``uniforms`` (float32, the output's shape, u in [0, 1)); the gradient goes to
+    the drawn element, and a region with no positive activation outputs 0 and passes none. Saved for backward:
+    one byte per output. Evaluation: the probabilistic weighting sum a^2 / sum a of each region, and its
+    gradient. NaN in a region propagates to its output."""
+    op = "cifarops.stochastic_pool2d"
+    return _stochastic_pool2d(input, *parse_stochastic_pool2d(kernel_size, stride, padding, ceil_mode, op),
+                              training, uniforms)
+
+
+def _stochastic_pool2d(x, kernel, stride, padding, ceil_mode, training, uniforms=None):
+    """The op call behind F.stochastic_pool2d and the StochasticPool2d module, with parsed sizes."""
+    op = "cifarops.stochastic_pool2d"
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: input must be a torch.Tensor, got {type(x).__name__}")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+        if isinstance(uniforms, torch.Tensor):
+            uniforms = uniforms.unsqueeze(0)
+    if not training:
+        if uniforms is not None:
+            raise ValueError(f"{op}: uniforms are training noise; pass training=True")
+        y = backends.fast_op("stochastic_pool2d_expectation", x)(x, kernel, stride, padding, ceil_mode)
+    else:
+        if uniforms is not None and not isinstance(uniforms, torch.Tensor):
+            raise TypeError(f"{op}: uniforms must be a torch.Tensor, got {type(uniforms).__name__}")
+        state = noise.rng_state(x.device, _stochastic_pool_ops.STREAMS) if noise._active_tapes and uniforms is None else None
+        fn, first = backends.fast_ops("stochastic_pool2d", x)
+        if first is not None:
+            y = first(x, kernel, stride, padding, ceil_mode, uniforms, state)
+        else:
+            y = fn(x, kernel, stride, padding, ceil_mode, uniforms, state)[0]
+    return y.squeeze(0) if unbatched else y
 
 
 FMP_SEQUENCES = ("pseudorandom", "random")

@@ -117,6 +117,28 @@ class DropActivation(_Layer):
         return f"keep={self.keep}" + (", inplace=True" if self.inplace else "")
 
 
+class StochasticPool2d(_Layer):
+    """Stochastic pooling (Zeiler & Fergus, arXiv 1301.3557), max_pool2d's arguments: in training each output is
+    an element of its region drawn with probability proportional to its activation, in evaluation the
+    probability-weighted average. See :func:`cifarops.functional.stochastic_pool2d`."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, *,
+                 backend: Optional[str] = None) -> None:
+        super().__init__(backend)
+        self.kernel_size, self.stride, self.padding, self.ceil_mode = F.parse_stochastic_pool2d(
+            kernel_size, stride, padding, ceil_mode, "cifarops.StochasticPool2d")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend is None:
+            return F._stochastic_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.training)
+        with self._pinned():
+            return F._stochastic_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.training)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={tuple(self.kernel_size)}, stride={tuple(self.stride)}, padding={tuple(self.padding)}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
 class ShakeShake(_Layer):
     """Shake-Shake regularisation (Gastaldi, arXiv 1705.07485) of a two-branch residual block.
 

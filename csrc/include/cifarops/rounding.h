@@ -35,6 +35,22 @@ CIFAROPS_INLINE float rn_add(float a, float b) {
 #endif
 }
 
+CIFAROPS_INLINE double rn_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+CIFAROPS_INLINE double rn_add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // exp(d) for d <= 0 (d = lambda (z - max z) of probabilistic maxout's draw), the same bits on every backend
 // (python/cifarops/reference/maxout.py's draw_exp and triton_kernels/maxout.py's _draw_exp make the same operations):
 // 2^t with t = d log2(e) rounded once, split into k = floor(t) and f = t - k (exact), 2^f by its Taylor series

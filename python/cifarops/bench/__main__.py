@@ -23,7 +23,7 @@ import torch
 import cifarops
 from cifarops import progress
 from cifarops.bench import (chart, drop_activation, fractional_max_pool2d, hosttime, maxout, report, shake_drop,
-                            shake_shake, stochastic_depth, summary)
+                            shake_shake, stochastic_depth, stochastic_pool2d, summary)
 from cifarops.bench import models as bench_models
 from cifarops.bench.common import MODES, CompiledPerCase, saved_bytes, timed
 from cifarops.bench.timing import copy_bandwidth_gbs, median_ms
@@ -35,6 +35,7 @@ OPS = {
     "shake_shake": shake_shake,
     "maxout": maxout,
     "fractional_max_pool2d": fractional_max_pool2d,
+    "stochastic_pool2d": stochastic_pool2d,
 }
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -42,7 +43,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 NOTES = """
 vs baseline: how many times faster than what users run today (the op's baseline: the owruby-style ShakeDrop,
 timm's drop_path plus the add (torchvision's stochastic_depth runs the same kernels), the official Drop-Activation
-layer, the hysts-style Shake-Shake, view+max maxout, PyTorch's native fractional max-pooling).
+layer, the hysts-style Shake-Shake, view+max maxout, PyTorch's native fractional max-pooling, unfold + torch.multinomial stochastic pooling).
 vs reference / vs compile: how many times faster than the eager reference / torch.compile of it.
 GB/s counts the fewest bytes the op must move; 'of copy' divides it by a copy of the same size measured in
 this run. 'saved MB' is what autograd keeps for backward after one forward pass ('-' for torch.compile,

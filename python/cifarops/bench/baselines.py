@@ -14,6 +14,10 @@ implementation exists to copy).
 write; torchvision's `stochastic_depth` runs the same kernels (an empty tensor, bernoulli_, div_, mul) and adds
 only argument checks. Neither package imports on this project's CPU machines, hence the copy.
 
+`unfold_multinomial_pool` is the stochastic pooling the PyTorch versions on GitHub write (pylearn2's is Theano):
+F.unfold of every region (k^2 copies of the input), torch.multinomial over the rectified activations, the drawn
+element gathered (its gradient reaches the drawn element).
+
 `official_drop_relu` is the official Drop-Activation layer (LeungSamWai/Drop-Activation, `dropRelu`) op for op:
 a float mask filled and drawn with bernoulli_, two copies of x, then mul_, mul_(-1), add_, clamp_, mul_, add_;
 written for the device of x instead of `.cuda()`, otherwise unchanged.
@@ -89,6 +93,19 @@ def softmax_multinomial_maxout(x: torch.Tensor, pieces: int, temperature: float 
     p = torch.softmax(z.detach() / temperature, -1)
     choice = torch.multinomial(p.reshape(-1, pieces), 1).view(*z.shape[:-1], 1)
     return z.gather(-1, choice).squeeze(-1)
+
+
+def unfold_multinomial_pool(x: torch.Tensor, kernel_size: int = 3, stride: int = 2) -> torch.Tensor:
+    """Stochastic pooling in training (Zeiler & Fergus, arXiv 1301.3557), no padding: every region unfolded,
+    p = relu(a) / sum relu(a) (a tiny floor keeps torch.multinomial's all-zero rows valid: such a region draws
+    uniformly, where the paper's outputs 0), one element drawn per output with torch.multinomial, gathered."""
+    n, c, h, w = x.shape
+    out_h, out_w = (h - kernel_size) // stride + 1, (w - kernel_size) // stride + 1
+    regions = torch.nn.functional.unfold(x, kernel_size, stride=stride)  # (N, C k^2, L)
+    regions = regions.view(n, c, kernel_size * kernel_size, -1).transpose(2, 3).reshape(-1, kernel_size * kernel_size)
+    weights = regions.detach().relu() + 1e-12
+    choice = torch.multinomial(weights, 1)
+    return regions.relu().gather(1, choice).view(n, c, out_h, out_w)
 
 
 # timm's drop_path, verbatim from timm 1.0.31 (timm/layers/drop.py, Apache License 2.0); tests/drop_path_peers.py

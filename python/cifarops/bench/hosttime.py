@@ -30,7 +30,7 @@ import torch
 import cifarops
 import cifarops.functional as F
 from cifarops.bench.baselines import (hysts_shake_shake, official_drop_relu, owruby_shake_drop, softmax_multinomial_maxout,
-                                      timm_drop_path)
+                                      timm_drop_path, unfold_multinomial_pool)
 from cifarops.bench.kernels import CallKernels, call_kernels
 
 TRAINING, NO_GRAD = "forward+backward", "forward, no_grad"
@@ -152,7 +152,7 @@ def _leaves(device, *shapes):
 
 def rows(device: torch.device) -> list[Row]:
     """The section's rows, at issue 16's shapes: ShakeDrop, stochastic depth and Shake-Shake (2, 4, 4, 4) with a shortcut,
-    maxout and probabilistic maxout k = 2 on (2, 8, 4, 4), FMP 8x8 -> 6x6 on (2, 4, 8, 8)."""
+    maxout and probabilistic maxout k = 2 on (2, 8, 4, 4), FMP 8x8 -> 6x6 and stochastic pooling 3x3 stride 2 on (2, 4, 8, 8)."""
     small, wide, plane = (2, 4, 4, 4), (2, 8, 4, 4), (2, 4, 8, 8)
 
     def shake_drop():
@@ -211,6 +211,14 @@ def rows(device: torch.device) -> list[Row]:
         (x,) = _leaves(device, plane)
         return Impl(lambda: torch.nn.functional.fractional_max_pool2d(x, 2, output_size=(6, 6)), (x,))
 
+    def stochastic_pool():
+        (x,) = _leaves(device, plane)
+        return Impl(lambda: F.stochastic_pool2d(x, 3, 2), (x,))
+
+    def unfold_multinomial():
+        (x,) = _leaves(device, plane)
+        return Impl(lambda: unfold_multinomial_pool(x, 3, 2), (x,))
+
     def relu():
         (h,) = _leaves(device, small)
         return Impl(lambda: torch.relu(h), (h,))
@@ -227,6 +235,8 @@ def rows(device: torch.device) -> list[Row]:
             softmax_multinomial),
         Row("FMP 8x8 -> 6x6", "fractional_max_pool2d", plane, TRAINING, 0.8, fmp, "F.fractional_max_pool2d",
             native_fmp),
+        Row("stochastic pooling 3x3/2", "stochastic_pool2d", plane, TRAINING, 0.5, stochastic_pool,
+            "unfold+multinomial", unfold_multinomial),
         Row("one C++ op with C++ autograd: relu", None, small, TRAINING, None, relu, "torch.relu"),
         Row("one C++ op with C++ autograd: relu", None, small, NO_GRAD, None, relu, "torch.relu"),
     ]

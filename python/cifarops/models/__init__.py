@@ -24,6 +24,7 @@ from cifarops.models.maxout_net import GoodfellowMaxoutNet, MaxoutConvLayer
 from cifarops.models.pyramidnet import PyramidNet
 from cifarops.models.resnet import StochasticDepthResNet
 from cifarops.models.shake_shake_resnet import ShakeShakeResNet
+from cifarops.models.stochastic_pool_net import StochasticPoolConvLayer, ZeilerStochasticPoolNet
 from cifarops.models.wide_resnet import WideResNet
 
 # name -> (class, the paper's hyper-parameters, the parameter count the paper states for CIFAR-10, if it does)
@@ -35,6 +36,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], dict, Optional[float]]] = {
     "wrn28-10": (WideResNet, dict(depth=28, widen=10), 36.5e6),
     "fmp-graham-cifar10": (GrahamFMPNet, dict(filters=160, layers=12), None),
     "maxout-goodfellow-cifar10": (GoodfellowMaxoutNet, dict(), None),
+    "stochastic-pool-zeiler-cifar10": (ZeilerStochasticPoolNet, dict(filters=64), None),
 }
 
 # Small variants of every network (the same code paths at a fraction of the cost): `create(name, **SMALL[name])`,
@@ -47,6 +49,7 @@ SMALL: dict[str, dict] = {
     "wrn28-10": dict(depth=10, widen=2),
     "fmp-graham-cifar10": dict(filters=8),
     "maxout-goodfellow-cifar10": dict(channels=(16, 32, 32), fc_units=64),
+    "stochastic-pool-zeiler-cifar10": dict(filters=8),
 }
 
 
@@ -69,6 +72,6 @@ def create(name: str, num_classes: int = 10, checkpoint=False, reference: bool =
 __all__ = [
     "CheckpointedBlock", "FMPLayer", "GoodfellowMaxoutNet", "GrahamFMPNet", "MODELS", "MaxoutConvLayer", "PyramidBasicBlock", "SMALL",
     "PyramidBottleneckBlock", "PyramidNet", "ShakeShakeBlock", "ShakeShakeResNet", "ShakeShakeShortcut", "StochasticDepthBlock",
-    "StochasticDepthResNet", "WideBasicBlock",
-    "WideResNet", "create", "names",
+    "StochasticDepthResNet", "StochasticPoolConvLayer", "WideBasicBlock",
+    "WideResNet", "ZeilerStochasticPoolNet", "create", "names",
 ]

@@ -31,3 +31,8 @@ from cifarops.reference.fractional_max_pool2d import (  # noqa: F401
     fmp_drawn_samples, fmp_drawn_boundaries, fmp_resolve_draws, fmp_span, fmp_interval_dtype, fmp_regions,
     fractional_max_pool2d_backward, fractional_max_pool2d_select, fractional_max_pool2d,
 )
+from cifarops.reference.stochastic_pool2d import (  # noqa: F401
+    STOCHASTIC_POOL_STREAMS, stochastic_pool2d_output_size, stochastic_pool2d_sample, stochastic_pool2d_select,
+    stochastic_pool2d_backward, stochastic_pool2d_expectation_values, stochastic_pool2d_expectation_backward,
+    stochastic_pool2d, stochastic_pool2d_expectation,
+)

@@ -113,8 +113,8 @@ TORCH_LIBRARY(cifarops, m) {
   // padding and ceil mode as max_pool2d (padded positions weigh 0); each output draws one element of its region
   // with probability a_i / sum a (a = max(x, 0)) from u = the explicit uniforms (float32, y's shape) or
   // u(NCHW output index, stream 0) of rng_state (else the generator's). Returns y, each output's drawn offset
-  // inside its window (uint8, 255 where the region sums to 0: y = 0, no gradient) and the state used (zeros
-  // when the call drew nothing). Formulas: csrc/include/cifarops/stochastic_pool2d.h.
+  // inside its window (uint8, 255 where the region sums to 0: y = 0, no gradient) and the state used (the
+  // explicit one, else zeros when the call drew nothing). Formulas: csrc/include/cifarops/stochastic_pool2d.h.
   m.def(
       "stochastic_pool2d(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
       "Tensor? uniforms, Tensor? rng_state) -> (Tensor, Tensor, Tensor)",

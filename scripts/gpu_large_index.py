@@ -39,6 +39,8 @@ SHAPES = {
     "probabilistic_maxout_expectation": ((33, 256, 1024, 500), (5, 6, 3, 4)),
     "fractional_max_pool2d": ((33, 64, 1024, 1000), (5, 3, 9, 8)),
     "fractional_max_pool2d_huge_plane": ((1, 1, 46400, 46400), (1, 1, 23, 21)),  # one plane of 2.15e9
+    # 3x3 stride 2 with padding and ceil mode: 2.16e9 inputs (the backward's 64-bit grid), 0.54e9 outputs
+    "stochastic_pool2d": ((33, 64, 1024, 1000), (5, 3, 9, 8)),
 }
 OPS = [name for name in SHAPES]
 
@@ -273,6 +275,35 @@ def check_fractional_max_pool2d_huge_plane(device, backend, shape, dtype=torch.f
     yield compare("backward tail rows", grad_x[0, 0, first_row:].flatten(), want.to(dtype), exact=False)
 
 
+def check_stochastic_pool2d(device, backend, shape, dtype=torch.bfloat16, samples=3) -> Iterator[Check]:
+    """The training draw (explicit uniforms, so that each sample's reference draws alike), its gathered backward and
+    evaluation's weighting, per sample against the reference."""
+    ops = namespace(backend)
+    pool = ([3, 3], [2, 2], [1, 1], True)
+    x = fill(shape, dtype, device, 1)
+    out = [reference.stochastic_pool2d_output_size(s, 3, 2, 1, True) for s in shape[2:]]
+    uniforms = torch.rand(shape[0], shape[1], *out, generator=torch.Generator(device=device).manual_seed(6),
+                          device=device)
+    y, offset, _ = ops.stochastic_pool2d(x, *pool, uniforms, None)
+    picks = checked_samples(shape[0], samples, torch.Generator().manual_seed(0))
+    for n in picks:
+        s = slice(n, n + 1)
+        want_y, want_offset = reference.stochastic_pool2d_sample(x[s], *pool, uniforms[s], None)
+        yield compare(f"forward sample {n}", y[s], want_y, exact=True)
+        yield compare(f"offsets sample {n}", offset[s], want_offset, exact=True)
+    del uniforms
+    grad_x = ops._stochastic_pool2d_backward(y, offset, list(shape[2:]), *pool)
+    for n in picks:
+        s = slice(n, n + 1)
+        want = reference.stochastic_pool2d_backward(y[s], offset[s], shape[2:], *pool)
+        yield compare(f"backward sample {n}", grad_x[s], want, exact=False)
+    del grad_x, offset, y
+    mean = ops.stochastic_pool2d_expectation(x, *pool)
+    for n in picks:
+        want = reference.stochastic_pool2d_expectation_values(x[n:n + 1], *pool)
+        yield compare(f"evaluation sample {n}", mean[n:n + 1], want, exact=False)
+
+
 CHECKS: dict[str, Callable[..., Iterator[Check]]] = {
     "shake_drop": check_shake_drop,
     "shake_shake": check_shake_shake,
@@ -281,6 +312,7 @@ CHECKS: dict[str, Callable[..., Iterator[Check]]] = {
     "probabilistic_maxout_expectation": check_probabilistic_maxout_expectation,
     "fractional_max_pool2d": check_fractional_max_pool2d,
     "fractional_max_pool2d_huge_plane": check_fractional_max_pool2d_huge_plane,
+    "stochastic_pool2d": check_stochastic_pool2d,
 }
 
 

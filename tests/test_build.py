@@ -150,8 +150,7 @@ def test_compiled_ops_have_their_autograd_in_cpp():
     names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("cifarops::")]
     assert names
     # Composite (pure PyTorch) or never differentiated again: autograd comes from the ops they call.
-    exempt = {"cifarops::_fractional_max_pool2d_select", "cifarops::_probabilistic_maxout_expectation_backward",
-              "cifarops::_stochastic_pool2d_expectation_backward"}
+    exempt = {"cifarops::_fractional_max_pool2d_select", "cifarops::_probabilistic_maxout_expectation_backward"}
     missing = [n for n in names if n not in exempt and not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
     assert not missing, missing
     for name in names:

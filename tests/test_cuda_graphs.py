@@ -84,11 +84,12 @@ def test_reduce_overhead_compile_runs_every_op():
             self.maxout = cifarops.Maxout(2)
             self.pmaxout = cifarops.ProbabilisticMaxout(2)
             self.pool = cifarops.FractionalMaxPool2d(2, output_size=6)
+            self.stochastic_pool = cifarops.StochasticPool2d(3, 1, padding=1)
 
         def forward(self, x):
             h = self.drop_activation(self.conv(x))
             h = self.shake_shake(h, h * 2, self.shake_drop(h, self.drop_path(h, h)))
-            return self.pool(torch.cat([self.maxout(h), self.pmaxout(h)], 1)).sum()
+            return self.stochastic_pool(self.pool(torch.cat([self.maxout(h), self.pmaxout(h)], 1)).relu()).sum()
 
     net = Net().cuda()
     compiled = torch.compile(net, mode="reduce-overhead", fullgraph=True)

@@ -46,6 +46,8 @@ int64_t output_size(int64_t size, int64_t kernel, int64_t stride, int64_t paddin
   return out;
 }
 
+constexpr int64_t kMaxStride = (int64_t(1) << 31) - 1;
+
 PoolSizes check_pool_args(int64_t height, int64_t width, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                           at::IntArrayRef padding, bool ceil_mode, const char* input_name, const char* op) {
   TORCH_CHECK_VALUE(kernel_size.size() == 2, op, ": kernel_size must be a pair (height, width), got ",
@@ -57,14 +59,19 @@ PoolSizes check_pool_args(int64_t height, int64_t width, at::IntArrayRef kernel_
   for (int d = 0; d < 2; ++d) s.kernel[d] = kernel_size[d], s.stride[d] = stride[d], s.padding[d] = padding[d];
   TORCH_CHECK_VALUE(s.kernel[0] > 0 && s.kernel[1] > 0, op, ": kernel_size must be positive, got ",
                     pair(s.kernel[0], s.kernel[1]));
-  TORCH_CHECK_VALUE(s.kernel[0] * s.kernel[1] <= 255, op, ": kernel_size ", pair(s.kernel[0], s.kernel[1]), " has ",
-                    s.kernel[0] * s.kernel[1], " elements, more than 255 (the drawn offset is stored in a byte)");
-  TORCH_CHECK_VALUE(s.stride[0] > 0 && s.stride[1] > 0, op, ": stride must be positive, got ",
-                    pair(s.stride[0], s.stride[1]));
+  // Each side first, so that the product cannot overflow.
+  TORCH_CHECK_VALUE(s.kernel[0] <= 255 && s.kernel[1] <= 255 && s.kernel[0] * s.kernel[1] <= 255, op,
+                    ": kernel_size ", pair(s.kernel[0], s.kernel[1]),
+                    " has more than 255 elements (the drawn offset is stored in a byte)");
+  // The kernels hold the sizes in 32-bit ints.
+  TORCH_CHECK_VALUE(s.stride[0] > 0 && s.stride[1] > 0 && s.stride[0] <= kMaxStride && s.stride[1] <= kMaxStride, op,
+                    ": stride must be positive and below 2^31, got ", pair(s.stride[0], s.stride[1]));
   TORCH_CHECK_VALUE(s.padding[0] >= 0 && s.padding[1] >= 0 && 2 * s.padding[0] <= s.kernel[0] &&
                         2 * s.padding[1] <= s.kernel[1],
                     op, ": padding ", pair(s.padding[0], s.padding[1]),
                     " must be non-negative and at most half of kernel_size ", pair(s.kernel[0], s.kernel[1]));
+  TORCH_CHECK_VALUE(height > 0 && width > 0, op, ": ", input_name, " must have a positive spatial size, got ",
+                    pair(height, width));
   s.out[0] = output_size(height, s.kernel[0], s.stride[0], s.padding[0], ceil_mode);
   s.out[1] = output_size(width, s.kernel[1], s.stride[1], s.padding[1], ceil_mode);
   TORCH_CHECK_VALUE(s.out[0] > 0 && s.out[1] > 0, op, ": ", input_name, " of spatial size ", pair(height, width),
@@ -270,7 +277,7 @@ struct StochasticPoolBackwardBackward final : PoolNode {
 };
 
 // Evaluation: the gradient depends on every element of the region (x is saved). Its own backward (a second
-// derivative of the expectation) is not provided.
+// derivative of the expectation) is not provided: stochastic_pool_expectation_backward_autograd says so.
 struct StochasticPoolExpectationBackward final : PoolNode {
   std::string name() const override { return "StochasticPool2dExpectationBackward"; }
   variable_list apply(variable_list&& grads) override {
@@ -338,6 +345,30 @@ at::Tensor stochastic_pool_expectation_autograd(const at::Tensor& x, at::IntArra
   return y;
 }
 
+// Evaluation's second derivative is not provided: its backward's node raises when it is differentiated, as
+// torch's once_differentiable does, never a silent None (what torch's fallback gives an op without an Autograd
+// kernel). The first derivative with create_graph=True works.
+struct StochasticPoolExpectationBackwardBackward final : torch::autograd::Node {
+  std::string name() const override { return "StochasticPool2dExpectationBackwardBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, kOp, ": the second derivative of evaluation's weighting (double backward "
+                                "through training=False) is not implemented; the training form has one");
+    return variable_list(2);
+  }
+};
+
+at::Tensor stochastic_pool_expectation_backward_autograd(const at::Tensor& grad_y, const at::Tensor& x,
+                                                         at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                         at::IntArrayRef padding, bool ceil_mode) {
+  const bool records = records_grad(kExpectationBackwardOp, grad_y, x);
+  at::Tensor grad_x = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return stochastic_pool_expectation_backward_op().call(grad_y, x, kernel_size, stride, padding, ceil_mode);
+  }();
+  if (records) set_history(make_node<StochasticPoolExpectationBackwardBackward>(grad_y, x), grad_x);
+  return grad_x;
+}
+
 }  // namespace
 
 }  // namespace cifarops
@@ -346,4 +377,5 @@ TORCH_LIBRARY_IMPL(cifarops, Autograd, m) {
   m.impl("stochastic_pool2d", &cifarops::stochastic_pool_autograd);
   m.impl("_stochastic_pool2d_backward", &cifarops::stochastic_pool_backward_autograd);
   m.impl("stochastic_pool2d_expectation", &cifarops::stochastic_pool_expectation_autograd);
+  m.impl("_stochastic_pool2d_expectation_backward", &cifarops::stochastic_pool_expectation_backward_autograd);
 }

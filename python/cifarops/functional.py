@@ -371,7 +371,7 @@ def parse_stochastic_pool2d(kernel_size, stride=None, padding=0, ceil_mode=False
     """kernel_size, stride (None: kernel_size) and padding as [height, width] lists, the types checked (the
     values are the op's to check)."""
     kernel = list(_stochastic_pool_ops.pair(kernel_size, "kernel_size", op))
-    stride = kernel if stride is None else list(_stochastic_pool_ops.pair(stride, "stride", op))
+    stride = list(kernel) if stride is None else list(_stochastic_pool_ops.pair(stride, "stride", op))
     padding = list(_stochastic_pool_ops.pair(padding, "padding", op))
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"{op}: ceil_mode must be a bool, got {type(ceil_mode).__name__}")

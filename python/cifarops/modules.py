@@ -11,6 +11,7 @@ from torch import nn
 from cifarops import backends
 from cifarops import functional as F
 from cifarops.ops import maxout as _maxout_ops
+from cifarops.ops import stochastic_pool2d as _stochastic_pool_ops
 
 
 class _Layer(nn.Module):
@@ -125,8 +126,12 @@ class StochasticPool2d(_Layer):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, *,
                  backend: Optional[str] = None) -> None:
         super().__init__(backend)
+        op = "cifarops.StochasticPool2d"
         self.kernel_size, self.stride, self.padding, self.ceil_mode = F.parse_stochastic_pool2d(
-            kernel_size, stride, padding, ceil_mode, "cifarops.StochasticPool2d")
+            kernel_size, stride, padding, ceil_mode, op)
+        # The values too, before any input is seen (on a plane large enough for any kernel).
+        _stochastic_pool_ops.check_pool_args(2**20, 2**20, self.kernel_size, self.stride, self.padding, ceil_mode,
+                                             "x", op)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend is None:

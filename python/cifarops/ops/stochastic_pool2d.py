@@ -17,6 +17,8 @@ BACKWARD_OP = "cifarops._stochastic_pool2d_backward"
 EXPECTATION_BACKWARD_OP = "cifarops._stochastic_pool2d_expectation_backward"
 STREAMS = 1  # Philox streams: one uniform per output
 NO_CHOICE = 255
+SECOND_DERIVATIVE = (f"{OP}: the second derivative of evaluation's weighting (double backward through training=False) "
+                     "is not implemented; the training form has one")
 
 # Written out because inference from Python hints would make the ints SymInt; tests/test_build.py checks that they
 # equal csrc/ops.cpp's.
@@ -62,12 +64,13 @@ def check_pool_args(height, width, kernel_size, stride, padding, ceil_mode, inpu
     if min(kernel) < 1:
         raise ValueError(f"{op}: kernel_size must be positive, got {kernel}")
     if kernel[0] * kernel[1] > 255:
-        raise ValueError(f"{op}: kernel_size {kernel} has {kernel[0] * kernel[1]} elements, more than 255 (the drawn "
-                         "offset is stored in a byte)")
-    if min(stride) < 1:
-        raise ValueError(f"{op}: stride must be positive, got {stride}")
+        raise ValueError(f"{op}: kernel_size {kernel} has more than 255 elements (the drawn offset is stored in a byte)")
+    if min(stride) < 1 or max(stride) >= 2**31:
+        raise ValueError(f"{op}: stride must be positive and below 2^31, got {stride}")
     if min(padding) < 0 or 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
         raise ValueError(f"{op}: padding {padding} must be non-negative and at most half of kernel_size {kernel}")
+    if height < 1 or width < 1:
+        raise ValueError(f"{op}: {input_name} must have a positive spatial size, got {(height, width)}")
     out = tuple(output_size(s, k, st, p, ceil_mode) for s, k, st, p in zip((height, width), kernel, stride, padding))
     if min(out) < 1:
         raise ValueError(f"{op}: {input_name} of spatial size {(height, width)} is too small for kernel_size {kernel} "
@@ -270,10 +273,18 @@ def _register_triton_autograd(ns) -> None:
         grad = None if grad_y is None else expectation_backward(grad_y, x, *ctx.args)
         return grad, None, None, None, None
 
+    def setup_expectation_backward(ctx, inputs, output):
+        pass
+
+    def backward_expectation_backward(ctx, *grads):
+        raise NotImplementedError(SECOND_DERIVATIVE)
+
     torch.library.register_autograd(ns.stochastic_pool2d.default, backward_forward, setup_context=setup_forward)
     torch.library.register_autograd(backward, backward_backward, setup_context=setup_backward)
     torch.library.register_autograd(ns.stochastic_pool2d_expectation.default, backward_expectation,
                                     setup_context=setup_expectation)
+    torch.library.register_autograd(expectation_backward, backward_expectation_backward,
+                                    setup_context=setup_expectation_backward)
 
 
 for _namespace in (torch.ops.cifarops_triton,) + ((torch.ops.cifarops,) if _extension.LOADED else ()):

@@ -163,7 +163,21 @@ class _Expectation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         (x,) = ctx.saved_tensors
-        return stochastic_pool2d_expectation_backward(grad_y, x, *ctx.args), None, None, None, None
+        return _ExpectationBackward.apply(grad_y, x, *ctx.args), None, None, None, None
+
+
+class _ExpectationBackward(torch.autograd.Function):
+    """Evaluation's backward, whose own derivative is not provided (as the compiled and Triton ops): an error naming
+    the op when it is differentiated."""
+
+    @staticmethod
+    def forward(ctx, grad_y, x, kernel_size, stride, padding, ceil_mode):
+        return stochastic_pool2d_expectation_backward(grad_y, x, kernel_size, stride, padding, ceil_mode)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("cifarops.stochastic_pool2d: the second derivative of evaluation's weighting (double "
+                                  "backward through training=False) is not implemented; the training form has one")
 
 
 def stochastic_pool2d(x, kernel_size, stride, padding, ceil_mode, uniforms=None, rng_state=None):

@@ -30,6 +30,13 @@ inline void check_nc_input(const at::Tensor& t, const char* name, const char* op
   TORCH_CHECK_VALUE(t.dim() >= 2, op, ": ", name, " must have at least 2 dimensions (N, C, ...), got ", t.dim());
 }
 
+// `t` on `ref`'s device (ValueError naming both).
+inline void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name,
+                         const char* op) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device());
+}
+
 // The dense layout kernels walk: channels_last when the input is stored that way, NCHW otherwise
 // (other strides are copied into NCHW first).
 inline at::MemoryFormat dense_format(const at::Tensor& t) {

@@ -84,12 +84,6 @@ void check_temperature(double temperature, const char* op) {
   TORCH_CHECK_VALUE(temperature > 0, op, ": temperature must be a positive number, got ", temperature);
 }
 
-void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name,
-                  const char* op) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
-                    ref.device());
-}
-
 // Fills the input-side view (in_strides, outer, channels, inner) from a dense tensor.
 void set_input_view(MaxoutParams& p, const at::Tensor& dense, int64_t dim) {
   const bool ok = view3(dense, dim, p.outer, p.inner, p.in_strides);

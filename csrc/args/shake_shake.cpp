@@ -49,11 +49,6 @@ void check_input(const at::Tensor& t, const char* name, const char* op) {
                     py_shape(t.sizes()));
 }
 
-void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name, const char* op) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
-                    ref.device());
-}
-
 void check_like_h1(const at::Tensor& t, const at::Tensor& h1, const char* name) {
   check_input(t, name, kOp);
   check_device(t, h1, name, "h1", kOp);

@@ -86,11 +86,6 @@ void check_input(const at::Tensor& t, const char* name, const char* op) {
                     " dimensions");
 }
 
-void check_device(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name, const char* op) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
-                    ref.device());
-}
-
 void set_sizes(StochasticPoolParams& p, const at::Tensor& in_like, const PoolSizes& s, at::MemoryFormat format,
                int64_t in_h, int64_t in_w) {
   p.batch = in_like.size(0);
